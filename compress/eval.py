@@ -1,0 +1,294 @@
+"""Evaluation: held-out perplexity, agreement with a reference model, size, speed.
+
+Causal LMs: perplexity of next-token prediction; against a reference, the mean
+KL divergence KL(reference || model) of next-token distributions (nats per
+token) and top-1 agreement.  Encoders (BERT): masked-LM loss when the model
+has an MLM head, and the cosine similarity of mean-pooled embeddings to the
+reference when it does not.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from compress.arch import is_causal_lm
+from compress.data import TextSplits
+from compress.errors import CompressError, ConfigError
+from compress.sizes import bytes_in_memory, bytes_on_disk, count_parameters
+
+_ROWS_PER_SLICE = 2048  # positions per log-softmax slice: bounds memory for big vocabularies
+
+
+class EvalError(CompressError):
+    """Evaluation input that cannot be used."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 4
+    max_sequences: int | None = 32
+    mlm_probability: float = 0.15
+    mask_token_id: int | None = None  # masked-LM only; defaults to the model config's
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}.")
+        if self.max_sequences is not None and self.max_sequences < 1:
+            raise ConfigError(f"max_sequences must be at least 1 (or None for all), got {self.max_sequences}.")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ConfigError(f"mlm_probability must be between 0 and 1, got {self.mlm_probability}.")
+
+
+@dataclass
+class ModelStats:
+    """What is measured of one model."""
+
+    name: str
+    params_total: int
+    params_non_embedding: int
+    bytes_in_memory: int
+    bytes_on_disk: int
+    tokens_per_second: float
+    loss: float | None = None
+    perplexity: float | None = None
+
+
+@dataclass
+class EvalReport:
+    model: ModelStats
+    reference: ModelStats | None
+    kl_to_reference: float | None
+    top1_agreement: float | None
+    embedding_cosine: float | None
+    objective: str  # "next-token", "masked-lm" or "embedding"
+    sequences: int
+    seq_len: int
+    tokens: int
+    device: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    def table(self) -> str:
+        """A plain-text table, model beside reference."""
+        cols = [self.model] + ([self.reference] if self.reference else [])
+        rows: list[tuple[str, list[str]]] = [
+            ("parameters", [f"{c.params_total / 1e6:.2f} M" for c in cols]),
+            ("  without embeddings", [f"{c.params_non_embedding / 1e6:.2f} M" for c in cols]),
+            ("weights in memory", [_mib(c.bytes_in_memory) for c in cols]),
+            ("checkpoint (safetensors)", [_mib(c.bytes_on_disk) for c in cols]),
+        ]
+        if self.objective != "embedding":
+            label = "perplexity" if self.objective == "next-token" else "masked-LM perplexity"
+            rows.append((label, [_num(c.perplexity) for c in cols]))
+            rows.append(("loss (nats/token)", [_num(c.loss) for c in cols]))
+        rows.append((f"tokens/s ({self.device})", [f"{c.tokens_per_second:,.0f}" for c in cols]))
+        if self.kl_to_reference is not None:
+            rows.append(("KL to reference (nats/token)", [f"{self.kl_to_reference:.4f}", "-"]))
+            rows.append(("top-1 agreement", [f"{self.top1_agreement:.4f}", "-"]))
+        if self.embedding_cosine is not None:
+            rows.append(("embedding cosine to reference", [f"{self.embedding_cosine:.4f}", "-"]))
+        header = ["", *[c.name for c in cols]]
+        body = [[name, *vals] for name, vals in rows]
+        widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+        fmt = lambda r: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
+        lines = [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, body)]
+        lines.append(f"({self.sequences} held-out sequences x {self.seq_len} tokens, objective: {self.objective})")
+        return "\n".join(lines + self.notes)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def evaluate(
+    model: nn.Module,
+    data: TextSplits | torch.Tensor | Sequence[torch.Tensor],
+    reference: nn.Module | None = None,
+    config: EvalConfig | None = None,
+    *,
+    name: str = "model",
+    reference_name: str = "reference",
+) -> EvalReport:
+    """Evaluate ``model`` on held-out token sequences, optionally against ``reference``.
+
+    ``data`` is a ``TextSplits`` (its ``eval`` part is used) or token ids
+    ``[n, seq_len]``.  Evaluating a model against itself gives KL 0 and
+    agreement 1.
+    """
+    config = config or EvalConfig()
+    seqs = _eval_sequences(data, config)
+    causal = is_causal_lm(model)
+    if reference is not None and is_causal_lm(reference) != causal:
+        raise EvalError("The model and the reference are not the same kind (one is a causal LM, the other an encoder); compare like with like.")
+    objective = "next-token" if causal else ("masked-lm" if _has_lm_head(model) else "embedding")
+    input_ids, labels = _mask_tokens(seqs, model, config) if objective == "masked-lm" else (seqs, None)
+
+    acc = _Accumulator()
+    batches = list(torch.split(torch.arange(len(seqs)), config.batch_size))
+    bar = tqdm(batches, desc="evaluate", unit="batch", disable=not config.progress, leave=False)
+    for idx in bar:
+        out = _timed_forward(model, input_ids[idx], acc, "model")
+        ref = None if reference is None else _timed_forward(reference, input_ids[idx], acc, "reference")
+        if objective == "next-token":
+            # position t predicts token t+1; the last position has no target
+            _compare(out[:, :-1], None if ref is None else ref[:, :-1], seqs[idx, 1:], acc)
+        elif objective == "masked-lm":
+            _compare(out, ref, labels[idx], acc)
+        else:
+            _embedding_stats(out, ref, acc)
+
+    n_tokens = seqs.numel()
+    stats = _model_stats(model, name, n_tokens, acc.time["model"], acc.loss("model"))
+    ref_stats = None
+    if reference is not None:
+        ref_stats = _model_stats(reference, reference_name, n_tokens, acc.time["reference"], acc.loss("reference"))
+    return EvalReport(
+        model=stats,
+        reference=ref_stats,
+        kl_to_reference=acc.mean("kl") if reference is not None and objective != "embedding" else None,
+        top1_agreement=acc.mean("agree") if reference is not None and objective != "embedding" else None,
+        embedding_cosine=acc.mean("cos") if reference is not None and objective == "embedding" else None,
+        objective=objective,
+        sequences=len(seqs),
+        seq_len=seqs.shape[1],
+        tokens=n_tokens,
+        device=str(next(model.parameters()).device),
+    )
+
+
+def _eval_sequences(data: Any, config: EvalConfig) -> torch.Tensor:
+    if isinstance(data, TextSplits):
+        seqs = data.eval
+    elif isinstance(data, torch.Tensor):
+        seqs = data
+    elif isinstance(data, (list, tuple)) and data and all(isinstance(t, torch.Tensor) for t in data):
+        seqs = torch.stack(list(data))
+    else:
+        raise EvalError(
+            f"evaluate() needs TextSplits or token ids [n, seq_len], got {type(data).__name__}; "
+            f"make them with compress.load_text(files, tokenizer)."
+        )
+    if seqs.dim() == 1:
+        seqs = seqs.unsqueeze(0)
+    if seqs.dim() != 2 or seqs.numel() == 0 or seqs.shape[1] < 2:
+        raise EvalError(f"evaluate() got no usable sequences (shape {tuple(seqs.shape)}); give at least one sequence of 2 or more tokens.")
+    if config.max_sequences is not None:
+        seqs = seqs[: config.max_sequences]
+    return seqs.long()
+
+
+def _has_lm_head(model: nn.Module) -> bool:
+    return hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None
+
+
+def _mask_tokens(seqs: torch.Tensor, model: nn.Module, config: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace a seeded random fraction of tokens with the mask id (same for model and reference)."""
+    mask_id = config.mask_token_id if config.mask_token_id is not None else getattr(model.config, "mask_token_id", None)
+    if mask_id is None:
+        raise EvalError("This masked-LM model's config has no mask_token_id; pass EvalConfig(mask_token_id=tokenizer.mask_token_id).")
+    gen = torch.Generator().manual_seed(config.seed)
+    chosen = torch.rand(seqs.shape, generator=gen) < config.mlm_probability
+    chosen[:, 0] |= ~chosen.any(dim=1)  # every sequence scores at least one token
+    labels = torch.where(chosen, seqs, torch.full_like(seqs, -100))
+    return torch.where(chosen, torch.full_like(seqs, mask_id), seqs), labels
+
+
+class _Accumulator:
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.time = {"model": 0.0, "reference": 0.0}
+
+    def add(self, key: str, total: float, count: int) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + total
+        self.counts[key] = self.counts.get(key, 0) + count
+
+    def mean(self, key: str) -> float | None:
+        return self.sums[key] / self.counts[key] if self.counts.get(key) else None
+
+    def loss(self, who: str) -> float | None:
+        return self.mean(f"nll/{who}")
+
+
+@torch.no_grad()
+def _timed_forward(model: nn.Module, ids: torch.Tensor, acc: _Accumulator, who: str) -> torch.Tensor:
+    device = next(model.parameters()).device
+    ids = ids.to(device)
+    _sync(device)
+    start = time.perf_counter()
+    out = model(input_ids=ids)
+    _sync(device)
+    acc.time[who] += time.perf_counter() - start
+    if getattr(out, "logits", None) is not None:
+        return out.logits.float().cpu()
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return hidden.float().cpu()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _compare(logits: torch.Tensor, ref: torch.Tensor | None, targets: torch.Tensor, acc: _Accumulator) -> None:
+    """Accumulate NLL of ``targets`` (-100 = skip) and, with a reference, KL and agreement."""
+    V = logits.shape[-1]
+    if ref is not None and ref.shape[-1] != V:
+        raise EvalError(f"The reference has {ref.shape[-1]} vocabulary entries and the model {V}; both must share a tokenizer.")
+    logits, targets = logits.reshape(-1, V), targets.reshape(-1)
+    keep = targets != -100
+    logits, targets = logits[keep], targets[keep]
+    ref = ref.reshape(-1, V)[keep] if ref is not None else None
+    for s in range(0, len(targets), _ROWS_PER_SLICE):
+        sl = slice(s, s + _ROWS_PER_SLICE)
+        logp = F.log_softmax(logits[sl], dim=-1)
+        acc.add("nll/model", F.nll_loss(logp, targets[sl], reduction="sum").item(), len(logp))
+        if ref is not None:
+            ref_logp = F.log_softmax(ref[sl], dim=-1)
+            acc.add("nll/reference", F.nll_loss(ref_logp, targets[sl], reduction="sum").item(), len(logp))
+            kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+            acc.add("kl", kl.clamp_min(0).sum().item(), len(kl))
+            acc.add("agree", (logp.argmax(-1) == ref_logp.argmax(-1)).sum().item(), len(kl))
+
+
+def _embedding_stats(hidden: torch.Tensor, ref: torch.Tensor | None, acc: _Accumulator) -> None:
+    if ref is None:
+        return
+    cos = F.cosine_similarity(hidden.mean(dim=1), ref.mean(dim=1), dim=-1)
+    acc.add("cos", cos.sum().item(), len(cos))
+
+
+def _model_stats(model: nn.Module, name: str, tokens: int, seconds: float, loss: float | None) -> ModelStats:
+    total, non_emb = count_parameters(model)
+    return ModelStats(
+        name=name,
+        params_total=total,
+        params_non_embedding=non_emb,
+        bytes_in_memory=bytes_in_memory(model),
+        bytes_on_disk=bytes_on_disk(model),
+        tokens_per_second=tokens / seconds if seconds > 0 else float("nan"),
+        loss=loss,
+        perplexity=math.exp(loss) if loss is not None else None,
+    )

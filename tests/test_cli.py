@@ -1,0 +1,79 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from compress.cli import build_parser, main
+
+
+def test_eval_against_itself(tiny_dir, text_file, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code = main(["eval", str(tiny_dir), "--data", str(text_file), "--seq-len", "16",
+                 "--max-sequences", "3", "--reference", str(tiny_dir), "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "perplexity" in printed and "KL to reference" in printed
+    report = json.loads(out.read_text())
+    assert report["kl_to_reference"] == pytest.approx(0.0, abs=1e-6)
+    assert report["top1_agreement"] == 1.0 and report["sequences"] == 3
+
+
+def test_eval_without_reference(tiny_dir, text_file, capsys):
+    assert main(["eval", str(tiny_dir), "--data", str(text_file), "--seq-len", "16", "--max-sequences", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "perplexity" in printed and "KL to reference" not in printed
+
+
+def test_unknown_model_exits_2_with_one_line(capsys):
+    assert main(["eval", "no-such-model"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("compress-lm eval: 'no-such-model' is not a built-in model") and "\n" not in err
+
+
+def test_empty_text_exits_2(tiny_dir, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert main(["eval", str(tiny_dir), "--data", str(empty)]) == 2
+    assert "No text found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["prune", "m", "-o", "out"],
+        ["quantize", "m", "--method", "int4", "-o", "out"],
+        ["recover", "m", "-o", "out"],
+        ["export", "m", "--format", "hf", "-o", "out"],
+        ["run", "--recipe", "default"],
+        ["bench", "kernels"],
+    ],
+)
+def test_unbuilt_commands_say_so(argv, capsys):
+    assert main(argv) == 2
+    assert f"`compress-lm {argv[0]}` is not built yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["eval", "prune", "quantize", "recover", "export", "run", "bench"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: compress-lm " + command in capsys.readouterr().out
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "compress.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "eval" in out.stdout and "quantize" in out.stdout
+
+
+@pytest.mark.slow
+def test_eval_real_smollm2_against_itself(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code = main(["eval", "smollm2-135m", "--reference", "smollm2-135m", "--max-sequences", "2",
+                 "--seq-len", "128", "--json", str(out)])
+    assert code == 0
+    r = json.loads(out.read_text())
+    assert r["kl_to_reference"] == pytest.approx(0.0, abs=1e-5) and r["top1_agreement"] == 1.0
+    assert 5 < r["model"]["perplexity"] < 500  # a working LM on English verse
+    assert r["model"]["params_total"] == 134_515_008
