@@ -6,7 +6,7 @@ a model; ``compress.arch.adapter.Adapter`` binds a spec to one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -68,30 +68,19 @@ LLAMA_STYLE = ArchSpec(
     attn_head_attrs=("num_key_value_groups",),
 )
 
-GEMMA3 = ArchSpec(
+# Gemma3 is laid out like Llama but has four norms per layer, and the
+# multimodal model nests the text backbone under language_model.
+GEMMA3 = replace(
+    LLAMA_STYLE,
     family="gemma3",
     model_types=("gemma3_text", "gemma3"),
-    causal=True,
     prefixes=("model.language_model.", "model.", "language_model.", ""),
-    layers="layers",
-    embed="embed_tokens",
-    final_norm="norm",
-    lm_head="lm_head",
-    q="self_attn.q_proj",
-    k="self_attn.k_proj",
-    v="self_attn.v_proj",
-    o="self_attn.o_proj",
-    mlp_in=("mlp.gate_proj", "mlp.up_proj"),
-    mlp_out="mlp.down_proj",
     norms=(
         "input_layernorm",
         "post_attention_layernorm",
         "pre_feedforward_layernorm",
         "post_feedforward_layernorm",
     ),
-    head_norms=("self_attn.q_norm", "self_attn.k_norm"),
-    attn_module="self_attn",
-    attn_head_attrs=("num_key_value_groups",),
 )
 
 BERT = ArchSpec(
