@@ -1,11 +1,16 @@
-"""Entry points whose issues have not landed yet.
+"""The public entry points that compose the subpackages.
 
-Each raises ``NotImplementedError`` with one sentence saying what is missing,
-so that a user (and the CLI) gets a clear answer instead of an AttributeError.
+Those whose issues have not landed yet raise ``NotImplementedError`` with one
+sentence saying what is missing, so that a user (and the CLI) gets a clear
+answer instead of an AttributeError.
 """
 from __future__ import annotations
 
 from typing import Any, NoReturn
+
+from compress.io import load, save
+
+__all__ = ["load", "prune", "quantize", "recover", "run", "save"]
 
 
 def _not_built(what: str) -> NoReturn:
@@ -27,16 +32,6 @@ def quantize(model: Any, *args: Any, **kwargs: Any) -> Any:
 def recover(model: Any, *args: Any, **kwargs: Any) -> Any:
     """Recovery training (distillation, QAT, LoRA)."""
     _not_built("Recovery training (compress.recover)")
-
-
-def save(model: Any, path: Any, *args: Any, **kwargs: Any) -> Any:
-    """Compressed checkpoint save."""
-    _not_built("The compressed checkpoint format (compress.save)")
-
-
-def load(path: Any, *args: Any, **kwargs: Any) -> Any:
-    """Compressed checkpoint load."""
-    _not_built("The compressed checkpoint format (compress.load)")
 
 
 def run(model: Any, recipe: Any, *args: Any, **kwargs: Any) -> Any:

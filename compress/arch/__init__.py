@@ -1,5 +1,6 @@
 """Model-family adapters: the only place in compress-lm that names a family."""
 from compress.arch.adapter import (
+    HEAD_ATTRS,
     Adapter,
     LayerParts,
     UnsupportedModelError,
@@ -10,6 +11,7 @@ from compress.arch.adapter import (
 from compress.arch.spec import SPECS, ArchSpec
 
 __all__ = [
+    "HEAD_ATTRS",
     "Adapter",
     "ArchSpec",
     "LayerParts",

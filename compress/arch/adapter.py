@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
@@ -12,6 +12,18 @@ from compress.errors import CompressError
 
 class UnsupportedModelError(CompressError):
     """The model's family has no adapter."""
+
+
+# What each attention attribute named in ArchSpec.attn_head_attrs holds, from
+# (query heads, kv heads, head_dim): transformers' names, shared by families.
+HEAD_ATTRS: dict[str, Callable[[int, int, int], int]] = {
+    "num_key_value_groups": lambda h, kv, hd: h // kv,
+    "num_attention_heads": lambda h, kv, hd: h,
+    "num_heads": lambda h, kv, hd: h,
+    "num_key_value_heads": lambda h, kv, hd: kv,
+    "num_kv_heads": lambda h, kv, hd: kv,
+    "all_head_size": lambda h, kv, hd: h * hd,
+}
 
 
 def _get(root: nn.Module, path: str) -> Any:
@@ -139,6 +151,31 @@ class Adapter:
 
     def attention_module(self, i: int) -> nn.Module:
         return _get(self.layers[i], self.spec.attn_module)
+
+    def set_attention_heads(self, i: int, heads: int, kv_heads: int) -> None:
+        """Rewrite the head-count attributes that layer ``i``'s attention forward reads."""
+        attention = self.attention_module(i)
+        for name in self.spec.attn_head_attrs:
+            if hasattr(attention, name):
+                setattr(attention, name, HEAD_ATTRS[name](heads, kv_heads, self.head_dim))
+
+    def resize_layer(self, i: int, heads: int, kv_heads: int, mlp_width: int, device: Any = "meta") -> None:
+        """Give layer ``i`` empty projections of the given widths (to load a pruned checkpoint into).
+
+        Only projections whose shape changes are replaced; the new ones are
+        uninitialised (on ``device``, meta by default) and keep bias and dtype.
+        """
+        s, hd, hidden = self.spec, self.head_dim, self.hidden_size
+        shapes = {s.q: (hidden, heads * hd), s.k: (hidden, kv_heads * hd), s.v: (hidden, kv_heads * hd),
+                  s.o: (heads * hd, hidden), s.mlp_out: (mlp_width, hidden)}
+        shapes.update({p: (hidden, mlp_width) for p in s.mlp_in})
+        layer = self.layers[i]
+        for path, (n_in, n_out) in shapes.items():
+            old = _get(layer, path)
+            if (old.in_features, old.out_features) != (n_in, n_out):
+                new = nn.Linear(n_in, n_out, bias=old.bias is not None, device=device, dtype=old.weight.dtype)
+                layer.set_submodule(path, new)
+        self.set_attention_heads(i, heads, kv_heads)
 
     def projection_names(self) -> list[str]:
         """Full names of every projection inside the layers, in layer order."""

@@ -1,0 +1,220 @@
+"""The native checkpoint: ``compress.save`` and ``compress.load``.
+
+A checkpoint is a directory: ``config.json``, ``model.safetensors`` (or
+shards with ``model.safetensors.index.json``), tokenizer files when given,
+and ``compress.json`` (see ``compress.io.manifest``).  Loading builds the
+model skeleton without allocating weights, swaps in pruned shapes and
+QuantLinear modules from the manifest, and assigns the stored tensors, so no
+full-size float copy is made.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.arch import UnsupportedModelError, adapter_for
+from compress.io.atomic import atomic_directory, sha256_file
+from compress.io.manifest import MANIFEST, CheckpointError, Manifest
+
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+DEFAULT_SHARD_BYTES = 2 * 2**30
+
+
+def save(
+    model: nn.Module,
+    path: str | Path,
+    tokenizer: Any = None,
+    *,
+    overwrite: bool = False,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> Path:
+    """Write ``model`` (pruned, quantised or plain) as a checkpoint directory.
+
+    The directory appears only when complete; an existing one is replaced
+    only with ``overwrite=True``.  Returns the directory.
+    """
+    from safetensors.torch import save_file
+
+    if getattr(model, "config", None) is None:
+        raise CheckpointError(f"{type(model).__name__} has no config; compress.save takes transformers models.")
+    tensors, tied = _unique_state(model)
+    manifest = _manifest(model, tied)
+    with atomic_directory(path, overwrite) as tmp:
+        config = copy.deepcopy(model.config)
+        config.architectures = [type(model).__name__]  # what _skeleton rebuilds
+        config.save_pretrained(tmp)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        shards = _shard(tensors, max_shard_bytes)
+        for file, part in shards.items():
+            save_file(part, tmp / file, metadata={"format": "pt"})
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
+                     "weight_map": {k: f for f, part in shards.items() for k in part}}
+            (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
+        manifest.files = {
+            f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
+            for f in sorted(tmp.iterdir()) if f.is_file() and f.name != MANIFEST
+        }
+        manifest.write(tmp)
+    return Path(path).expanduser().resolve()
+
+
+def _unique_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """State dict without shared-storage duplicates (safetensors refuses them) and the aliases."""
+    tensors: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if key in seen:
+            tied[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = t.detach().contiguous().cpu()
+    return tensors, tied
+
+
+def _shard(tensors: dict[str, torch.Tensor], max_bytes: int) -> dict[str, dict[str, torch.Tensor]]:
+    parts: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        if parts[-1] and size + t.nbytes > max_bytes:
+            parts.append({})
+            size = 0
+        parts[-1][name] = t
+        size += t.nbytes
+    if len(parts) == 1:
+        return {WEIGHTS: parts[0]}
+    n = len(parts)
+    return {f"model-{i + 1:05d}-of-{n:05d}.safetensors": p for i, p in enumerate(parts)}
+
+
+def _manifest(model: nn.Module, tied: dict[str, str]) -> Manifest:
+    from compress import __version__
+
+    try:
+        adapter = adapter_for(model)
+        family, widths = adapter.spec.family, adapter.describe()
+    except UnsupportedModelError:
+        family, widths = None, None
+    quantized = {
+        name: m.describe() for name, m in model.named_modules()
+        if callable(getattr(m, "describe", None)) and hasattr(m, "qweight")
+    }
+    return Manifest(
+        compress_version=__version__,
+        family=family,
+        architectures=[type(model).__name__],
+        methods=list(getattr(model.config, "compress_methods", None) or []),
+        layer_widths=widths,
+        quantized_modules=quantized,
+        tied=tied,
+    )
+
+
+# -- loading -----------------------------------------------------------------
+
+def load(path: str | Path, *, device: str | torch.device = "cpu", verify: bool = True) -> Any:
+    """Reopen a checkpoint written by ``compress.save``; returns ``(model, tokenizer)``.
+
+    Every file is checked against the sha256 in ``compress.json`` (unless
+    ``verify=False``) and every tensor against the shapes the manifest
+    implies; a checkpoint that fails is refused with the file and the reason.
+    """
+    from compress.models import LoadedModel
+
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise CheckpointError(f"Checkpoint directory '{directory}' does not exist; give the directory compress.save wrote.")
+    manifest = Manifest.read(directory)
+    _check_files(directory, manifest, verify)
+    model = _skeleton(directory, manifest)
+    state = _read_tensors(directory, manifest)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise CheckpointError(
+            f"The tensors in '{directory}' do not fit the model its config and {MANIFEST} describe ({detail}); "
+            f"the checkpoint is inconsistent, save it again."
+        ) from err
+    if getattr(model.config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
+        model.tie_weights()
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise CheckpointError(f"'{directory}' lacks tensors for {left[:3]}; the checkpoint is incomplete, save it again.")
+    return LoadedModel(model.to(device).eval(), _tokenizer(directory))
+
+
+def _check_files(directory: Path, manifest: Manifest, verify: bool) -> None:
+    for name, meta in manifest.files.items():
+        f = directory / name
+        if not f.is_file():
+            raise CheckpointError(f"Checkpoint '{directory}' is missing {name}, which {MANIFEST} lists; it was truncated or moved, save it again.")
+        if f.stat().st_size != meta.get("bytes"):
+            raise CheckpointError(
+                f"{f} has {f.stat().st_size} bytes but {MANIFEST} recorded {meta.get('bytes')}; the file is truncated or was "
+                f"changed, save the checkpoint again."
+            )
+        if verify and sha256_file(f) != meta.get("sha256"):
+            raise CheckpointError(f"{f} does not match the sha256 in {MANIFEST}; the file was corrupted or changed, save the checkpoint again.")
+    if WEIGHTS not in manifest.files and INDEX not in manifest.files:
+        raise CheckpointError(f"{MANIFEST} in '{directory}' lists no weights file; the checkpoint is incomplete, save it again.")
+
+
+def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
+    """The model with parameters on the meta device, pruned widths and QuantLinear modules in place."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    from compress.models import _model_class
+
+    config = AutoConfig.from_pretrained(directory)
+    with init_empty_weights(include_buffers=False):  # buffers such as rotary tables are computed, not stored
+        cls = _model_class(config)
+        model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+    widths = manifest.layer_widths
+    if widths:
+        adapter = adapter_for(model)
+        for i in range(adapter.num_layers):
+            adapter.resize_layer(i, widths["num_heads"][i], widths["num_kv_heads"][i], widths["mlp_width"][i])
+    if manifest.quantized_modules:
+        from compress.quant.linear import QuantLinear
+    for name, spec in manifest.quantized_modules.items():
+        spec = dict(spec)
+        spec["scale_dtype"] = getattr(torch, spec.get("scale_dtype", "float16"))
+        model.set_submodule(name, QuantLinear(**spec, device="meta"))
+    return model
+
+
+def _read_tensors(directory: Path, manifest: Manifest) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    files = [WEIGHTS] if WEIGHTS in manifest.files else sorted(set(json.loads((directory / INDEX).read_text())["weight_map"].values()))
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            state.update(load_file(directory / f))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{directory / f} is not a readable safetensors file ({err}); save the checkpoint again.") from err
+    for alias, name in manifest.tied.items():
+        state[alias] = state[name]
+    return state
+
+
+def _tokenizer(directory: Path) -> Any:
+    if not any((directory / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(directory)
