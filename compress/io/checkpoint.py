@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from compress.arch import UnsupportedModelError, adapter_for
+from compress.io import remote_code
 from compress.io.atomic import atomic_directory, sha256_file
 from compress.io.manifest import MANIFEST, CheckpointError, Manifest
 
@@ -46,9 +47,7 @@ def save(
     tensors, tied = _unique_state(model)
     manifest = _manifest(model, tied)
     with atomic_directory(path, overwrite) as tmp:
-        config = copy.deepcopy(model.config)
-        config.architectures = [type(model).__name__]  # what _skeleton rebuilds
-        config.save_pretrained(tmp)
+        _write_config(model, tmp)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         if tokenizer is not None:
@@ -66,6 +65,24 @@ def save(
         }
         manifest.write(tmp)
     return Path(path).expanduser().resolve()
+
+
+def _write_config(model: nn.Module, directory: Path) -> None:
+    """config.json, plus the modeling file stock transformers needs when layer widths differ."""
+    config = copy.deepcopy(model.config)
+    config.architectures = [type(model).__name__]  # what _skeleton rebuilds
+    try:
+        adapter = adapter_for(model)
+    except UnsupportedModelError:
+        adapter = None
+    quantized = any(hasattr(m, "qweight") for m in model.modules())
+    if adapter is not None and not quantized:
+        widths = remote_code.layer_widths(adapter)
+        if not remote_code.is_uniform(widths):
+            setattr(config, remote_code.WIDTHS_KEY, widths)
+            (directory / f"{remote_code.MODULE}.py").write_text(remote_code.modeling_file(adapter, type(model).__name__))
+            config.auto_map = {remote_code.auto_map_key(model): f"{remote_code.MODULE}.{remote_code.CLASS}"}
+    config.save_pretrained(directory)
 
 
 def _unique_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -183,3 +183,53 @@ def test_output_path_that_is_a_file(tmp_path):
     f.write_text("x")
     with pytest.raises(CompressError, match="is a file; give a directory"):
         save(tiny_model("llama"), f)
+
+
+def _shrink_layer1_mlp(model, width=40):
+    part = adapter_for(model).layer(1)
+    for lin in part.mlp_in:
+        lin.weight = nn.Parameter(lin.weight[:width].clone())
+        if lin.bias is not None:
+            lin.bias = nn.Parameter(lin.bias[:width].clone())
+        lin.out_features = width
+    part.mlp_out.weight = nn.Parameter(part.mlp_out.weight[:, :width].clone())
+    part.mlp_out.in_features = width
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "bert-mlm"])
+def test_non_uniform_checkpoint_loads_in_plain_transformers(family, tmp_path):
+    """Without compress importable, from_pretrained(trust_remote_code=True) rebuilds the widths."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    model = tiny_model(family)
+    _shrink_layer1_mlp(model)
+    save(model, tmp_path / "ck")
+    save_file({"out": _out(model).contiguous()}, tmp_path / "expected.safetensors")
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert cfg["compress_layer_widths"]["intermediate_size"] == [96, 40]
+    assert (tmp_path / "ck" / "modeling_compress.py").is_file() and "auto_map" in cfg
+    auto = "AutoModelForCausalLM" if family != "bert-mlm" else "AutoModelForMaskedLM"
+    script = f"""
+import sys
+sys.modules["compress"] = None  # make any import of compress fail
+import torch, transformers
+from safetensors.torch import load_file
+m = transformers.{auto}.from_pretrained({str(tmp_path / 'ck')!r}, trust_remote_code=True).eval()
+with torch.no_grad():
+    out = m(input_ids=torch.tensor({IDS.tolist()}))[0]
+expected = load_file({str(tmp_path / 'expected.safetensors')!r})["out"]
+print("MAXDIFF", (out - expected).abs().max().item())
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    diff = float(res.stdout.split("MAXDIFF")[1])
+    assert diff < 1e-5
+
+
+def test_uniform_checkpoint_has_no_remote_code(tmp_path):
+    save(tiny_model("llama"), tmp_path / "ck")
+    assert not (tmp_path / "ck" / "modeling_compress.py").exists()
+    assert "auto_map" not in json.loads((tmp_path / "ck" / "config.json").read_text())
