@@ -78,9 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output directory")
     p.set_defaults(func=_not_built("run"))
 
-    p = sub.add_parser("bench", help="kernel microbenchmarks or end-to-end model speed [not built yet]")
+    p = sub.add_parser("bench", help="kernel microbenchmarks (needs a GPU); end-to-end model speed [not built yet]")
     p.add_argument("what", choices=["kernels", "model"])
-    p.set_defaults(func=_not_built("bench"))
+    p.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the benchmark script (see its --help)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -89,6 +90,27 @@ def _not_built(command: str) -> Callable[[argparse.Namespace], int]:
         raise NotImplementedError(f"`compress-lm {command}` is not built yet; see the feature table in README.md.")
 
     return run
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "model":
+        raise NotImplementedError("`compress-lm bench model` is not built yet; see the feature table in README.md.")
+    return _benchmark_script("kernels").main(args.args)
+
+
+def _benchmark_script(name: str):
+    """Load benchmarks/<name>.py from the source checkout (benchmarks/ is not installed)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    if not path.is_file():
+        raise CompressError(f"The benchmark {path} is not here: benchmarks ship with the source checkout; run from a clone of compress-lm.")
+    spec = importlib.util.spec_from_file_location(f"compress_benchmarks_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

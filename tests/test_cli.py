@@ -46,12 +46,13 @@ def test_empty_text_exits_2(tiny_dir, tmp_path, capsys):
         ["recover", "m", "-o", "out"],
         ["export", "m", "--format", "hf", "-o", "out"],
         ["run", "--recipe", "default"],
-        ["bench", "kernels"],
+        ["bench", "model"],
     ],
 )
 def test_unbuilt_commands_say_so(argv, capsys):
     assert main(argv) == 2
-    assert f"`compress-lm {argv[0]}` is not built yet" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"`compress-lm {argv[0]}" in err and "is not built yet" in err
 
 
 @pytest.mark.parametrize("command", ["eval", "prune", "quantize", "recover", "export", "run", "bench"])
@@ -60,6 +61,17 @@ def test_every_subcommand_has_help(command, capsys):
         build_parser().parse_args([command, "--help"])
     assert exit_.value.code == 0
     assert "usage: compress-lm " + command in capsys.readouterr().out
+
+
+def test_bench_kernels_without_gpu_says_so(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU: the benchmark would run")
+    code = main(["bench", "kernels"])
+    assert code == 2
+    out = capsys.readouterr()
+    assert "GPU" in out.out + out.err
 
 
 def test_console_script_is_installed():

@@ -1,0 +1,55 @@
+"""Low-bit matmul kernels (installed as ``compress.kernels``).
+
+Triton kernels for ternary and int4 weights with a pure-PyTorch reference of
+the same signature for each, and one dispatch function.  This package knows
+nothing of models and imports only torch and triton.
+
+The packed layouts are documented once, in :mod:`compress.kernels.formats`.
+Names are imported lazily: ``import compress.kernels`` loads neither torch's
+custom-op registry nor Triton and never touches a GPU.
+
+    from compress.kernels import pack_int4, quant_matmul
+    y = quant_matmul(x, qweight, scales, zeros, fmt="int4", group_size=128)
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> submodule that defines it
+_API = {
+    # storage formats (formats.py)
+    "pack_int4": "formats",
+    "unpack_int4": "formats",
+    "pack_ternary": "formats",
+    "unpack_ternary": "formats",
+    "dequantize_int4": "formats",
+    "dequantize_ternary": "formats",
+    "broadcast_ternary_scale": "formats",
+    "check_int4": "formats",
+    "check_ternary": "formats",
+    "resolve_group_size": "formats",
+    "shape_problem": "formats",
+    # activation quantisation shared by the A8 reference and kernel
+    "quantize_activations_int8": "reference",
+    # dispatch (dispatch.py); importing it registers torch.ops.compress.quant_matmul
+    "quant_matmul": "dispatch",
+    "choose_kernel": "dispatch",
+    "FORMATS": "dispatch",
+    "reset_fallbacks": "dispatch",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'compress.kernels' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

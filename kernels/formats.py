@@ -1,0 +1,267 @@
+"""Packed weight formats: the one storage layout per format, shared by every kernel.
+
+Shape contract (the only place it is written down; W is an ``nn.Linear``
+weight of shape ``[N, K]`` = out_features x in_features):
+
+int4 (W4A16, group-wise)
+    ``qweight``  int32 ``[K // 8, N]``, N contiguous.  Nibble ``j`` (bits
+                 ``4j .. 4j+3``) of word ``[r, n]`` holds the unsigned code
+                 ``q[n, 8r + j]`` in ``0..15``.
+    ``scales``   float ``[K // G, N]`` (float16 by default; any float dtype is
+                 accepted).  Row ``g`` covers ``k`` in ``[gG, (g+1)G)``.
+    ``zeros``    float ``[K // G, N]`` zero points in code units (usually
+                 integers 0..15, stored in the scales' dtype), or ``None`` for
+                 symmetric weights, which use the fixed offset 8.
+    dequant      ``w[n, k] = (q[n, k] - z[k // G, n]) * s[k // G, n]``,
+                 with ``z = 8`` when ``zeros is None``.
+    ``group_size`` G is a power of two >= 16 that divides K (32/64/128 are the
+                 usual ones) or ``G == K`` (per-channel; ``-1`` is accepted as a
+                 shorthand for K).  K must be a multiple of 8 and of G.
+
+ternary (W1.58, BitNet b1.58)
+    ``qweight``  int32 ``[K // 16, N]``, N contiguous.  2-bit field ``j``
+                 (bits ``2j .. 2j+1``) of word ``[r, n]`` holds the code
+                 ``c[n, 16r + j] = w + 1`` in ``{0, 1, 2}`` (3 is never written).
+    ``scale``    float ``[N]``, one scale per output channel; a per-tensor
+                 scale (0-d or ``[1]``) is broadcast to ``[N]`` by
+                 :func:`broadcast_ternary_scale`.
+    dequant      ``w[n, k] = (c[n, k] - 1) * scale[n]``.
+    K must be a multiple of 16.
+
+Words are filled from the least significant bits, so the sign bit of an int32
+word holds the top bits of the last element; kernels mask after the (arithmetic)
+shift, which makes the sign harmless.  This is GemLite's layout (packed along
+K, N contiguous), so one tensor serves GEMV, split-K and GEMM alike.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+__all__ = [
+    "INT4_PER_WORD",
+    "TERNARY_PER_WORD",
+    "pack_int4",
+    "unpack_int4",
+    "pack_ternary",
+    "unpack_ternary",
+    "dequantize_int4",
+    "dequantize_ternary",
+    "broadcast_ternary_scale",
+    "resolve_group_size",
+    "shape_problem",
+    "check_int4",
+    "check_ternary",
+]
+
+INT4_PER_WORD = 8
+TERNARY_PER_WORD = 16
+
+
+# --------------------------------------------------------------------------- checks
+
+def shape_problem(fmt: str, N: int, K: int, group_size: Optional[int] = 128) -> Optional[str]:
+    """Return why a ``[N, K]`` weight cannot use ``fmt`` ("int4" or "ternary"), or None if it can.
+
+    Quantisers call this for every layer before touching a weight, so one
+    message can list every offending module.
+    """
+    if fmt not in ("int4", "ternary"):
+        return f"unknown packed format {fmt!r}; use 'int4' or 'ternary'."
+    multiple = INT4_PER_WORD if fmt == "int4" else TERNARY_PER_WORD
+    if K <= 0 or K % multiple:
+        padded = ((max(K, 1) + multiple - 1) // multiple) * multiple
+        return (
+            f"{fmt} weight of shape [{N}, {K}] cannot be packed: in_features K={K} must be a "
+            f"positive multiple of {multiple}; pad K to {padded} or leave this layer unquantised."
+        )
+    if fmt == "int4":
+        G = K if group_size in (-1, 0, None) else int(group_size)
+        if G != K and (G < 16 or G & (G - 1) or K % G):
+            return (
+                f"int4 weight of shape [{N}, {K}] cannot use group size {group_size}: use a power "
+                f"of two >= 16 that divides K={K} (32, 64 or 128), or -1 for one group per channel."
+            )
+    return None
+
+
+def resolve_group_size(group_size: Optional[int], K: int, N: int = -1) -> int:
+    """Return the effective int4 group size (``-1``, ``0`` or None mean per-channel, G = K)."""
+    problem = shape_problem("int4", N, K, group_size)
+    if problem:
+        raise ValueError(problem)
+    return K if group_size in (-1, 0, None) else int(group_size)
+
+
+def _check_k(fmt: str, N: int, K: int) -> None:
+    problem = shape_problem(fmt, N, K, group_size=-1)  # group size is checked with the scales
+    if problem:
+        raise ValueError(problem)
+
+
+def check_int4(
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: Optional[torch.Tensor],
+    group_size: int,
+) -> tuple[int, int, int]:
+    """Validate packed int4 tensors against the contract; return ``(N, K, G)``."""
+    if qweight.dtype != torch.int32 or qweight.dim() != 2:
+        raise ValueError(
+            f"int4 qweight must be a 2-D int32 tensor [K/8, N], got {qweight.dtype} of shape "
+            f"{list(qweight.shape)}; build it with pack_int4."
+        )
+    K, N = qweight.shape[0] * INT4_PER_WORD, qweight.shape[1]
+    G = resolve_group_size(group_size, K, N)
+    want = [K // G, N]
+    if not scales.is_floating_point() or list(scales.shape) != want:
+        raise ValueError(
+            f"int4 scales must be a float tensor of shape {want} (K/G x N for K={K}, G={G}), "
+            f"got {scales.dtype} of shape {list(scales.shape)}."
+        )
+    if zeros is not None and (not zeros.is_floating_point() or list(zeros.shape) != want):
+        raise ValueError(
+            f"int4 zeros must be None (symmetric, offset 8) or a float tensor of shape {want}, "
+            f"got {zeros.dtype} of shape {list(zeros.shape)}."
+        )
+    return N, K, G
+
+
+def check_ternary(qweight: torch.Tensor, scale: torch.Tensor) -> tuple[int, int]:
+    """Validate packed ternary tensors against the contract; return ``(N, K)``."""
+    if qweight.dtype != torch.int32 or qweight.dim() != 2:
+        raise ValueError(
+            f"ternary qweight must be a 2-D int32 tensor [K/16, N], got {qweight.dtype} of shape "
+            f"{list(qweight.shape)}; build it with pack_ternary."
+        )
+    K, N = qweight.shape[0] * TERNARY_PER_WORD, qweight.shape[1]
+    if not scale.is_floating_point() or scale.numel() not in (1, N) or scale.dim() > 1:
+        raise ValueError(
+            f"ternary scale must be a float tensor of shape [{N}] (one per output channel) or a "
+            f"single per-tensor value, got {scale.dtype} of shape {list(scale.shape)}."
+        )
+    return N, K
+
+
+def broadcast_ternary_scale(scale: torch.Tensor | float, N: int) -> torch.Tensor:
+    """Return ``scale`` as a contiguous ``[N]`` tensor (a per-tensor scale is repeated)."""
+    scale = torch.as_tensor(scale)
+    if scale.numel() == N and scale.dim() == 1:
+        return scale.contiguous()
+    if scale.numel() != 1:
+        raise ValueError(
+            f"ternary scale has {scale.numel()} values but the weight has N={N} output channels; "
+            f"pass one scale per output channel or a single per-tensor scale."
+        )
+    return scale.reshape(1).expand(N).contiguous()
+
+
+# --------------------------------------------------------------------------- bit packing
+
+def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack ``codes[N, K]`` (values < 2**bits) along K into int32 ``[K*bits/32, N]``."""
+    per_word = 32 // bits
+    N, K = codes.shape
+    c = codes.to(torch.int64).t().reshape(K // per_word, per_word, N)
+    shifts = (torch.arange(per_word, device=codes.device, dtype=torch.int64) * bits).view(1, -1, 1)
+    words = (c << shifts).sum(dim=1)  # fields do not overlap, so sum == bitwise or
+    # Reinterpret the unsigned 32-bit pattern as int32 (the top field may set the sign bit).
+    words = torch.where(words >= 2**31, words - 2**32, words)
+    return words.to(torch.int32).contiguous()
+
+
+def _unpack(qweight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Inverse of :func:`_pack`: int32 ``[R, N]`` -> uint8 codes ``[N, R * 32/bits]``."""
+    per_word = 32 // bits
+    R, N = qweight.shape
+    shifts = (torch.arange(per_word, device=qweight.device, dtype=torch.int32) * bits).view(1, -1, 1)
+    # Arithmetic shift then mask: the sign extension lands above the mask.
+    fields = (qweight.unsqueeze(1) >> shifts) & ((1 << bits) - 1)
+    return fields.reshape(R * per_word, N).t().to(torch.uint8).contiguous()
+
+
+def _check_codes(q: torch.Tensor, hi: int, fmt: str) -> None:
+    if q.dim() != 2 or q.is_floating_point() or q.is_complex() or q.dtype == torch.bool:
+        raise ValueError(
+            f"{fmt} codes must be a 2-D integer tensor [N, K], got {q.dtype} of shape {list(q.shape)}."
+        )
+    if q.numel() and (int(q.min()) < 0 or int(q.max()) > hi):
+        raise ValueError(
+            f"{fmt} codes must lie in 0..{hi}, got values in {int(q.min())}..{int(q.max())}; "
+            f"quantise (and add the offset) before packing."
+        )
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """Pack unsigned 4-bit codes ``q[N, K]`` (0..15) into int32 ``qweight[K/8, N]``."""
+    _check_codes(q, 15, "int4")
+    _check_k("int4", q.shape[0], q.shape[1])
+    return _pack(q, 4)
+
+
+def unpack_int4(qweight: torch.Tensor, K: Optional[int] = None) -> torch.Tensor:
+    """Unpack int32 ``qweight[K/8, N]`` into uint8 codes ``[N, K]`` (0..15)."""
+    if qweight.dtype != torch.int32 or qweight.dim() != 2:
+        raise ValueError(f"int4 qweight must be a 2-D int32 tensor, got {qweight.dtype} {list(qweight.shape)}.")
+    if K is not None and K != qweight.shape[0] * INT4_PER_WORD:
+        raise ValueError(
+            f"int4 qweight of shape {list(qweight.shape)} holds K={qweight.shape[0] * INT4_PER_WORD} "
+            f"inputs, not K={K}; pass the in_features the weight was packed with."
+        )
+    return _unpack(qweight, 4)
+
+
+def pack_ternary(codes: torch.Tensor) -> torch.Tensor:
+    """Pack ternary codes ``c = w + 1`` (``[N, K]``, values 0..2) into int32 ``qweight[K/16, N]``.
+
+    Pass ``w + 1`` where ``w`` in {-1, 0, 1}; signed input is refused so that an
+    off-by-one never silently packs.
+    """
+    _check_codes(codes, 2, "ternary")
+    _check_k("ternary", codes.shape[0], codes.shape[1])
+    return _pack(codes, 2)
+
+
+def unpack_ternary(qweight: torch.Tensor, K: Optional[int] = None) -> torch.Tensor:
+    """Unpack int32 ``qweight[K/16, N]`` into uint8 codes ``c = w + 1`` of shape ``[N, K]``."""
+    if qweight.dtype != torch.int32 or qweight.dim() != 2:
+        raise ValueError(f"ternary qweight must be a 2-D int32 tensor, got {qweight.dtype} {list(qweight.shape)}.")
+    if K is not None and K != qweight.shape[0] * TERNARY_PER_WORD:
+        raise ValueError(
+            f"ternary qweight of shape {list(qweight.shape)} holds K={qweight.shape[0] * TERNARY_PER_WORD} "
+            f"inputs, not K={K}; pass the in_features the weight was packed with."
+        )
+    return _unpack(qweight, 2)
+
+
+# --------------------------------------------------------------------------- dequantisation
+
+def dequantize_int4(
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: Optional[torch.Tensor],
+    group_size: int,
+    dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """Return the float weight ``[N, K]`` (in ``dtype``, default the scales' dtype).
+
+    The arithmetic is done in float32 so the result does not depend on ``dtype``.
+    """
+    N, K, G = check_int4(qweight, scales, zeros, group_size)
+    q = _unpack(qweight, 4).to(torch.float32)  # [N, K]
+    s = scales.to(torch.float32).t().repeat_interleave(G, dim=1)  # [N, K]
+    z = 8.0 if zeros is None else zeros.to(torch.float32).t().repeat_interleave(G, dim=1)
+    return ((q - z) * s).to(dtype or scales.dtype)
+
+
+def dequantize_ternary(
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """Return the float weight ``[N, K]`` (in ``dtype``, default the scale's dtype)."""
+    N, K = check_ternary(qweight, scale)
+    s = broadcast_ternary_scale(scale, N).to(torch.float32)
+    c = _unpack(qweight, 2).to(torch.float32)
+    return ((c - 1.0) * s[:, None]).to(dtype or scale.dtype)

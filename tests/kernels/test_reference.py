@@ -1,0 +1,60 @@
+"""The PyTorch references against dense matmuls built independently from the codes."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compress.kernels import reference
+
+from .util import make_generator, random_int4, random_ternary, random_x
+
+
+@pytest.mark.parametrize("group_size,asym", [(32, True), (64, False), (-1, True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_int4_reference_equals_dense_matmul(group_size, asym, dtype):
+    N, K, M = 37, 128, 5
+    gen = make_generator("ref-int4", group_size, asym, dtype)
+    qweight, scales, zeros, q = random_int4(N, K, group_size, asym, gen)
+    G = K if group_size == -1 else group_size
+    z = torch.full((K // G, N), 8.0) if zeros is None else zeros.float()
+    # Dense weight straight from the codes, not through dequantize_int4.
+    w = torch.stack([(q[:, k] - z[k // G]) * scales[k // G].float() for k in range(K)], dim=1)
+    x = random_x(M, K, dtype, gen)
+    y = reference.int4_matmul(x, qweight, scales, zeros, group_size)
+    assert y.dtype == dtype and y.shape == (M, N)
+    torch.testing.assert_close(y, (x.float() @ w.t()).to(dtype))
+
+
+def test_ternary_reference_equals_dense_matmul_and_keeps_leading_dims():
+    N, K = 37, 96
+    gen = make_generator("ref-ternary")
+    qweight, scale, c = random_ternary(N, K, False, gen)
+    x = torch.randn(2, 3, K, generator=gen)
+    y = reference.ternary_matmul(x, qweight, scale)
+    assert y.shape == (2, 3, N)
+    torch.testing.assert_close(y, x @ ((c - 1).float() * scale[:, None]).t())
+
+
+def test_activation_quantisation_is_per_token_absmax_int8():
+    x = torch.tensor([[0.5, -1.0, 0.25], [10.0, 0.0, -5.0], [0.0, 0.0, 0.0]])
+    x_q, x_scale = reference.quantize_activations_int8(x)
+    assert x_q.dtype == torch.int8 and x_scale.dtype == torch.float32
+    assert x_q.tolist() == [[64, -127, 32], [127, 0, -64], [0, 0, 0]]
+    torch.testing.assert_close(x_scale[:2], torch.tensor([1.0 / 127, 10.0 / 127]))
+    assert torch.isfinite(x_scale).all()  # an all-zero token does not divide by zero
+
+
+def test_a8_reference_is_the_exact_integer_dot_rescaled():
+    N, K, M = 37, 128, 4
+    gen = make_generator("ref-a8")
+    qweight, scale, c = random_ternary(N, K, False, gen)
+    x = random_x(M, K, torch.float32, gen)
+    x_q, x_scale = reference.quantize_activations_int8(x)
+    acc = (x_q.long() @ (c - 1).long().t()).double()  # exact integers
+    expected = (acc * x_scale.double()[:, None] * scale.double()[None, :]).float()
+    y = reference.ternary_matmul_a8(x, qweight, scale)
+    torch.testing.assert_close(y, expected, rtol=1e-6, atol=1e-6)
+    # ...and close to the float-activation result, within int8 rounding of x.
+    y16 = reference.ternary_matmul(x, qweight, scale)
+    err = (y - y16).abs().max() / y16.abs().max()
+    assert 0 < err < 0.02
