@@ -80,9 +80,14 @@ def test_console_script_is_installed():
 
 
 @pytest.mark.slow
-def test_eval_real_smollm2_against_itself(tmp_path, capsys):
+def test_eval_real_smollm2_directory_against_builtin(tmp_path, capsys):
+    import compress
+
+    model, tok = compress.load_model("smollm2-135m")
+    model.save_pretrained(tmp_path / "hf")
+    tok.save_pretrained(tmp_path / "hf")
     out = tmp_path / "r.json"
-    code = main(["eval", "smollm2-135m", "--reference", "smollm2-135m", "--max-sequences", "2",
+    code = main(["eval", str(tmp_path / "hf"), "--reference", "smollm2-135m", "--max-sequences", "2",
                  "--seq-len", "128", "--json", str(out)])
     assert code == 0
     r = json.loads(out.read_text())
