@@ -130,6 +130,10 @@ def _load_path(path: Path, trust_remote_code: bool) -> LoadedModel:
                 f"'{path}' is a file but not a .gguf; give a .gguf file or a directory with config.json."
             )
         return _load_gguf(path)
+    if (path / "compress.json").is_file():  # a compressed checkpoint: pruned shapes, packed modules
+        from compress.io import load
+
+        return load(path)
     if (path / "config.json").is_file():
         return _load_hf(path, None, trust_remote_code, label=str(path))
     ggufs = sorted(path.glob("*.gguf"))

@@ -41,9 +41,6 @@ def test_empty_text_exits_2(tiny_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv",
     [
-        ["prune", "m", "-o", "out"],
-        ["quantize", "m", "--method", "int4", "-o", "out"],
-        ["recover", "m", "-o", "out"],
         ["export", "m", "--format", "hf", "-o", "out"],
         ["run", "--recipe", "default"],
         ["bench", "model"],
@@ -53,6 +50,51 @@ def test_unbuilt_commands_say_so(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"`compress-lm {argv[0]}" in err and "is not built yet" in err
+
+
+def test_prune_then_quantize_then_eval(tiny_dir, text_file, tmp_path, capsys):
+    import torch
+
+    import compress
+
+    pruned, packed = tmp_path / "pruned", tmp_path / "packed"
+    assert main(["prune", str(tiny_dir), "--sparsity", "0.25", "--round-to", "32", "--data", str(text_file), "--seq-len", "16", "-o", str(pruned)]) == 0
+    model, _ = compress.load(pruned)
+    assert sum(compress.adapter_for(model).describe()["mlp_width"]) < 2 * 96
+    assert model.config.compress_methods[0]["step"] == "prune"
+    assert main(["quantize", str(pruned), "--method", "int4", "--group-size", "32", "-o", str(packed)]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint written to" in out
+    q, _ = compress.load(packed)
+    assert [m["step"] for m in q.config.compress_methods] == ["prune", "quantize"]
+    assert any(type(m).__name__ == "QuantLinear" for m in q.modules())
+    with torch.no_grad():
+        assert torch.isfinite(q(torch.tensor([[5, 6, 7]])).logits).all()
+    assert main(["eval", str(packed), "--data", str(text_file), "--seq-len", "16", "--max-sequences", "2", "--reference", str(tiny_dir)]) == 0
+
+
+def test_recover_distils_and_saves(tiny_dir, text_file, tmp_path, capsys):
+    import compress
+
+    out = tmp_path / "rec"
+    code = main(["recover", str(tiny_dir), "--teacher", str(tiny_dir), "--data", str(text_file), "--seq-len", "16",
+                 "--steps", "2", "--batch-size", "2", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    model, _ = compress.load(out)
+    assert model.config.compress_methods[-1]["step"] == "recover"
+
+
+def test_existing_output_is_refused_before_work(tiny_dir, tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    assert main(["quantize", str(tiny_dir), "--method", "ternary", "-o", str(tmp_path / "out")]) == 2
+    assert "already exists; pass overwrite=True (--force" in capsys.readouterr().err
+
+
+def test_quantize_shape_problems_are_one_error(tiny_dir, tmp_path, capsys):
+    # the tiny model's MLP width 96 is not a multiple of group size 64
+    assert main(["quantize", str(tiny_dir), "--method", "int4", "--group-size", "64", "-o", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err
+    assert "down_proj" in err and not (tmp_path / "q").exists()
 
 
 @pytest.mark.parametrize("command", ["eval", "prune", "quantize", "recover", "export", "run", "bench"])

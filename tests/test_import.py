@@ -25,4 +25,17 @@ def test_unbuilt_api_raises_not_implemented():
     import compress
 
     with pytest.raises(NotImplementedError, match="not built yet"):
-        compress.prune(None)
+        compress.run(None, None)
+
+
+def test_prune_and_recover_stay_callable_after_their_subpackages_load():
+    import compress
+    import compress.prune.config  # noqa: F401  (binds compress.prune to the subpackage)
+    import compress.recover.config  # noqa: F401
+    from tests.tiny import tiny_model
+
+    model = tiny_model("llama")
+    report = compress.prune(model, 0.2, method="uniform", importance="magnitude", progress=False)
+    assert report.params_after < report.params_before
+    assert model.config.compress_methods[-1]["step"] == "prune"
+    assert compress.prune.PruneConfig is not None and callable(compress.recover)

@@ -1,0 +1,31 @@
+"""Structured pruning: Adapt-Pruner's per-layer allocation over GQA-aware coupled groups.
+
+``prune(model, 0.3, data=calib)`` removes MLP channels and whole kv groups
+(optionally whole layers) for real and returns a ``PruneReport``.
+
+Layout: ``config`` (PruneConfig), ``groups`` (which rows/columns belong
+together), ``scores`` (importance math), ``allocation`` (per-layer sparsity),
+``calibrate`` (hooks), ``surgery`` (slicing and config), ``pruner`` (the loop),
+``report``.
+"""
+from compress.prune.config import IMPORTANCES, METHODS, PruneConfig
+from compress.prune.pruner import IncrementalPruningUnavailable, prune
+from compress.prune.report import LayerWidths, PruneReport
+from compress.prune.surgery import WIDTHS_KEY, apply_recorded_widths
+
+__all__ = [
+    "IMPORTANCES",
+    "METHODS",
+    "IncrementalPruningUnavailable",
+    "LayerWidths",
+    "PruneConfig",
+    "PruneReport",
+    "WIDTHS_KEY",
+    "apply_recorded_widths",
+    "prune",
+]
+
+# `compress.prune(...)` keeps working after this subpackage is imported (see compress/_callable.py).
+from compress._callable import make_module_callable  # noqa: E402
+
+make_module_callable(__name__, "prune")

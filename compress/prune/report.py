@@ -1,0 +1,108 @@
+"""``PruneReport``: what pruning changed, as data, a table and (on request) a bar chart."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class LayerWidths:
+    """One layer before and after pruning; ``source`` is its index in the unpruned model."""
+
+    index: int
+    source: int
+    heads: tuple[int, int]
+    kv_heads: tuple[int, int]
+    mlp: tuple[int, int]
+    sparsity: float  # the allocation's s_l (fraction of its initial widths to remove)
+    params: tuple[int, int]  # prunable parameters (projections) before, after
+
+
+@dataclass
+class PruneReport:
+    method: str
+    importance: str
+    target_sparsity: float
+    params_before: int
+    params_after: int
+    non_embedding_before: int
+    non_embedding_after: int
+    layers: list[LayerWidths]
+    dropped_layers: list[int] = field(default_factory=list)
+    uniform: bool = True
+    substeps: int = 0
+    calibration_tokens: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def achieved_sparsity(self) -> float:
+        """Fraction of non-embedding parameters removed."""
+        return 1.0 - self.non_embedding_after / self.non_embedding_before
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "achieved_sparsity": self.achieved_sparsity}
+
+    def save_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    def table(self) -> str:
+        head = ["layer", "from", "heads", "kv heads", "MLP width", "s_l", "params kept"]
+        rows = [
+            [
+                str(w.index),
+                str(w.source),
+                _arrow(w.heads),
+                _arrow(w.kv_heads),
+                _arrow(w.mlp),
+                f"{w.sparsity:.3f}",
+                f"{w.params[1] / max(w.params[0], 1):.1%}",
+            ]
+            for w in self.layers
+        ]
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        fmt = lambda r: "  ".join(v.rjust(n) for v, n in zip(r, widths))  # noqa: E731
+        lines = [
+            f"{self.method} pruning by {self.importance} importance: target {self.target_sparsity:.1%} of "
+            f"non-embedding parameters, achieved {self.achieved_sparsity:.2%} in {self.substeps} sub-steps",
+            f"parameters {self.params_before:,} -> {self.params_after:,}; non-embedding "
+            f"{self.non_embedding_before:,} -> {self.non_embedding_after:,}; "
+            f"{'uniform' if self.uniform else 'non-uniform'} layer widths",
+            fmt(head),
+            "  ".join("-" * n for n in widths),
+            *map(fmt, rows),
+        ]
+        if self.dropped_layers:
+            lines.append(f"dropped layers (original index): {self.dropped_layers}")
+        lines += [f"note: {s}" for s in self.skipped]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def save_plot(self, path: str | Path) -> Path:
+        """A per-layer bar chart (MLP width and query heads kept, as fractions) as a PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        x = [w.index for w in self.layers]
+        fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(x) + 2), 3.5))
+        ax.bar([i - 0.2 for i in x], [w.mlp[1] / w.mlp[0] for w in self.layers], 0.4, label="MLP width kept")
+        ax.bar([i + 0.2 for i in x], [w.heads[1] / w.heads[0] for w in self.layers], 0.4, label="heads kept")
+        ax.set(xlabel="layer", ylabel="fraction kept", ylim=(0, 1.05),
+               title=f"{self.method}/{self.importance}: {self.achieved_sparsity:.1%} of non-embedding params removed")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+
+def _arrow(pair: tuple[int, int]) -> str:
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]} -> {pair[1]}"

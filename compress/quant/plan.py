@@ -1,0 +1,178 @@
+"""Which modules get quantised, with which config, and whether they can be: decided before any weight changes.
+
+``make_plan`` walks the model once: every ``nn.Linear`` is either a target
+(with the config that applies to it) or skipped with a reason.  It then checks
+every target against the packed formats and raises ONE ``QuantError`` that
+lists every offender with its shape and the fixes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from torch import nn
+
+from compress.kernels.formats import INT4_PER_WORD, TERNARY_PER_WORD
+from compress.kernels.formats import shape_problem as kernel_shape_problem
+from compress.quant.config import OUTPUT_HEAD, QuantConfig, QuantError, name_matches
+from compress.quant.linear import QuantLinear
+from compress.quant.qat import FakeQuantLinear
+from compress.quant.quantizers import effective_group_size
+
+_GROUP_CHOICES = (128, 64, 32, 16)
+
+
+@dataclass
+class Target:
+    name: str
+    module: nn.Linear
+    config: QuantConfig
+    from_qat: bool = False  # a FakeQuantLinear: converted with the config it was trained with
+
+
+@dataclass
+class Plan:
+    targets: list[Target] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
+
+
+def make_plan(model: nn.Module, config: QuantConfig, *, qat_only: bool = False) -> Plan:
+    """Targets and skipped modules of ``model`` under ``config``; raises if any target cannot be packed.
+
+    ``qat_only``: convert the ``FakeQuantLinear`` modules only (each with its
+    own config) and leave plain ``nn.Linear`` modules alone.
+    """
+    plan, already, mismatched = Plan(), [], []
+    embedding_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    head = _output_head(model)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding):
+            plan.skipped.append((name, "embedding (never converted)"))
+            continue
+        if not isinstance(module, (nn.Linear, QuantLinear)):
+            continue
+        keep = _kept_because(name, module, head, config)
+        cfg = None if keep else config.for_module(name)
+        if keep is None and cfg is None:
+            keep = "an override keeps it in full precision"
+        if isinstance(module, QuantLinear):
+            if keep or qat_only:
+                plan.skipped.append((name, "already quantised"))
+            else:
+                already.append(f"{name} ({module.label()})")
+            continue
+        if id(module.weight) in embedding_ids:
+            plan.skipped.append((name, "tied to the input embeddings (quantising it would untie them)"))
+            continue
+        if isinstance(module, FakeQuantLinear):
+            if keep:
+                plan.skipped.append((name, f"{keep}; left fake-quantised"))
+            elif not qat_only and cfg.quantiser_key() != module.qconfig.quantiser_key():
+                mismatched.append(f"{name} (trained as {module.qconfig.label()}, asked for {cfg.label()})")
+            else:
+                plan.targets.append(Target(name, module, module.qconfig, from_qat=True))
+            continue
+        if keep or qat_only:
+            plan.skipped.append((name, keep or "not fake-quantised (only QAT modules are converted)"))
+            continue
+        plan.targets.append(Target(name, module, cfg))
+    if already:
+        raise QuantError(
+            f"{_count(already, 'module is', 'modules are')} already quantised: {', '.join(already)}; "
+            f"quantise the float model instead, or keep them with modules_to_not_convert."
+        )
+    if mismatched:
+        raise QuantError(
+            f"{_count(mismatched, 'module was', 'modules were')} trained with another quantiser than the one "
+            f"asked for: {', '.join(mismatched)}; call quantize(model) without a config to convert them as trained."
+        )
+    validate(plan.targets)
+    return plan
+
+
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where the submodule ``name`` is."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def _output_head(model: nn.Module) -> nn.Module | None:
+    getter = getattr(model, "get_output_embeddings", None)
+    try:
+        return getter() if callable(getter) else None
+    except (NotImplementedError, AttributeError):
+        return None
+
+
+def _kept_because(name: str, module: nn.Module, head: nn.Module | None, config: QuantConfig) -> str | None:
+    for pattern in config.modules_to_not_convert:
+        if pattern == OUTPUT_HEAD and module is head:
+            return "output head (modules_to_not_convert)"
+        if name_matches(name, pattern):
+            return f"matches {pattern!r} in modules_to_not_convert"
+    return None
+
+
+# --------------------------------------------------------------------------- validation
+
+def shape_problem(out_features: int, in_features: int, cfg: QuantConfig) -> str | None:
+    """Why an ``[out, in]`` weight cannot be packed under ``cfg``, or None.
+
+    The packed format (compress.kernels.formats) has the last word; the math
+    here also handles a partial last group, should the format allow one.
+    """
+    K = in_features
+    multiple = TERNARY_PER_WORD if cfg.method == "ternary" else INT4_PER_WORD
+    if K % multiple:
+        return f"{cfg.method} packing needs in_features to be a multiple of {multiple}"
+    if kernel_shape_problem(cfg.method, out_features, K, effective_group_size(cfg, K)):
+        return f"in_features {K} is not a multiple of group_size {effective_group_size(cfg, K)}"
+    return None
+
+
+def validate(targets: Iterable[Target]) -> None:
+    """Raise one ``QuantError`` naming every target that cannot be packed, with shapes and fixes."""
+    targets = list(targets)
+    bad = [(t, p) for t in targets if (p := shape_problem(t.module.out_features, t.module.in_features, t.config))]
+    if not bad:
+        return
+    listed = ", ".join(
+        f"{t.name} [{t.module.out_features}, {t.module.in_features}] ({t.config.label()}: {p})" for t, p in bad
+    )
+    names = _short_names([t.name for t, _ in bad], [t.name for t in targets])
+    fixes = []
+    group = _common_group_size([t.module.in_features for t in targets if t.config.method == "int4"])
+    if any(t.config.method == "int4" for t, _ in bad) and group is not None:
+        fixes.append(f"use group_size={group}, which divides every in_features")
+    fixes.append(f"keep them in full precision with modules_to_not_convert={names}")
+    if any(t.config.method == "int4" and t.module.in_features % INT4_PER_WORD == 0 for t, _ in bad):
+        key = names[0] if len(names) == 1 else ".*(" + "|".join(names) + ")"
+        fixes.append(f"give them their own group size with overrides={{{key!r}: {{'group_size': -1}}}}")
+    if any(t.config.method == "ternary" for t, _ in bad):
+        fixes.append(f"prune their in_features to a multiple of {TERNARY_PER_WORD}")
+    raise QuantError(
+        f"{_count(bad, 'module cannot', 'modules cannot')} be quantised as asked: {listed}; "
+        f"fix: {', or '.join(fixes)}."
+    )
+
+
+def _common_group_size(ks: list[int]) -> int | None:
+    for g in _GROUP_CHOICES:
+        if all(k % g == 0 for k in ks):
+            return g
+    return -1 if all(k % INT4_PER_WORD == 0 for k in ks) else None
+
+
+def _short_names(bad: list[str], all_targets: list[str]) -> list[str]:
+    """The last name component when every target ending in it is an offender, else the full name."""
+    out: list[str] = []
+    for name in bad:
+        leaf = name.rsplit(".", 1)[-1]
+        short = leaf if all(n in bad for n in all_targets if n.rsplit(".", 1)[-1] == leaf) else name
+        if short not in out:
+            out.append(short)
+    return out
+
+
+def _count(items: list, one: str, many: str) -> str:
+    return f"1 {one}" if len(items) == 1 else f"{len(items)} {many}"

@@ -1,0 +1,81 @@
+"""Held-out evaluation during recovery, shared out over the processes, and early stopping."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.eval import EvalConfig, evaluate
+from compress.recover import distributed as D
+from compress.recover.batches import shard
+from compress.recover.config import RecoverConfig
+
+
+@torch.no_grad()
+def evaluate_heldout(
+    model: nn.Module,
+    seqs: torch.Tensor,
+    teacher: nn.Module | None,
+    step: int,
+    batch_size: int,
+    info: D.DistInfo,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Held-out CE (and KL / top-1 agreement to an in-memory teacher) at ``step``.
+
+    Each rank evaluates every ``world``-th sequence with ``compress.eval``;
+    token-weighted sums are all-reduced, so every rank gets the same numbers
+    (and takes the same early-stopping decision).
+    """
+    mine = shard(seqs, info.rank, info.world)
+    sums = torch.zeros(4, dtype=torch.float64)
+    if len(mine):
+        was = model.training
+        model.eval()  # no dropout while measuring
+        try:
+            rep = evaluate(model, mine, reference=teacher,
+                           config=EvalConfig(batch_size=batch_size, max_sequences=None, progress=False))
+        finally:
+            model.train(was)
+        n = mine.shape[0] * (mine.shape[1] - 1)
+        kl, top1 = rep.kl_to_reference or 0.0, rep.top1_agreement or 0.0
+        sums = torch.tensor([rep.model.loss * n, kl * n, top1 * n, n], dtype=torch.float64)
+    sums = D.all_reduce_sum(sums, info, device)
+    loss = float(sums[0] / sums[3])
+    ref = teacher is not None
+    return {"step": step, "loss": loss, "perplexity": math.exp(min(loss, 700.0)),
+            "kl": float(sums[1] / sums[3]) if ref else None, "top1": float(sums[2] / sums[3]) if ref else None}
+
+
+class EarlyStop:
+    """Best held-out loss so far, evaluations without improvement, and (optionally) the best weights."""
+
+    def __init__(self, cfg: RecoverConfig) -> None:
+        self.cfg = cfg
+        self.best_loss: float | None = None
+        self.best_step: int | None = None
+        self.best_eval: dict[str, Any] | None = None
+        self.bad = 0
+        self.stopped = False
+        self.best_params: dict[str, torch.Tensor] | None = None
+
+    def update(self, ev: dict[str, Any], params: dict[str, torch.Tensor]) -> None:
+        cfg = self.cfg
+        if self.best_loss is None or ev["loss"] < self.best_loss - cfg.min_delta:
+            self.best_loss, self.best_step, self.best_eval, self.bad = ev["loss"], ev["step"], ev, 0
+            if cfg.patience and cfg.keep_best:
+                self.best_params = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
+        else:
+            self.bad += 1
+            self.stopped = bool(cfg.patience) and self.bad >= cfg.patience
+
+    def state(self) -> dict[str, Any]:
+        return {"best_loss": self.best_loss, "best_step": self.best_step, "best_eval": self.best_eval,
+                "bad": self.bad, "stopped": self.stopped}
+
+    def restore(self, state: dict[str, Any], best: dict[str, torch.Tensor] | None) -> None:
+        self.best_loss, self.best_step = state.get("best_loss"), state.get("best_step")
+        self.best_eval, self.bad, self.stopped = state.get("best_eval"), state.get("bad", 0), state.get("stopped", False)
+        self.best_params = best
