@@ -7,27 +7,14 @@ the per-layer widths.  Nothing here decides *what* to remove.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from compress.arch import Adapter, LayerParts
+from compress.arch import HEAD_ATTRS, Adapter, LayerParts
 from compress.errors import CompressError
 from compress.prune.groups import LayerGroups, layer_groups
-
-# What each attention attribute named in ArchSpec.attn_head_attrs counts, from
-# (query heads, kv heads, head_dim).  These are transformers' naming
-# conventions, shared across families; see the report for the ArchSpec field
-# that should carry this instead.
-HEAD_ATTRS: dict[str, Callable[[int, int, int], int]] = {
-    "num_key_value_groups": lambda h, kv, hd: h // kv,
-    "num_attention_heads": lambda h, kv, hd: h,
-    "num_heads": lambda h, kv, hd: h,
-    "num_key_value_heads": lambda h, kv, hd: kv,
-    "num_kv_heads": lambda h, kv, hd: kv,
-    "all_head_size": lambda h, kv, hd: h * hd,
-}
 
 WIDTHS_KEY = "compress_layer_widths"
 

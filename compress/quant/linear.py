@@ -1,8 +1,8 @@
 """``QuantLinear``: an ``nn.Linear`` replacement holding packed low-bit weights.
 
 Storage follows :mod:`compress.kernels.formats` (the one shape contract):
-int4 ``qweight`` int32 ``[K/8, N]``, ``scales`` ``[K/G, N]``, ``zeros``
-``[K/G, N]`` or None (symmetric); ternary ``qweight`` int32 ``[K/16, N]``
+int4 ``qweight`` int32 ``[K/8, N]``, ``scales`` ``[ceil(K/G), N]``, ``zeros``
+the same shape or None (symmetric); ternary ``qweight`` int32 ``[K/16, N]``
 (2-bit codes w+1), ``scales`` ``[1]`` (per tensor) or ``[N]``.  Everything is
 a buffer, not a parameter: the packed weights are frozen, and
 ``logical_numel()`` tells ``compress.sizes`` how many weights they stand for.
