@@ -158,7 +158,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     import compress
     from compress import api
     from compress.data import TextConfig
-    from compress.recover import RecoverConfig
+    from compress.recover import RecoverConfig, is_main_process
 
     out = Path(args.output).expanduser().resolve()
     config = RecoverConfig(steps=args.steps, tokens=args.tokens, batch_size=args.batch_size, lr=args.lr,
@@ -170,8 +170,9 @@ def cmd_recover(args: argparse.Namespace) -> int:
     teacher = compress.load_model(args.teacher).model if args.teacher else None
     data = compress.load_text(args.data, tokenizer, TextConfig(seq_len=args.seq_len, seed=args.seed))
     report = api.recover(model, teacher, data, config)
-    print(report)
-    print(f"checkpoint written to {compress.save(model, out, tokenizer, overwrite=args.force or args.resume)}")
+    if is_main_process():  # under torchrun only rank 0 writes
+        print(report)
+        print(f"checkpoint written to {compress.save(model, out, tokenizer, overwrite=args.force or args.resume)}")
     return 0
 
 
