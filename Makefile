@@ -32,10 +32,10 @@ demo: setup
 	$(VENV)/bin/compress-lm eval smollm2-135m --max-sequences 16 --json demo-eval.json
 
 test: setup
-	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 -m "slow or not slow" $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
