@@ -119,39 +119,36 @@ def _check_output(args: argparse.Namespace) -> None:
     check_output_dir(Path(args.output).expanduser().resolve(), args.force)
 
 
-def cmd_prune(args: argparse.Namespace) -> int:
+def _compress_and_save(args: argparse.Namespace, needs_data: bool, step: Callable) -> int:
+    """Load MODEL (and text when ``needs_data``), run ``step(model, data)`` in place, print its report, save."""
     import compress
-    from compress import api
     from compress.data import TextConfig
+
+    _check_output(args)
+    model, tokenizer = compress.load_model(args.model)
+    data = compress.load_text(args.data, tokenizer, TextConfig(seq_len=args.seq_len, seed=args.seed)) if needs_data else None
+    print(step(model, data).table())
+    print(f"checkpoint written to {compress.save(model, args.output, tokenizer, overwrite=args.force)}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from compress import api
     from compress.prune import PruneConfig
 
     config = PruneConfig(sparsity=args.sparsity, method=args.method, importance=args.importance,
                          round_to=args.round_to, drop_layers=args.drop_layers, seed=args.seed,
                          calib_seq_len=min(64, args.seq_len))  # Adapt-Pruner's 64-token windows, cut from the sequences
-    _check_output(args)
-    model, tokenizer = compress.load_model(args.model)
-    data = compress.load_text(args.data, tokenizer, TextConfig(seq_len=args.seq_len, seed=args.seed)) if config.needs_data else None
-    report = api.prune(model, config, data=data)
-    print(report.table())
-    print(f"checkpoint written to {compress.save(model, args.output, tokenizer, overwrite=args.force)}")
-    return 0
+    return _compress_and_save(args, config.needs_data, lambda model, data: api.prune(model, config, data=data))
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    import compress
     from compress import api
-    from compress.data import TextConfig
     from compress.quant import QuantConfig
 
     config = QuantConfig(method=args.method, group_size=args.group_size, symmetric=not args.asymmetric,
                          gptq=args.gptq, scale=args.scale, activations="a8" if args.a8 else "a16")
-    _check_output(args)
-    model, tokenizer = compress.load_model(args.model)
-    data = compress.load_text(args.data, tokenizer, TextConfig(seq_len=args.seq_len, seed=args.seed)) if config.gptq else None
-    report = api.quantize(model, config, data=data)
-    print(report.table())
-    print(f"checkpoint written to {compress.save(model, args.output, tokenizer, overwrite=args.force)}")
-    return 0
+    return _compress_and_save(args, config.gptq, lambda model, data: api.quantize(model, config, data=data))
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
