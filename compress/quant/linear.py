@@ -45,22 +45,27 @@ class QuantLinear(nn.Module):
         out_features: int,
         *,
         method: str = "int4",
-        group_size: int = 128,
+        group_size: Optional[int] = 128,
         symmetric: bool = True,
         per_channel: bool = False,
         activations: str = "a16",
         bias: bool = False,
-        scale_dtype: torch.dtype = torch.float16,
+        scale_dtype: torch.dtype | str = torch.float16,
         bias_dtype: torch.dtype = torch.float32,
         device: Any = None,
     ) -> None:
-        """An empty (zero) module of the right buffer shapes, e.g. to load a state dict into."""
+        """An empty (zero) module of the right buffer shapes, e.g. to load a state dict into.
+
+        ``QuantLinear(**module.describe())`` rebuilds a module's skeleton.
+        """
         super().__init__()
+        if isinstance(scale_dtype, str):
+            scale_dtype = getattr(torch, scale_dtype)
         self.in_features, self.out_features = in_features, out_features
         self.method, self.activations, self.per_channel = method, activations, per_channel
         K, N = in_features, out_features
         if method == "int4":
-            self.group_size = K if group_size == -1 else group_size
+            self.group_size = K if group_size in (-1, None) else group_size
             self.symmetric = symmetric
             n_groups = num_groups(K, self.group_size)
             self.register_buffer("qweight", torch.zeros(K // INT4_PER_WORD, N, dtype=torch.int32, device=device))

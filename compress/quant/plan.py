@@ -7,6 +7,7 @@ lists every offender with its shape and the fixes.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -136,9 +137,7 @@ def validate(targets: Iterable[Target]) -> None:
     bad = [(t, p) for t in targets if (p := shape_problem(t.module.out_features, t.module.in_features, t.config))]
     if not bad:
         return
-    listed = ", ".join(
-        f"{t.name} [{t.module.out_features}, {t.module.in_features}] ({t.config.label()}: {p})" for t, p in bad
-    )
+    listed = _listing(bad)
     names = _short_names([t.name for t, _ in bad], [t.name for t in targets])
     fixes = []
     group = _common_group_size([t.module.in_features for t in targets if t.config.method == "int4"])
@@ -154,6 +153,31 @@ def validate(targets: Iterable[Target]) -> None:
         f"{_count(bad, 'module cannot', 'modules cannot')} be quantised as asked: {listed}; "
         f"fix: {', or '.join(fixes)}."
     )
+
+
+def _listing(bad: list[tuple[Target, str]]) -> str:
+    """Every offender with shape and problem; layers alike are folded: ``model.layers.{0-29}.mlp.up_proj``."""
+    groups: dict[tuple, list[int]] = {}
+    for t, problem in bad:
+        m = re.fullmatch(r"(.*?\.)(\d+)(\..*)", t.name)
+        pattern, index = ((m.group(1), m.group(3)), int(m.group(2))) if m else ((t.name, ""), -1)
+        key = (pattern, t.module.out_features, t.module.in_features, t.config.label(), problem)
+        groups.setdefault(key, []).append(index)
+    out = []
+    for ((head, tail), n_out, n_in, label, problem), indices in groups.items():
+        name = head if indices == [-1] else f"{head}{_ranges(indices) if len(indices) > 1 else indices[0]}{tail}"
+        out.append(f"{name} [{n_out}, {n_in}] ({label}: {problem})")
+    return ", ".join(out)
+
+
+def _ranges(indices: list[int]) -> str:
+    runs: list[list[int]] = []
+    for i in sorted(set(indices)):
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return "{" + ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs) + "}"
 
 
 def _common_group_size(ks: list[int]) -> int | None:

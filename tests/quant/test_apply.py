@@ -32,13 +32,25 @@ def test_validation_lists_every_offender_before_touching_a_weight(llama):
         quantize(llama, QuantConfig(group_size=64))
     msg = str(info.value)
     assert msg.startswith("2 modules cannot be quantised as asked: ")
-    for i in (0, 1):
-        assert f"model.layers.{i}.mlp.down_proj [64, 96] (int4 g64 sym rtn: in_features 96 is not a multiple of group_size 64)" in msg
+    # both layers' down_proj, folded into one entry
+    assert "model.layers.{0-1}.mlp.down_proj [64, 96] (int4 g64 sym rtn: in_features 96 is not a multiple of group_size 64)" in msg
     assert "q_proj" not in msg.split("; fix:")[0]  # only the offenders are listed
     assert "use group_size=32, which divides every in_features" in msg
     assert "modules_to_not_convert=['down_proj']" in msg
     assert "overrides={'down_proj': {'group_size': -1}}" in msg
     assert not quant_modules(llama)  # validation came first: nothing was converted
+
+
+def test_offenders_in_a_few_layers_are_folded_exactly():
+    model = tiny_model("llama")
+    cfg = QuantConfig(group_size=32, overrides={r"model\.layers\.[01]\.mlp\.down_proj": {"group_size": 64},
+                                                "layers.1.self_attn.o_proj": {"group_size": 128}})
+    with pytest.raises(QuantError) as info:
+        quantize(model, cfg)
+    msg = str(info.value)
+    assert msg.startswith("3 modules cannot be quantised as asked: model.layers.{0-1}.mlp.down_proj [64, 96] (int4 g64")
+    assert "model.layers.1.self_attn.o_proj [64, 64] (int4 g128 sym rtn: in_features 64 is not a multiple of group_size 128)" in msg
+    assert "model.layers.0.self_attn.o_proj" not in msg
 
 
 def test_ternary_validation_names_the_packing_multiple():

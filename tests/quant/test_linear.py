@@ -1,4 +1,6 @@
 """QuantLinear: packed storage, forward through the kernel dispatch, counting, state dicts."""
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -87,10 +89,8 @@ def test_model_dtype_cast_keeps_the_stored_scales():
 @pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 def test_state_dict_loads_into_an_empty_module(cfg):
     ql = QuantLinear.from_linear(linear(), cfg)
-    d = ql.describe()
-    empty = QuantLinear(d["in_features"], d["out_features"], method=d["method"], group_size=d["group_size"] or 0,
-                        symmetric=d["symmetric"], per_channel=d["per_channel"], activations=d["activations"],
-                        bias=d["bias"], scale_dtype=getattr(torch, d["scale_dtype"]))
+    empty = QuantLinear(**json.loads(json.dumps(ql.describe())))  # what a checkpoint manifest holds
+    assert not torch.equal(empty.qweight, ql.qweight)
     empty.load_state_dict(ql.state_dict())
     x = torch.randn(4, 192)
     assert torch.equal(empty(x), ql(x))
