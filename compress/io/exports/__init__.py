@@ -1,0 +1,1 @@
+"""Exports to formats other tools load: hf, bitnet, gptq, compressed-tensors, gguf."""
