@@ -6,20 +6,20 @@
 Layout: ``config`` (PruneConfig), ``groups`` (which rows/columns belong
 together), ``scores`` (importance math), ``allocation`` (per-layer sparsity),
 ``calibrate`` (hooks), ``surgery`` (slicing and config), ``pruner`` (the loop),
-``report``.
+``incremental`` (Adapt-Accel's prune/train stages), ``report``.
 """
 from compress.prune.config import IMPORTANCES, METHODS, PruneConfig
-from compress.prune.pruner import IncrementalPruningUnavailable, prune
-from compress.prune.report import LayerWidths, PruneReport
+from compress.prune.pruner import prune
+from compress.prune.report import LayerWidths, PruneReport, StageReport
 from compress.prune.surgery import WIDTHS_KEY, apply_recorded_widths
 
 __all__ = [
     "IMPORTANCES",
     "METHODS",
-    "IncrementalPruningUnavailable",
     "LayerWidths",
     "PruneConfig",
     "PruneReport",
+    "StageReport",
     "WIDTHS_KEY",
     "apply_recorded_widths",
     "prune",

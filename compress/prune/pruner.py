@@ -36,10 +36,6 @@ from compress.prune.surgery import (
 from compress.sizes import count_parameters
 
 
-class IncrementalPruningUnavailable(CompressError, NotImplementedError):
-    """Adapt-Accel's staged prune/recover schedule needs the recovery loop."""
-
-
 def resolve_config(config_or_sparsity: PruneConfig | float | None, overrides: dict[str, Any]) -> PruneConfig:
     """A ``PruneConfig`` from a config, a bare sparsity or nothing, plus keyword overrides."""
     names = {f.name for f in fields(PruneConfig)}
@@ -65,22 +61,34 @@ def prune(
 
     ``data``: calibration token ids ``[n, seq_len]`` (or a ``TextSplits``, whose
     ``calibration`` split is used); needed by every setting but uniform
-    magnitude pruning without layer dropping.
+    magnitude pruning without layer dropping.  With ``stages > 1`` it must be
+    a ``TextSplits``: its ``train`` split trains between stages and its
+    ``eval`` split measures each stage.
     """
     cfg = resolve_config(config_or_sparsity, kwargs)
-    if cfg.stages > 1:
-        raise IncrementalPruningUnavailable(
-            f"Incremental pruning (stages={cfg.stages}) trains between stages and needs the recovery loop "
-            "(compress.recover), which has not landed yet; prune with stages=1 and recover afterwards."
-        )
     adapter = adapter_for(model)
     _check_model(adapter, cfg)
     tokens = calibration_tokens(cfg, data, adapter)
+    if cfg.stages > 1:
+        from compress.prune.incremental import prune_in_stages  # loads compress.recover: only when asked
+
+        return prune_in_stages(model, adapter, cfg, tokens, data)
+    return prune_once(model, adapter, cfg, tokens)
+
+
+def prune_once(model: nn.Module, adapter: Adapter, cfg: PruneConfig, tokens: torch.Tensor | None) -> PruneReport:
+    """One Adapt-Pruner (or uniform) call on checked inputs; ``cfg.stages`` is not looked at."""
     return _Pruning(model, adapter, cfg, tokens).run()
+
+
+def check_budget(model: nn.Module, adapter: Adapter, cfg: PruneConfig, tokens: torch.Tensor | None) -> None:
+    """Raise if ``cfg.sparsity`` cannot be met without dropping layers; touches no weight."""
+    _Pruning(model, adapter, cfg, tokens).check_budget()
 
 
 def _check_model(adapter: Adapter, cfg: PruneConfig) -> None:
     check_prunable(adapter)
+    _check_protected(adapter.num_layers, cfg)
     if cfg.importance == "taylor" and adapter.lm_head is None:
         raise CompressError(
             f"{type(adapter.model).__name__} has no LM head and returns no loss, so Taylor importance cannot be "
@@ -94,6 +102,25 @@ def _check_model(adapter: Adapter, cfg: PruneConfig) -> None:
         )
     for i in range(adapter.num_layers):
         layer_groups(adapter.layer(i))  # raises on heads that don't form GQA groups
+
+
+def _check_protected(n: int, cfg: PruneConfig) -> None:
+    protected = cfg.protect_layers
+    outside = [i for i in protected if i >= n]
+    if outside:
+        raise CompressError(
+            f"protect_layers names layer(s) {outside}, but the model has {n} decoder layers (0-{n - 1}); "
+            "give indices in that range."
+        )
+    if len(protected) == n:
+        raise CompressError(
+            f"protect_layers names all {n} decoder layers, which leaves nothing to prune; protect fewer layers."
+        )
+    if protected and cfg.drop_layers >= n - len(protected):
+        raise CompressError(
+            f"drop_layers={cfg.drop_layers} would drop every layer outside protect_layers {list(protected)}, "
+            "leaving none to prune; drop fewer layers or protect fewer."
+        )
 
 
 def calibration_tokens(cfg: PruneConfig, data: Any, adapter: Adapter) -> torch.Tensor | None:
@@ -156,6 +183,14 @@ class _Pruning:
         return stats
 
     # -- the whole call -----------------------------------------------------
+    def check_budget(self) -> None:
+        """Raise if the target cannot be met without dropping layers; touches no weight."""
+        _, non_emb0 = count_parameters(self.model)
+        groups0 = [layer_groups(self.adapter.layer(i)) for i in range(self.adapter.num_layers)]
+        kept = list(range(len(groups0)))
+        self.active = [i for i in kept if i not in self.cfg.protect_layers]
+        self.plan(groups0, kept, [], non_emb0, non_emb0 * (1.0 - self.cfg.sparsity))
+
     def run(self) -> PruneReport:
         cfg, adapter = self.cfg, self.adapter
         total0, non_emb0 = count_parameters(self.model)
@@ -164,6 +199,8 @@ class _Pruning:
 
         drop = self.choose_dropped_layers() if cfg.drop_layers else []
         kept = [i for i in range(len(groups0)) if i not in drop]
+        # Indices (after dropping) of the layers allocation manages: all but the protected ones.
+        self.active = [new for new, old in enumerate(kept) if old not in cfg.protect_layers]
         budgets, widths, fixed = self.plan(groups0, kept, drop, non_emb0, target)
         sources = source_layers(adapter)  # before dropping: indices in the original, unpruned model
         if drop:
@@ -183,6 +220,7 @@ class _Pruning:
             non_embedding_after=non_emb1,
             layers=self.layer_rows(groups0, kept, sources, s),
             dropped_layers=[sources[i] for i in drop],
+            protected_layers=[sources[i] for i in cfg.protect_layers],
             uniform=uniform,
             substeps=substeps,
             calibration_tokens=self.calib_tokens,
@@ -192,7 +230,10 @@ class _Pruning:
     def plan(
         self, groups0: list[LayerGroups], kept: list[int], drop: list[int], non_emb0: int, target: float
     ) -> tuple[list[alloc.LayerBudget], list[alloc.Widths], int]:
-        """Check the budget can be met before touching a weight; return budgets, widths, fixed params."""
+        """Check the budget can be met before touching a weight; return budgets, widths, fixed params.
+
+        Budgets and widths cover the layers in ``self.active`` (indices into ``kept``).
+        """
         cfg = self.cfg
         dropped_params = sum(_numel(self.adapter.layers[i]) for i in drop)
         if non_emb0 - dropped_params < target:
@@ -200,28 +241,31 @@ class _Pruning:
                 f"drop_layers={cfg.drop_layers} alone removes {dropped_params / non_emb0:.1%} of non-embedding "
                 f"parameters, more than sparsity {cfg.sparsity}; drop fewer layers or raise sparsity."
             )
-        budgets = [_budget(groups0[i]) for i in kept]
-        widths = [(groups0[i].mlp_width, groups0[i].num_kv_heads) for i in kept]
-        # Parameters no pruning touches: embeddings aside, norms and the o/down biases.
+        managed = [groups0[kept[j]] for j in self.active]
+        budgets = [_budget(g) for g in managed]
+        widths = [(g.mlp_width, g.num_kv_heads) for g in managed]
+        # Parameters no pruning touches: embeddings aside, norms, the o/down biases and protected layers.
         fixed = non_emb0 - dropped_params - alloc.prunable_params(budgets, widths)
-        cap = torch.full((len(kept),), alloc.MAX_SPARSITY)
+        cap = torch.full((len(budgets),), alloc.MAX_SPARSITY)
         floor = fixed + alloc.prunable_params(budgets, alloc.widths_at(budgets, widths, cap, cfg.round_to))
         if floor > target:
+            protected = f" while protect_layers {list(cfg.protect_layers)} keep their full width" if cfg.protect_layers else ""
             raise CompressError(
                 f"sparsity {cfg.sparsity} would remove every channel or kv group of some layer: at most "
                 f"{1 - floor / non_emb0:.1%} of non-embedding parameters can go while each layer keeps one kv "
-                f"group and {cfg.round_to} MLP channels."
+                f"group and {cfg.round_to} MLP channels{protected}."
             )
         return budgets, widths, fixed
 
     def choose_dropped_layers(self) -> list[int]:
-        n = self.adapter.num_layers
+        n, protected = self.adapter.num_layers, self.cfg.protect_layers
         if self.cfg.drop_layers >= n:
             raise CompressError(f"drop_layers={self.cfg.drop_layers} would leave no layer of {n}; drop fewer.")
         cos = self.calibrate(cosine=True, scores=False).cosine
         assert cos is not None
-        # The layers that change their input least (highest similarity) matter least.
-        return sorted(torch.argsort(cos, descending=True, stable=True)[: self.cfg.drop_layers].tolist())
+        # The layers that change their input least (highest similarity) matter least; protected ones stay.
+        order = [i for i in torch.argsort(cos, descending=True, stable=True).tolist() if i not in protected]
+        return sorted(order[: self.cfg.drop_layers])
 
     def allocate(
         self, budgets: list[alloc.LayerBudget], widths: list[alloc.Widths], fixed: int, target: float, non_emb0: int
@@ -253,12 +297,13 @@ class _Pruning:
                     stats = self.calibrate(cosine=adapt)
                 importance = torch.zeros(len(budgets), dtype=torch.float64)
                 if adapt and stats is not None and stats.cosine is not None:
-                    importance = alloc.normalise(alloc.layer_importance(stats.cosine), s < alloc.MAX_SPARSITY)
+                    cosine = stats.cosine[self.active]  # protected layers take no part in the normalisation
+                    importance = alloc.normalise(alloc.layer_importance(cosine), s < alloc.MAX_SPARSITY)
                 s = alloc.step(s, cfg.step, amplitude, importance, params_at, target)
                 new = alloc.widths_at(budgets, widths, s, cfg.round_to)
-                for i, (old_w, new_w) in enumerate(zip(widths, new)):
+                for j, (old_w, new_w) in enumerate(zip(widths, new)):
                     if old_w != new_w:
-                        self.shrink_layer(i, new_w, stats)
+                        self.shrink_layer(self.active[j], new_w, stats)
                 changed, widths = new != widths, new
                 now = params_at(s)
                 bar.update(min(params - now, bar.total - bar.n))
@@ -280,23 +325,28 @@ class _Pruning:
             prune_attention(parts, g, top_k(kv_scores, widths[1]), attention, self.adapter.spec.attn_head_attrs)
 
     def note_granularity(self, budgets: list[alloc.LayerBudget], widths: list[alloc.Widths]) -> None:
-        whole = [i for i, (b, w) in enumerate(zip(budgets, widths)) if w[0] < b.mlp_init and w[1] == b.kv_init]
+        rows = list(zip(self.active, budgets, widths))
+        whole = [i for i, b, w in rows if w[0] < b.mlp_init and w[1] == b.kv_init]
         if whole:
             self.notes.append(
                 f"Layers {whole} lost MLP channels but kept every kv group: a group goes only when the "
                 "layer's s_l covers a whole one."
             )
-        least = [i for i, (b, w) in enumerate(zip(budgets, widths)) if w == (min(self.cfg.round_to, b.mlp_init), 1)]
+        least = [i for i, b, w in rows if w == (min(self.cfg.round_to, b.mlp_init), 1)]
         if least:
             self.notes.append(
                 f"Layers {least} are at the minimum width (one kv group, {self.cfg.round_to} MLP channels)."
             )
+        if self.cfg.protect_layers:
+            self.notes.append(f"Layers {list(self.cfg.protect_layers)} (as given) are protected: full width kept.")
         if self.cfg.importance == "activation":
             self.notes.append("FLAP's bias compensation is not applied: the stock modules have no bias to hold it.")
 
     def layer_rows(
         self, groups0: list[LayerGroups], kept: list[int], sources: list[int], s: torch.Tensor
     ) -> list[LayerWidths]:
+        s_all = torch.zeros(len(kept), dtype=torch.float64)
+        s_all[self.active] = s  # protected layers: 0
         rows = []
         for new_i, old_i in enumerate(kept):
             g0, g1 = groups0[old_i], layer_groups(self.adapter.layer(new_i))
@@ -306,7 +356,7 @@ class _Pruning:
                 heads=(g0.num_heads, g1.num_heads),
                 kv_heads=(g0.num_kv_heads, g1.num_kv_heads),
                 mlp=(g0.mlp_width, g1.mlp_width),
-                sparsity=float(s[new_i]),
+                sparsity=float(s_all[new_i]),
                 params=(g0.params(g0.mlp_width, g0.num_kv_heads), g1.params(g1.mlp_width, g1.num_kv_heads)),
             ))
         return rows

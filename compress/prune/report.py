@@ -21,6 +21,28 @@ class LayerWidths:
 
 
 @dataclass
+class StageReport:
+    """One stage of incremental pruning: its pruning, then its recovery training."""
+
+    stage: int  # 1-based
+    non_embedding_target: int
+    non_embedding_after: int  # after this stage's pruning
+    achieved_sparsity: float  # of the non-embedding parameters the whole call started from
+    substeps: int
+    calibration_tokens: int
+    train_tokens: int
+    train_steps: int
+    peak_lr: float
+    first_loss: float | None  # training loss of the stage's first and last step
+    last_loss: float | None
+    perplexity_before: float | None  # held-out, after this stage's pruning, before its training
+    perplexity_after: float | None
+    kl_before: float | None  # to the unpruned teacher, nats per token
+    kl_after: float | None
+    seconds: float
+
+
+@dataclass
 class PruneReport:
     method: str
     importance: str
@@ -31,10 +53,12 @@ class PruneReport:
     non_embedding_after: int
     layers: list[LayerWidths]
     dropped_layers: list[int] = field(default_factory=list)
+    protected_layers: list[int] = field(default_factory=list)
     uniform: bool = True
     substeps: int = 0
     calibration_tokens: int = 0
     skipped: list[str] = field(default_factory=list)
+    stages: list[StageReport] = field(default_factory=list)  # incremental mode only
 
     @property
     def achieved_sparsity(self) -> float:
@@ -77,6 +101,9 @@ class PruneReport:
         ]
         if self.dropped_layers:
             lines.append(f"dropped layers (original index): {self.dropped_layers}")
+        if self.protected_layers:
+            lines.append(f"protected layers (original index, full width): {self.protected_layers}")
+        lines += [_stage_line(st) for st in self.stages]
         lines += [f"note: {s}" for s in self.skipped]
         return "\n".join(lines)
 
@@ -102,6 +129,18 @@ class PruneReport:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         return path
+
+
+def _stage_line(st: StageReport) -> str:
+    ppl = ""
+    if st.perplexity_before is not None and st.perplexity_after is not None:
+        ppl = f", held-out perplexity {st.perplexity_before:.2f} -> {st.perplexity_after:.2f}"
+    loss = f", loss {st.first_loss:.4f} -> {st.last_loss:.4f}" if st.first_loss is not None and st.last_loss is not None else ""
+    return (
+        f"stage {st.stage}: pruned to {st.non_embedding_after:,} non-embedding parameters "
+        f"({st.achieved_sparsity:.1%} removed), trained {st.train_tokens:,} tokens in {st.train_steps} steps"
+        f"{loss}{ppl}"
+    )
 
 
 def _arrow(pair: tuple[int, int]) -> str:

@@ -14,7 +14,7 @@ from torch import nn
 
 from compress.arch import HEAD_ATTRS, Adapter, LayerParts
 from compress.errors import CompressError
-from compress.prune.groups import LayerGroups, layer_groups
+from compress.prune.groups import LayerGroups
 
 WIDTHS_KEY = "compress_layer_widths"
 
@@ -136,28 +136,27 @@ def record_widths(adapter: Adapter, source_layers: Sequence[int]) -> tuple[bool,
 
 
 def apply_recorded_widths(adapter: Adapter) -> bool:
-    """Shrink a freshly built model to the per-layer widths in its config, ready for ``load_state_dict``.
+    """Resize a freshly built model to the per-layer widths in its config, ready for ``load_state_dict``.
 
-    The reload half of non-uniform checkpoints: build the stock model from the
-    saved config (its global fields hold the widest layer), call this, then
-    load the weights.  Keeps the first channels and groups, since only shapes
-    matter before loading.  Returns False when the config records no widths.
+    For a model saved with ``save_pretrained`` after pruning (``compress.save``
+    checkpoints reload through ``compress.load`` instead): build the stock
+    model from the saved config (its global fields hold the widest layer),
+    call this, then load the weights.  The resizing itself is the arch
+    adapter's (``Adapter.resize_layer``), the same that ``compress.load``
+    uses.  Returns False when the config records no widths.
     """
     widths = getattr(adapter.text_config, WIDTHS_KEY, None)
     if not isinstance(widths, dict):
         return False
-    mlp, kv = widths["intermediate_size"], widths["num_key_value_heads"]
-    if len(mlp) != adapter.num_layers or len(kv) != adapter.num_layers:
+    heads, kv, mlp = widths["num_attention_heads"], widths["num_key_value_heads"], widths["intermediate_size"]
+    if not len(heads) == len(kv) == len(mlp) == adapter.num_layers:
         raise CompressError(
-            f"config.{WIDTHS_KEY} describes {len(mlp)} layers but the model has {adapter.num_layers}."
+            f"config.{WIDTHS_KEY} describes {len(mlp)} layers but the model has {adapter.num_layers}; "
+            "the config does not belong to this model."
         )
     for i in range(adapter.num_layers):
-        parts = adapter.layer(i)
-        groups = layer_groups(parts)
-        if mlp[i] != parts.mlp_width:
-            prune_mlp(parts, range(mlp[i]))
-        if kv[i] != groups.num_kv_heads:
-            prune_attention(parts, groups, range(kv[i]), adapter.attention_module(i), adapter.spec.attn_head_attrs)
+        device = adapter.layer(i).q.weight.device  # real tensors, so load_state_dict can copy into them
+        adapter.resize_layer(i, heads[i], kv[i], mlp[i], device=device)
     return True
 
 

@@ -5,7 +5,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from compress.arch import UnsupportedModelError, adapter_for
 from compress.errors import CompressError
-from compress.prune import IncrementalPruningUnavailable, PruneConfig, PruneReport, prune
+from compress.prune import PruneConfig, PruneReport, prune
 from compress.prune.groups import layer_groups
 from compress.sizes import count_parameters
 from tests.prune.helpers import FAMILIES, FAST, IDS, assert_generates_with_cache, calib, gqa_model, logits
@@ -142,7 +142,51 @@ def test_report_prints_a_table_and_saves_json_and_png(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_protected_layers_keep_full_width_and_the_rest_carry_the_budget():
+    model = gqa_model("llama")
+    a = adapter_for(model)
+    protected = [a.layer(i).q.weight.detach().clone() for i in (0, 3)]
+    report = prune(model, 0.4, data=calib(), importance="taylor", protect_layers=(0, 3), step=0.1, **FAST)
+    d = a.describe()
+    assert [d["mlp_width"][i] for i in (0, 3)] == [256, 256] and [d["num_kv_heads"][i] for i in (0, 3)] == [3, 3]
+    assert torch.equal(a.layer(0).q.weight, protected[0]) and torch.equal(a.layer(3).q.weight, protected[1])
+    target = report.non_embedding_before * 0.6
+    assert target - 2 * one_step(model) < report.non_embedding_after <= target
+    assert [report.layers[i].sparsity for i in (0, 3)] == [0.0, 0.0]
+    assert min(report.layers[i].sparsity for i in (1, 2)) > 0.6  # two layers remove what four would have
+    assert report.protected_layers == [0, 3]
+    assert "protected layers (original index, full width): [0, 3]" in str(report)
+
+
+def test_protected_layers_are_never_dropped():
+    model = gqa_model("llama")
+    a = adapter_for(model)
+    with torch.no_grad():  # layer 1 is the one depth pruning would drop first
+        a.layer(1).o.weight.mul_(1e-3)
+        a.layer(1).mlp_out.weight.mul_(1e-3)
+    report = prune(model, 0.3, data=calib(), method="uniform", importance="magnitude", drop_layers=1,
+                   protect_layers=[1], **FAST)
+    assert 1 not in report.dropped_layers and len(report.dropped_layers) == 1
+    assert report.protected_layers == [1]
+    kept = [r.source for r in report.layers]
+    assert report.layers[kept.index(1)].mlp == (256, 256)
+
+
 # -- bad input -------------------------------------------------------------
+
+def test_protect_layers_out_of_range_or_all_layers_are_refused_before_any_surgery():
+    model = gqa_model("llama")
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    with pytest.raises(CompressError, match=r"protect_layers names layer\(s\) \[4, 7\], but the model has 4 decoder layers \(0-3\)"):
+        prune(model, 0.3, data=calib(), protect_layers=(1, 4, 7), **FAST)
+    with pytest.raises(CompressError, match="protect_layers names all 4 decoder layers, which leaves nothing to prune"):
+        prune(model, 0.3, data=calib(), protect_layers=range(4), **FAST)
+    with pytest.raises(CompressError, match=r"drop_layers=2 would drop every layer outside protect_layers \[0, 1\]"):
+        prune(model, 0.3, data=calib(), protect_layers=(0, 1), drop_layers=2, **FAST)
+    with pytest.raises(CompressError, match=r"can go while each layer keeps .* while protect_layers \[0, 1, 2\] keep their full width"):
+        prune(model, 0.5, method="uniform", importance="magnitude", protect_layers=(0, 1, 2), progress=False)
+    assert unchanged(model, before)
+
 
 def unchanged(model, before):
     return all(torch.equal(p, before[n]) for n, p in model.named_parameters())
@@ -156,12 +200,6 @@ def test_missing_data_is_a_clear_error_and_touches_nothing():
     with pytest.raises(CompressError, match="Adapt-Pruner's layer importance needs calibration text"):
         prune(model, 0.3, importance="magnitude")
     assert unchanged(model, before)
-
-
-def test_incremental_mode_needs_the_recovery_loop():
-    with pytest.raises(IncrementalPruningUnavailable, match="needs the recovery loop") as err:
-        prune(gqa_model("llama"), 0.3, data=calib(), stages=4)
-    assert isinstance(err.value, NotImplementedError) and isinstance(err.value, CompressError)
 
 
 def test_sparsity_out_of_range_through_prune():
