@@ -10,8 +10,9 @@ Files: ``config.py`` (RecoverConfig), ``loop.py`` (recover), ``objective.py``
 tensors), ``schedule.py`` (learning rate, QAT lambda), ``lora.py`` (adapters,
 merge), ``teacher.py`` (teacher checks, offline top-k logits), ``batches.py``
 (data checks and order), ``heldout.py`` (evaluation, early stopping),
-``state.py`` (checkpoints), ``distributed.py`` (torchrun / DDP), ``runlog.py``
-(progress, JSON log, plot), ``report.py``.
+``state.py`` (checkpoints), ``distributed.py`` (torchrun / DDP), ``fsdp.py``
+(sharded training of large models), ``runlog.py`` (progress, JSON log, plot),
+``report.py``.
 """
 from compress.recover.config import RecoverConfig, RecoverError
 from compress.recover.distributed import is_main_process

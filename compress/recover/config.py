@@ -13,6 +13,7 @@ from compress.errors import CompressError, ConfigError
 
 SCHEDULES = ("wsd", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
+DISTRIBUTED = ("auto", "ddp", "fsdp")
 DEFAULT_STEPS = 1000
 
 # Fields that may differ between a run and its resumption: they change what is
@@ -64,6 +65,12 @@ class RecoverConfig:
     (BitNet's conversion recipe uses 1000 steps; 0 means 1 from the start),
     and ``convert_qat`` packs the modules at the end (after merging LoRA).
 
+    Several processes (torchrun): ``distributed="ddp"`` keeps the whole model
+    on every process, ``"fsdp"`` shards parameters, gradients and optimizer
+    state over them (torch's ``fully_shard``, layer by layer); ``"auto"``
+    takes FSDP for models of ``compress.recover.fsdp.AUTO_FSDP_PARAMS`` (1e9)
+    parameters or more.  One process ignores it.
+
     ``precision``: ``"auto"`` is bf16 autocast on CUDA and fp32 on the CPU.
     ``seed`` seeds a private random state (LoRA init, dropout); the caller's
     global random state is left as it was.
@@ -104,6 +111,7 @@ class RecoverConfig:
     qat_warmup_steps: int = 0
     convert_qat: bool = True
     precision: str = "auto"
+    distributed: str = "auto"
     device: str | None = None
     progress: bool = True
     log_every: int = 1
@@ -132,6 +140,8 @@ class RecoverConfig:
             raise ConfigError(f"schedule must be one of {', '.join(map(repr, SCHEDULES))}, got {self.schedule!r}.")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {self.precision!r}.")
+        if self.distributed not in DISTRIBUTED:
+            raise ConfigError(f"distributed must be one of {', '.join(map(repr, DISTRIBUTED))}, got {self.distributed!r}.")
         for name in ("warmup_fraction", "decay_fraction", "min_lr_ratio", "alpha"):
             value = getattr(self, name)
             if not (_finite(value) and 0.0 <= value <= 1.0):

@@ -2,7 +2,9 @@
 
 One loop for one process and for several (torchrun / ``accelerate launch``):
 each optimiser step consumes one global batch of the data stream
-(``batches.py``), each rank its own slice, DDP averaging the gradients.
+(``batches.py``), each rank its own slice, DDP averaging the gradients, or
+FSDP (``fsdp.py``) averaging them into each rank's shard of a sharded copy
+of the model whose weights go back into the caller's model at the end.
 Everything that decides the weights (data position, learning rate, QAT
 lambda) is a function of the step, and the random state is private, seeded
 from the config, and checkpointed; so a resumed run ends where an
@@ -25,6 +27,7 @@ from compress.arch import is_causal_lm
 from compress.errors import ConfigError
 from compress.quant.qat import FakeQuantLinear, set_qat_lambda
 from compress.recover import distributed as D
+from compress.recover import fsdp
 from compress.recover.batches import DataOrder, micro_batch_start, prepare_data
 from compress.recover.config import RecoverConfig, RecoverError
 from compress.recover.heldout import EarlyStop, evaluate_heldout
@@ -36,7 +39,10 @@ from compress.recover.schedule import lr_factor, qat_lambda
 from compress.recover.state import (
     latest_checkpoint,
     load_checkpoint,
+    model_difference,
     model_fingerprint,
+    model_tensors,
+    optimizer_tensors,
     read_state,
     remove_stale_temporaries,
     restore_optimizer,
@@ -44,6 +50,7 @@ from compress.recover.state import (
     save_checkpoint,
 )
 from compress.recover.teacher import INDEX, OfflineTeacher, check_teacher, precompute_teacher, vocab_size
+from compress.sizes import count_parameters
 
 TOPK_DIR = "teacher-topk"
 
@@ -80,9 +87,10 @@ def recover(
     (``train`` for training, ``eval`` held out) or token ids ``[n, seq_len]``
     (then ``eval_data`` for the held-out part).  LoRA adapters are merged and
     fake-quantised modules converted to packed ``QuantLinear`` at the end as
-    ``config`` says.  Under torchrun the same call trains with DDP; only rank
-    0 writes files.  ``on_step`` is called after every step (after that
-    step's checkpoint); an exception from it stops the run, as a kill would.
+    ``config`` says.  Under torchrun the same call trains with DDP or FSDP
+    (``config.distributed``); only rank 0 writes files.  ``on_step`` is
+    called after every step (after that step's checkpoint); an exception
+    from it stops the run, as a kill would.
     Keyword ``overrides`` change fields of ``config``
     (``recover(m, t, data, steps=200, lora_rank=8)``).
     """
@@ -120,7 +128,9 @@ class _Run:
         cfg, info = self.cfg, self.info
         self.t0 = time.perf_counter()
         self.device = self._device()
-        self.model.to(self.device)
+        self.strategy = fsdp.choose_strategy(cfg.distributed, count_parameters(self.model)[0], info.world)
+        if self.strategy != "fsdp":  # FSDP trains a sharded copy on the device; the model follows at the end
+            self.model.to(self.device)
         self.data = prepare_data(self.data_arg, self.eval_arg, vocab_size(self.model), cfg.eval_sequences)
         if cfg.patience and self.data.eval is None:
             raise RecoverError("Early stopping (patience > 0) needs held-out data: pass TextSplits or eval_data.")
@@ -190,12 +200,13 @@ class _Run:
     def _checkpoint_to_resume(self) -> Path | None:
         cfg = self.cfg
         if not cfg.output_dir:
-            self.fingerprint = None
+            self.fingerprint = self.tensors = None
             return None
         if self.info.is_main:
             remove_stale_temporaries(cfg.output_dir)
         D.barrier(self.info)
         self.fingerprint = model_fingerprint(self.model)  # before LoRA: the model as the caller gave it
+        self.tensors = model_tensors(self.model)
         path = latest_checkpoint(cfg.output_dir)
         if path is None:
             return None
@@ -213,9 +224,10 @@ class _Run:
                 f"settings, {elsewhere}."
             )
         if state.get("model_fingerprint") != self.fingerprint:
+            difference = model_difference(state.get("model_tensors"), self.tensors)
             raise RecoverError(
-                f"Checkpoint '{path}' was made from another model (fingerprint {state.get('model_fingerprint')}, "
-                f"this one {self.fingerprint}); resume with the model the run started from, {elsewhere}."
+                f"Checkpoint '{path}' was made from another model ({difference}); resume with the model the run "
+                f"started from, {elsewhere}."
             )
         if state.get("data_fingerprint") != self.data.fingerprint:
             raise RecoverError(
@@ -236,12 +248,16 @@ class _Run:
         flags = {n: p.requires_grad for n, p in model.named_parameters()}
         lora = add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_dropout, cfg.seed) if cfg.lora_rank else []
         self.qat = sum(isinstance(m, FakeQuantLinear) for m in model.modules())
-        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if self.strategy == "fsdp":
+            self.train_model = fsdp.sharded_copy(model, self.device, info.world)
+        else:
+            self.train_model = model
+        params = {n: p for n, p in self.train_model.named_parameters() if p.requires_grad}
         if not params:
             raise RecoverError("The model has no trainable parameters (all have requires_grad=False); unfreeze some or use LoRA.")
         optimizer = _adamw(params, cfg)
         log = RunLog(cfg.output_dir, {"objective": self.objective.describe(), "config": cfg.to_dict(), "world_size": info.world,
-                                      "total_steps": self.total}, enabled=info.is_main)
+                                      "parallel": self.strategy, "total_steps": self.total}, enabled=info.is_main)
         st = EarlyStop(cfg)
         step, eval_before = 0, None
         if self.resume_from is not None:
@@ -252,26 +268,28 @@ class _Run:
             step, eval_before = ck.step, ck.state.get("eval_before")
             log.restore(ck.state.get("log", {}))
             st.restore(ck.state.get("early_stop", {}), ck.best)
-        ddp = D.wrap(model, info, self.device)
+        ddp = D.wrap(model, info, self.device) if self.strategy == "ddp" else self.train_model
         if step == 0 and self.data.eval is not None:
-            eval_before = self._evaluate(0)
+            eval_before = self._evaluate(self.train_model, 0)
             log.evals.append(eval_before)
             st.update(eval_before, params)
 
         order = DataOrder(len(self.data.train), cfg.seed)
         progress = Progress(self.total, step, cfg.progress and info.is_main)
         checkpoint = None
-        model.train()
+        self.train_model.train()
         try:
             while step < self.total and not st.stopped:
                 lam = qat_lambda(step, cfg.qat_warmup_steps) if self.qat else None
                 if lam is not None:
-                    set_qat_lambda(model, lam)
+                    set_qat_lambda(self.train_model, lam)
                 lr = cfg.lr * lr_factor(step, self.total, cfg.schedule, cfg.warmup_fraction, cfg.decay_fraction, cfg.min_lr_ratio)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 parts = self._accumulate(ddp, order, step)
-                grad_norm = torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip) if cfg.grad_clip else None
+                grad_norm = None
+                if cfg.grad_clip:  # a sharded model's norm is a DTensor: full_tensor makes it one number
+                    grad_norm = float(fsdp.full_tensor(torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
@@ -281,7 +299,7 @@ class _Run:
                 if step % cfg.log_every == 0 or step == self.total:
                     log.train.append(_entry(step, loss, kd, ce, lr, lam, grad_norm, tokens, rate))
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total and self.data.eval is not None:
-                    ev = self._evaluate(step)
+                    ev = self._evaluate(self.train_model, step)
                     log.evals.append(ev)
                     st.update(ev, params)
                     progress.write(f"step {step}: held-out loss {ev['loss']:.4f}" + (f", KL {ev['kl']:.4f}" if ev.get("kl") is not None else ""))
@@ -293,6 +311,7 @@ class _Run:
                     self.on_step(StepInfo(step, self.total, loss, lr, lam, tokens, checkpoint))
         finally:
             progress.close()
+        del optimizer, ddp  # free the training state before the model comes back whole
         return self._finish(model, params, flags, lora, log, st, step, eval_before, was_training)
 
     def _accumulate(self, ddp: nn.Module, order: DataOrder, step: int) -> torch.Tensor:
@@ -311,18 +330,27 @@ class _Run:
             parts += torch.tensor([loss.item(), kd, ce], dtype=torch.float64) / cfg.grad_accum
         return parts
 
-    def _evaluate(self, step: int) -> dict[str, Any]:
-        return evaluate_heldout(self.model, self.data.eval, self.teacher, step, self.cfg.batch_size, self.info, self.device)
+    def _evaluate(self, model: nn.Module, step: int) -> dict[str, Any]:
+        sharded = model is not self.model  # FSDP's copy: every forward is a collective
+        ev = evaluate_heldout(model, self.data.eval, self.teacher, step, self.cfg.batch_size, self.info, self.device,
+                              lockstep=sharded)
+        if sharded:
+            fsdp.reshard(model)
+        return ev
 
     def _save(self, step, params, optimizer, log: RunLog, st: EarlyStop, eval_before) -> str | None:
         cfg, info = self.cfg, self.info
-        rng = D.rng_states(info, self.device)  # a collective: every rank takes part
+        # collectives under FSDP (every rank gathers the shards); only rank 0 keeps the tensors
+        weights = fsdp.gathered(params, keep=info.is_main)
+        moments = optimizer_tensors(optimizer, params, keep=info.is_main)
+        rng = D.rng_states(info, self.device)
         path = None
         if info.is_main:
-            state = {"config": cfg.to_dict(), "model_fingerprint": self.fingerprint, "data_fingerprint": self.data.fingerprint,
+            state = {"config": cfg.to_dict(), "model_fingerprint": self.fingerprint, "model_tensors": self.tensors,
+                     "data_fingerprint": self.data.fingerprint,
                      "world_size": info.world, "total_steps": self.total, "log": log.state(),
                      "early_stop": st.state(), "eval_before": eval_before}
-            path = str(save_checkpoint(cfg.output_dir, step, params, optimizer, rng, state, st.best_params, cfg.keep_checkpoints))
+            path = str(save_checkpoint(cfg.output_dir, step, weights, moments, rng, state, st.best_params, cfg.keep_checkpoints))
         D.barrier(info)
         return path
 
@@ -332,6 +360,10 @@ class _Run:
         if st.stopped and cfg.keep_best and st.best_params is not None:
             restore_parameters(params, st.best_params, "the best evaluation")
             self.notes.append(f"stopped early; kept the weights of the best evaluation (step {st.best_step}).")
+        if self.train_model is not model:
+            fsdp.copy_back(params, model)
+            self.train_model = None
+            model.to(self.device)
         model.train(was_training)
         merged = False
         if lora and cfg.merge_lora:
@@ -353,7 +385,7 @@ class _Run:
             converted = True
         eval_after = None
         if self.data.eval is not None:
-            eval_after = {**self._evaluate(step), "final": True}  # after merging and packing: the model as returned
+            eval_after = {**self._evaluate(model, step), "final": True}  # after merging and packing: the model as returned
             log.evals.append(eval_after)
         if self.offline is not None and self.teacher is None and eval_after is not None:
             self.notes.append("held-out KL needs the teacher in memory; with offline top-k logits only CE is measured.")
@@ -366,7 +398,7 @@ class _Run:
         return RecoverReport(
             objective=self.objective.describe(), steps=step, total_steps=self.total,
             tokens=step * self.global_batch * self.data.seq_len, seconds=time.perf_counter() - self.t0,
-            world_size=info.world, eval_before=eval_before, eval_after=eval_after, best_eval=st.best_eval,
+            world_size=info.world, parallel=self.strategy, eval_before=eval_before, eval_after=eval_after, best_eval=st.best_eval,
             evals=list(log.evals), train=list(log.train), stopped_early=st.stopped,
             resumed_from=None if self.resume_from is None else int(self.resume_from.name.split("-")[-1]),
             lora_modules=len(lora), lora_merged=merged, qat_modules=self.qat, qat_converted=converted,

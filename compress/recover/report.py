@@ -31,6 +31,7 @@ class RecoverReport:
     plot_path: str | None = None
     checkpoint: str | None = None
     notes: list[str] = field(default_factory=list)
+    parallel: str = "single"  # "single", "ddp" or "fsdp"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -42,7 +43,8 @@ class RecoverReport:
 
     def __str__(self) -> str:
         lines = [f"recovery ({self.objective}): {self.steps}/{self.total_steps} steps, {self.tokens:,} tokens, "
-                 f"{self.seconds:.1f} s on {self.world_size} process(es)"]
+                 f"{self.seconds:.1f} s on {self.world_size} process(es)"
+                 + (f" ({self.parallel.upper()})" if self.world_size > 1 else "")]
         if self.resumed_from is not None:
             lines.append(f"  resumed from the checkpoint at step {self.resumed_from}")
         if self.stopped_early:

@@ -28,6 +28,7 @@ from torch import nn
 
 from compress.io.atomic import atomic_directory, sha256_file
 from compress.recover.config import RecoverError
+from compress.recover.fsdp import full_tensor, is_sharded, load_full, shard_like
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
@@ -65,6 +66,29 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def model_tensors(model: nn.Module) -> dict[str, str]:
+    """``name -> "[shape] dtype"`` of every tensor in ``model``'s state dict: what a refusal to resume names."""
+    return {name: f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}" for name, t in model.state_dict().items()}
+
+
+def model_difference(saved: dict[str, str] | None, now: dict[str, str]) -> str:
+    """How the model a checkpoint was made from differs from ``now`` (both from ``model_tensors``)."""
+    if not saved:
+        return "the checkpoint does not list its tensors"
+    changed = [n for n in now if n in saved and saved[n] != now[n]]  # in the model's order
+    missing = [n for n in saved if n not in now]
+    extra = [n for n in now if n not in saved]
+    parts = []
+    if changed:
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        parts.append(f"{changed[0]} is {saved[changed[0]]} there and {now[changed[0]]} here{more}")
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) such as {missing[0]} are missing here")
+    if extra:
+        parts.append(f"{len(extra)} tensor(s) such as {extra[0]} were not there")
+    return "; ".join(parts) or "the same tensor names, shapes and dtypes but other values"
+
+
 def checkpoint_root(output_dir: str | Path) -> Path:
     return Path(output_dir) / CHECKPOINTS
 
@@ -95,20 +119,24 @@ def remove_stale_temporaries(output_dir: str | Path) -> None:
 def save_checkpoint(
     output_dir: str | Path,
     step: int,
-    params: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    weights: dict[str, torch.Tensor],
+    optimizer: dict[str, torch.Tensor],
     rng: dict[str, torch.Tensor],
     state: dict[str, Any],
     best: dict[str, torch.Tensor] | None = None,
     keep: int = 1,
 ) -> Path:
-    """Write one checkpoint directory atomically, then drop all but the newest ``keep``."""
+    """Write one checkpoint directory atomically, then drop all but the newest ``keep``.
+
+    ``weights``: the trainable parameters by name; ``optimizer``: from
+    ``optimizer_tensors``; both whole (gathered, if the model is sharded).
+    """
     from safetensors.torch import save_file
 
     target = checkpoint_root(output_dir) / f"{_PREFIX}{step:08d}"
     with atomic_directory(target, overwrite=True) as tmp:
-        save_file(_cpu(params), tmp / WEIGHTS)
-        save_file(_optimizer_tensors(optimizer, params), tmp / OPTIMIZER)
+        save_file(_cpu(weights), tmp / WEIGHTS)
+        save_file(_cpu(optimizer), tmp / OPTIMIZER)
         save_file(_cpu(rng), tmp / RNG)
         if best is not None:
             save_file(_cpu(best), tmp / BEST)
@@ -166,11 +194,12 @@ def restore_parameters(params: dict[str, torch.Tensor], saved: dict[str, torch.T
                 f"Parameter {name} is {tuple(p.shape)} {p.dtype} in the model but {tuple(saved[name].shape)} "
                 f"{saved[name].dtype} in {where}; resume with the same model."
             )
-        p.copy_(saved[name])
+        load_full(p, saved[name])
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, params: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> None:
-    """Rebuild a torch optimizer state dict from ``name::key`` tensors and load it."""
+    """Rebuild a torch optimizer state dict from ``name::key`` tensors and load it (each rank its
+    shard of the moments of a sharded parameter)."""
     index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
     per_param: dict[int, dict[str, torch.Tensor]] = {}
     for key, t in saved.items():
@@ -179,20 +208,27 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, params: dict[str, torch.
             raise RecoverError(
                 f"The optimizer state names a parameter {name} the model does not train; resume with the same model and config."
             )
-        per_param.setdefault(index[id(params[name])], {})[field] = t
+        p = params[name]
+        if is_sharded(p) and t.dim() > 0 and tuple(t.shape) == tuple(p.shape):
+            t = shard_like(p, t)
+        per_param.setdefault(index[id(p)], {})[field] = t
     sd = optimizer.state_dict()
     sd["state"] = per_param
     optimizer.load_state_dict(sd)
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    names = {id(p): n for n, p in params.items()}
+def optimizer_tensors(optimizer: torch.optim.Optimizer, params: dict[str, torch.Tensor], keep: bool = True) -> dict[str, torch.Tensor]:
+    """The optimizer's per-parameter state as whole CPU tensors keyed ``name::key`` (empty where not ``keep``).
+
+    Moments of sharded parameters are all-gathered: every rank must call it.
+    """
     out = {}
-    for p, st in optimizer.state.items():
-        for key, value in st.items():
-            if not isinstance(value, torch.Tensor):
-                value = torch.tensor(value)
-            out[f"{names[id(p)]}::{key}"] = value.detach().cpu().contiguous()
+    for name, p in params.items():
+        for key, value in sorted(optimizer.state.get(p, {}).items()):
+            value = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+            full = full_tensor(value.detach())
+            if keep:
+                out[f"{name}::{key}"] = full.to("cpu", copy=True).contiguous()
     return out
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from compress.arch import adapter_for
-from tests.tiny import VOCAB, tiny_model
+from tests.tiny import VOCAB, tiny_config, tiny_model
 
 
 def sharp_teacher(seed: int = 0) -> nn.Module:
@@ -27,6 +27,16 @@ def damaged_copy(model: nn.Module, scale: float = 0.3, seed: int = 1) -> nn.Modu
         for p in student.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * scale * p.abs().mean())
     return student
+
+
+def odd_student(seed: int = 3) -> nn.Module:
+    """A tiny Llama like ``sharp_teacher``'s but with an MLP 95 wide: it splits unevenly over two ranks."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config("llama")
+    cfg.intermediate_size = 95
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(cfg)
 
 
 def token_data(n: int = 64, seq_len: int = 32, seed: int = 0) -> torch.Tensor:

@@ -31,6 +31,7 @@ from compress.recover import RecoverConfig
         (dict(plot=True), "plot=True writes loss.png into output_dir"),
         (dict(teacher_topk=-1), "teacher_topk must be a non-negative integer"),
         (dict(device="gpu0"), "device must be a torch device such as 'cpu' or 'cuda:0', got 'gpu0'"),
+        (dict(distributed="zero3"), "distributed must be one of 'auto', 'ddp', 'fsdp', got 'zero3'"),
     ],
 )
 def test_bad_values_are_refused_with_a_clear_message(kwargs, message):

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from compress.data import TextConfig, load_text
+from compress.data import TextConfig, TextSplits, load_text
 from compress.errors import ConfigError
 from compress.eval import EvalConfig, evaluate
 from compress.recover import OfflineTeacher, RecoverConfig, RecoverError, precompute_teacher, recover
@@ -112,6 +112,10 @@ def test_the_callers_random_state_is_left_alone():
 def test_empty_training_data_is_refused():
     with pytest.raises(RecoverError, match=r"The training data is empty \(shape \(0, 16\)\); give more text"):
         recover(tiny_model("llama"), None, torch.empty(0, 16, dtype=torch.long), _config())
+    ids = token_data(4, 16)
+    splits = TextSplits(calibration=ids, train=torch.empty(0, 16, dtype=torch.long), eval=ids, config=TextConfig(seq_len=16))
+    with pytest.raises(RecoverError, match=r"The training data is empty \(shape \(0, 16\)\)"):
+        recover(tiny_model("llama"), None, splits, _config())
     with pytest.raises(RecoverError, match="recover\\(\\) needs training data"):
         recover(tiny_model("llama"), None, None, _config())
     with pytest.raises(RecoverError, match="must hold integer token ids, got dtype torch.float32"):

@@ -10,7 +10,7 @@ import pytest
 
 from compress.recover import RecoverError
 from compress.recover.state import list_checkpoints
-from tests.recover.helpers import all_equal, damaged_copy, params, resumable_run as _run, sharp_teacher, token_data
+from tests.recover.helpers import all_equal, damaged_copy, odd_student, params, resumable_run as _run, sharp_teacher, token_data
 
 
 class Killed(Exception):
@@ -78,12 +78,21 @@ def test_resume_refuses_another_config_model_or_data(tmp_path):
         _run(tmp_path, on_step=_kill_after(4), teacher=teacher, ids=ids)
     with pytest.raises(RecoverError, match=r"made with another config \(lr: 0.001 -> 0.002\)"):
         _run(tmp_path, teacher=teacher, ids=ids, lr=2e-3)
-    with pytest.raises(RecoverError, match="made from another model"):
+    with pytest.raises(RecoverError, match=r"made from another model \(the same tensor names, shapes and dtypes but other values\)"):
         _run(tmp_path, teacher=teacher, ids=ids, student=damaged_copy(teacher, seed=7))
+    with pytest.raises(RecoverError, match=r"made from another model \(model.layers.0.mlp.gate_proj.weight is \[96, 64\] "
+                                           r"float32 there and \[95, 64\] float32 here \(and 5 more\)\); resume with the model"):
+        _run(tmp_path, teacher=teacher, ids=ids, student=odd_student())
     with pytest.raises(RecoverError, match="made with other training data"):
         _run(tmp_path, teacher=teacher, ids=token_data(40, 16, seed=5))
     with pytest.raises(RecoverError, match=r"holds checkpoints of an earlier run \(newest: step-00000004\); pass resume=True"):
         _run(tmp_path, teacher=teacher, ids=ids, resume=False)
+    state_file = list_checkpoints(tmp_path)[-1] / "state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "world_size": 2}))
+    with pytest.raises(RecoverError, match=r"made on 2 process\(es\) and this run has 1; .* resume on 2"):
+        _run(tmp_path, teacher=teacher, ids=ids)
+    state_file.write_text(json.dumps(state))
     with pytest.raises(RecoverError, match="does not match its sha256"):
         (list_checkpoints(tmp_path)[-1] / "weights.safetensors").write_bytes(b"garbage")
         _run(tmp_path, teacher=teacher, ids=ids)
