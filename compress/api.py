@@ -1,22 +1,16 @@
 """The public entry points that compose the subpackages.
 
-Those whose issues have not landed yet raise ``NotImplementedError`` with one
-sentence saying what is missing, so that a user (and the CLI) gets a clear
-answer instead of an AttributeError.
+Each forwards to its subpackage (imported lazily, so ``import compress`` stays
+cheap) and records the step in ``model.config.compress_methods``, which
+checkpoint manifests list.
 """
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any
 
 from compress.io import load, save
 
 __all__ = ["load", "prune", "quantize", "recover", "run", "save"]
-
-
-def _not_built(what: str) -> NoReturn:
-    raise NotImplementedError(
-        f"{what} is not built yet in this version of compress-lm; see the feature table in README.md."
-    )
 
 
 def _record(model: Any, step: dict[str, Any]) -> None:
@@ -58,6 +52,13 @@ def recover(model: Any, teacher: Any = None, data: Any = None, config: Any = Non
     return report
 
 
-def run(model: Any, recipe: Any, *args: Any, **kwargs: Any) -> Any:
-    """A whole recipe: prune, recover, quantise, export, with a report."""
-    _not_built("Recipes (compress.run)")
+def run(model: Any = None, recipe: Any = "default", output_dir: Any = None, **kwargs: Any) -> Any:
+    """A whole recipe (prune, recover, quantise, export) with a pre-flight check and a report; see ``compress.pipeline.run``.
+
+    ``compress.run("smollm2-135m", "default", "runs/demo")``: the model (None: the
+    recipe's), a recipe (a built-in name, a YAML file, a ``Recipe``, a list of
+    stages) and the output directory; running it again resumes.  Returns a ``RunReport``.
+    """
+    from compress.pipeline import run as run_recipe
+
+    return run_recipe(model, recipe, output_dir, **kwargs)

@@ -56,16 +56,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--importance", choices=["taylor", "magnitude", "activation"], default="taylor", help="channel score (default taylor)")
     p.add_argument("--round-to", type=int, default=8, help="keep MLP widths a multiple of this (default 8)")
     p.add_argument("--drop-layers", type=int, default=0, help="also remove this many whole layers (default 0)")
-    _add_data(p, "calibration text")
+    p.add_argument("--protect-layers", type=int, nargs="+", default=[], metavar="I",
+                   help="decoder layers (0-based) kept at full width; the others carry the budget")
+    p.add_argument("--stages", type=int, default=1,
+                   help="prune in this many stages with distillation from the original between them (Adapt-Accel; default 1)")
+    p.add_argument("--stage-tokens", type=int, metavar="N", help="training tokens per stage on average (needed with --stages > 1)")
+    p.add_argument("--stage-lr", type=float, default=1e-4, help="peak learning rate of the training between stages (default 1e-4)")
+    _add_data(p, "calibration text (and, with --stages, training text)")
     _add_output(p)
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("quantize", help="ternary or int4 quantisation to packed weights")
     _add_model(p)
     p.add_argument("--method", choices=["ternary", "int4"], required=True)
-    p.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64, 128 or -1 per channel (default 128)")
+    p.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64, 128 (a last partial group is fine) or -1 per channel (default 128)")
     p.add_argument("--asymmetric", action="store_true", help="int4 with zero points")
     p.add_argument("--gptq", action="store_true", help="int4 with GPTQ error compensation (uses --data)")
+    p.add_argument("--calibration-sequences", type=int, default=128, metavar="N",
+                   help="GPTQ reads at most N calibration sequences of --seq-len tokens (default 128)")
     p.add_argument("--scale", choices=["absmean", "absmedian"], default="absmean", help="ternary scale (default absmean, BitNet b1.58)")
     p.add_argument("--a8", action="store_true", help="ternary with 8-bit activations (W1.58A8)")
     _add_data(p, "calibration text for GPTQ")
@@ -83,22 +91,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
     p.add_argument("--lora", type=int, default=0, metavar="R", help="train rank-R LoRA adapters only, merged at the end")
     p.add_argument("--resume", action="store_true", help="continue from the last training checkpoint in OUTPUT/train-state")
+    p.add_argument("--distributed", choices=["auto", "ddp", "fsdp"], default="auto",
+                   help="under torchrun: DDP (whole model on every process) or FSDP (sharded); auto: FSDP from 1e9 parameters")
     _add_output(p)
     p.set_defaults(func=cmd_recover)
 
-    p = sub.add_parser("export", help="export a checkpoint to another format [not built yet]")
+    p = sub.add_parser("sensitivity", help="per-layer and per-module error of pruning and of each quantisation format; heat map, override map")
     _add_model(p)
-    p.add_argument("--format", choices=["native", "hf", "bitnet", "gptq", "compressed-tensors", "gguf"], required=True)
+    _add_data(p, "calibration text (its calibration split is used)")
+    _add_runtime(p)
+    p.add_argument("--metric", choices=["layer-error", "module-error", "kl"], default="layer-error",
+                   help="layer-error: change of the layer's output (default); module-error: of the module's output (fastest); kl: of the model's output distribution (slowest)")
+    p.add_argument("--formats", nargs="+", metavar="FORMAT", help="quantisation formats to try (default: int4-g128 int4-g64 int4-g32 ternary-absmean ternary-absmedian)")
+    p.add_argument("--sequences", type=int, default=4, help="calibration sequences (default 4)")
+    p.add_argument("--batch-size", type=int, default=4, help="sequences per forward pass (default 4)")
+    p.add_argument("--prune-fraction", type=float, default=0.5, help="share of each layer's MLP channels / kv groups removed to measure pruning (default 0.5)")
+    p.add_argument("--importance", choices=["taylor", "magnitude", "activation"], default="taylor", help="which channels pruning removes (default taylor)")
+    p.add_argument("--top", type=int, default=15, help="list this many most sensitive modules (default 15)")
+    p.add_argument("--heatmap", default="sensitivity.png", metavar="PATH", help="heat-map PNG (default sensitivity.png)")
+    p.add_argument("--json", metavar="PATH", help="also write the whole report as JSON here")
+    p.add_argument("--overrides", metavar="PATH", help="write a per-module override map (YAML) for a recipe here")
+    p.add_argument("--target", metavar="FORMAT", help="override map: the format the rest is quantised with (default: the first of --formats)")
+    p.add_argument("--keep", type=float, default=0.1, help="override map: fraction of modules kept at higher precision, and of layers protected from pruning (default 0.1)")
+    p.add_argument("--promote-to", default="full", metavar="FORMAT", help="override map: what the kept modules get, 'full' precision (default) or a format")
+    p.add_argument("--protect", type=int, metavar="N", help="override map: protect this many layers from pruning (default: --keep of them)")
+    p.add_argument("--force", action="store_true", help="replace output files that exist")
+    p.set_defaults(func=cmd_sensitivity)
+
+    p = sub.add_parser("export", help="write a model in a format other tools load (hf, bitnet, gptq, compressed-tensors, gguf) and check it loads there")
+    _add_model(p)
+    p.add_argument("--format", choices=["native", "hf", "bitnet", "gptq", "compressed-tensors", "gguf"], required=True,
+                   help="hf: float weights; bitnet: ternary models (transformers' BitNet); gptq / compressed-tensors: "
+                        "int4 models; gguf: llama.cpp; native: compress.save's checkpoint")
+    p.add_argument("--gguf-type", choices=["f16", "q8_0", "q4_0", "q4_1", "tq2_0", "tq1_0"],
+                   help="gguf only (default: tq2_0 for ternary, q4_0/q4_1 for int4, f16 for float models)")
     p.add_argument("-o", "--output", required=True, help="output directory")
-    p.set_defaults(func=_not_built("export"))
+    p.add_argument("--force", action="store_true", help="replace the output directory if it exists")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip loading the result with a loader that is not compress-lm's and comparing logits")
+    _add_runtime(p)
+    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("run", help="run a whole recipe with a report [not built yet]")
-    p.add_argument("--recipe", required=True, help="recipe YAML file or built-in recipe name")
-    p.add_argument("--model", help="override the recipe's model")
-    p.add_argument("-o", "--output", help="output directory")
-    p.set_defaults(func=_not_built("run"))
+    p = sub.add_parser("run", help="a whole recipe (prune, recover, quantize, export) with a pre-flight check and a report; resumable")
+    p.add_argument("--recipe", default="default", help="recipe YAML file or built-in recipe (default, small-fast, smallest; `--recipe list` shows them)")
+    p.add_argument("--model", help="override the recipe's model (built-in name, HF directory, .gguf file or hub id)")
+    p.add_argument("--data", nargs="+", metavar="FILE", help="override the recipe's text: text/Markdown/.jsonl files or directories")
+    p.add_argument("-o", "--output", help="run directory (default runs/<recipe name>); the same command again resumes there")
+    p.add_argument("--force", action="store_true", help="replace a run directory that holds another model's or text's run")
+    p.add_argument("--check", action="store_true", help="only load the model and text and run the pre-flight check")
+    p.add_argument("--show", action="store_true", help="print the recipe with every option spelled out, and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("bench", help="kernel microbenchmarks (needs a GPU); end-to-end model speed [not built yet]")
+    p = sub.add_parser("bench", help="kernel microbenchmarks and end-to-end decode speed (need a GPU; `bench model --smoke` checks on the CPU)")
     p.add_argument("what", choices=["kernels", "model"])
     p.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the benchmark script (see its --help)")
     p.set_defaults(func=cmd_bench)
@@ -136,8 +181,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from compress import api
     from compress.prune import PruneConfig
 
+    recover = None
+    if args.stages > 1:  # the training between stages; held-out figures on 16 sequences before and after each
+        from compress.recover import RecoverConfig
+
+        recover = RecoverConfig(lr=args.stage_lr, eval_every=0, eval_sequences=16)
     config = PruneConfig(sparsity=args.sparsity, method=args.method, importance=args.importance,
                          round_to=args.round_to, drop_layers=args.drop_layers, seed=args.seed,
+                         protect_layers=tuple(args.protect_layers), stages=args.stages,
+                         stage_tokens=args.stage_tokens, recover=recover,
                          calib_seq_len=min(64, args.seq_len))  # Adapt-Pruner's 64-token windows, cut from the sequences
     return _compress_and_save(args, config.needs_data, lambda model, data: api.prune(model, config, data=data))
 
@@ -147,7 +199,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from compress.quant import QuantConfig
 
     config = QuantConfig(method=args.method, group_size=args.group_size, symmetric=not args.asymmetric,
-                         gptq=args.gptq, scale=args.scale, activations="a8" if args.a8 else "a16")
+                         gptq=args.gptq, scale=args.scale, activations="a8" if args.a8 else "a16",
+                         calibration_sequences=args.calibration_sequences)
     return _compress_and_save(args, config.gptq, lambda model, data: api.quantize(model, config, data=data))
 
 
@@ -159,7 +212,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
     out = Path(args.output).expanduser().resolve()
     config = RecoverConfig(steps=args.steps, tokens=args.tokens, batch_size=args.batch_size, lr=args.lr,
-                           lora_rank=args.lora, resume=args.resume, seed=args.seed,
+                           lora_rank=args.lora, resume=args.resume, seed=args.seed, distributed=args.distributed,
                            output_dir=str(out.parent / f".{out.name}.train-state"))
     if not args.resume:
         _check_output(args)
@@ -173,10 +226,81 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    import torch
+
+    import compress
+    from compress.data import TextConfig
+    from compress.sensitivity import SensitivityConfig, measure_sensitivity
+    from compress.sensitivity.overrides import check_override_args
+
+    config = SensitivityConfig(metric=args.metric, formats=tuple(args.formats or SensitivityConfig.formats),
+                               prune_fraction=args.prune_fraction, importance=args.importance,
+                               sequences=args.sequences, batch_size=args.batch_size, seed=args.seed)
+    outputs = [Path(p) for p in (args.heatmap, args.json, args.overrides) if p]
+    for path in outputs:  # fail before the expensive work, not after it
+        if path.is_dir() or (path.exists() and not args.force):
+            raise CompressError(f"'{path}' already exists; pass --force to replace it, or choose another path.")
+    if args.overrides:
+        check_override_args(config.formats, args.target, args.keep, args.promote_to, args.protect)
+    model, tokenizer = compress.load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    data = compress.load_text(args.data, tokenizer, TextConfig(seq_len=args.seq_len, seed=args.seed))
+    report = measure_sensitivity(model, data, config, name=args.model)
+    print(report.table(top=args.top, rank_by=args.target if args.overrides else None))
+    print(f"heat map written to {report.heatmap(args.heatmap)}")
+    if args.json:
+        report.to_json(args.json)
+        print(f"report written to {args.json}")
+    if args.overrides:
+        path = report.write_override_map(args.overrides, args.target, args.keep, args.promote_to, args.protect)
+        data = report.override_map(args.target, args.keep, args.promote_to, args.protect)
+        print(f"override map written to {path}: {len(data['quantize']['overrides'])} override(s), "
+              f"modules_to_not_convert {data['quantize']['modules_to_not_convert']}, "
+              f"protect_layers {data['prune']['protect_layers']}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from compress.pipeline import builtin_recipes, load_recipe
+
+    if args.recipe == "list":
+        for name, description in builtin_recipes().items():
+            print(f"{name:12s} {description}")
+        return 0
+    recipe = load_recipe(args.recipe)
+    if args.show:
+        print(recipe.to_yaml(), end="")
+        return 0
+    if args.check:
+        from compress.pipeline import check
+
+        report = check(args.model, recipe, data=args.data)
+        print(report.summary())
+        report.raise_if_problems()
+        return 0
+    from compress import api
+
+    api.run(args.model, recipe, args.output, data=args.data, overwrite=args.force, progress=not args.quiet)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    import compress
+    from compress.io.exports import export
+
+    _check_output(args)
+    model, tokenizer = compress.load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    report = export(model, tokenizer, args.output, args.format, overwrite=args.force, gguf_type=args.gguf_type,
+                    verify=not args.no_verify)
+    print(report.table())
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.what == "model":
-        raise NotImplementedError("`compress-lm bench model` is not built yet; see the feature table in README.md.")
-    return _benchmark_script("kernels").main(args.args)
+    script = {"kernels": "kernels", "model": "model_decode"}[args.what]
+    return _benchmark_script(script).main(args.args)
 
 
 def _benchmark_script(name: str):

@@ -7,16 +7,20 @@ int4 (W4A16, group-wise)
     ``qweight``  int32 ``[K // 8, N]``, N contiguous.  Nibble ``j`` (bits
                  ``4j .. 4j+3``) of word ``[r, n]`` holds the unsigned code
                  ``q[n, 8r + j]`` in ``0..15``.
-    ``scales``   float ``[K // G, N]`` (float16 by default; any float dtype is
-                 accepted).  Row ``g`` covers ``k`` in ``[gG, (g+1)G)``.
-    ``zeros``    float ``[K // G, N]`` zero points in code units (usually
+    ``scales``   float ``[ceil(K / G), N]`` (float16 by default; any float
+                 dtype is accepted).  Row ``g`` covers ``k`` in
+                 ``[gG, min((g+1)G, K))``: when G does not divide K the last
+                 group is partial (K = 576, G = 128: four groups of 128 and
+                 one of 64), as in GPTQ's checkpoint format.
+    ``zeros``    float ``[ceil(K / G), N]`` zero points in code units (usually
                  integers 0..15, stored in the scales' dtype), or ``None`` for
                  symmetric weights, which use the fixed offset 8.
     dequant      ``w[n, k] = (q[n, k] - z[k // G, n]) * s[k // G, n]``,
                  with ``z = 8`` when ``zeros is None``.
-    ``group_size`` G is a power of two >= 16 that divides K (32/64/128 are the
-                 usual ones) or ``G == K`` (per-channel; ``-1`` is accepted as a
-                 shorthand for K).  K must be a multiple of 8 and of G.
+    ``group_size`` G is a power of two >= 16 (32/64/128 are the usual ones)
+                 or ``G == K`` (per-channel; ``-1`` is accepted as a shorthand
+                 for K).  K must be a multiple of 8 (packing); G need not
+                 divide it, and a G larger than K is one partial group.
 
 ternary (W1.58, BitNet b1.58)
     ``qweight``  int32 ``[K // 16, N]``, N contiguous.  2-bit field ``j``
@@ -50,6 +54,7 @@ __all__ = [
     "dequantize_ternary",
     "broadcast_ternary_scale",
     "resolve_group_size",
+    "int4_num_groups",
     "shape_problem",
     "check_int4",
     "check_ternary",
@@ -78,12 +83,17 @@ def shape_problem(fmt: str, N: int, K: int, group_size: Optional[int] = 128) -> 
         )
     if fmt == "int4":
         G = K if group_size in (-1, 0, None) else int(group_size)
-        if G != K and (G < 16 or G & (G - 1) or K % G):
+        if G != K and (G < 16 or G & (G - 1)):
             return (
                 f"int4 weight of shape [{N}, {K}] cannot use group size {group_size}: use a power "
-                f"of two >= 16 that divides K={K} (32, 64 or 128), or -1 for one group per channel."
+                f"of two >= 16 (32, 64 or 128; the last group may be partial), or -1 for one group per channel."
             )
     return None
+
+
+def int4_num_groups(K: int, group_size: int) -> int:
+    """Rows of the int4 scales: ``ceil(K / G)`` (the last group may be partial)."""
+    return -(-K // group_size)
 
 
 def resolve_group_size(group_size: Optional[int], K: int, N: int = -1) -> int:
@@ -114,10 +124,11 @@ def check_int4(
         )
     K, N = qweight.shape[0] * INT4_PER_WORD, qweight.shape[1]
     G = resolve_group_size(group_size, K, N)
-    want = [K // G, N]
+    want = [int4_num_groups(K, G), N]
     if not scales.is_floating_point() or list(scales.shape) != want:
+        tail = f"; the last group covers the {K % G} remaining inputs" if K % G else ""
         raise ValueError(
-            f"int4 scales must be a float tensor of shape {want} (K/G x N for K={K}, G={G}), "
+            f"int4 scales must be a float tensor of shape {want} (ceil(K/G) x N for K={K}, G={G}{tail}), "
             f"got {scales.dtype} of shape {list(scales.shape)}."
         )
     if zeros is not None and (not zeros.is_floating_point() or list(zeros.shape) != want):
@@ -250,9 +261,14 @@ def dequantize_int4(
     """
     N, K, G = check_int4(qweight, scales, zeros, group_size)
     q = _unpack(qweight, 4).to(torch.float32)  # [N, K]
-    s = scales.to(torch.float32).t().repeat_interleave(G, dim=1)  # [N, K]
-    z = 8.0 if zeros is None else zeros.to(torch.float32).t().repeat_interleave(G, dim=1)
+    s = _per_input(scales, G, K)
+    z = 8.0 if zeros is None else _per_input(zeros, G, K)
     return ((q - z) * s).to(dtype or scales.dtype)
+
+
+def _per_input(rows: torch.Tensor, G: int, K: int) -> torch.Tensor:
+    """Group rows ``[ceil(K/G), N]`` spread to ``[N, K]`` in float32 (a partial last group is cut to K)."""
+    return rows.to(torch.float32).t().repeat_interleave(G, dim=1)[:, :K]
 
 
 def dequantize_ternary(

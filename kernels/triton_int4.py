@@ -10,7 +10,11 @@ Three launches over one packed tensor (GemLite's design, KERNELS.md section 8):
 
 Scales and zero points are applied per K-block after the partial dot,
 ``s_g * (sum x*q - z_g * sum x)``, so the inner loop is shift, mask, convert
-and multiply-add only (a block never straddles two groups; see tuning.fit_config).
+and multiply-add only.  A block never straddles two groups: block_k is a power
+of two no larger than G (tuning.fit_config), so blocks tile each group, and
+the group of a block is ``k0 // G``.  A partial last group (G does not divide
+K) needs nothing more: its blocks are cut at K by the same mask as any K tail,
+and its scale row ``ceil(K/G) - 1`` is the last one.
 
 Importing this module runs ``@triton.jit``, which reads ``TRITON_INTERPRET``:
 set it before the first import when testing on the CPU.

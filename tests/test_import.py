@@ -19,15 +19,6 @@ def test_public_api_names_resolve():
         assert callable(getattr(compress, name)), name
 
 
-def test_unbuilt_api_raises_not_implemented():
-    import pytest
-
-    import compress
-
-    with pytest.raises(NotImplementedError, match="not built yet"):
-        compress.run(None, None)
-
-
 def test_prune_and_recover_stay_callable_after_their_subpackages_load():
     import compress
     import compress.prune.config  # noqa: F401  (binds compress.prune to the subpackage)

@@ -8,7 +8,8 @@ Files: ``config.py`` (QuantConfig, shorthands), ``quantizers.py`` and
 ``gptq.py`` (the math, on plain tensors), ``linear.py`` (QuantLinear),
 ``qat.py`` (FakeQuantLinear, straight-through estimator), ``plan.py``
 (targets and validation), ``calibrate.py`` (layer-by-layer GPTQ),
-``apply.py`` (the entry points), ``report.py``.
+``memory.py`` (giving replaced float weights back), ``apply.py`` (the entry
+points), ``report.py``.
 """
 from compress.quant.apply import prepare_qat, quantize
 from compress.quant.config import SHORTHANDS, QuantConfig, QuantError, resolve_config

@@ -13,6 +13,7 @@ from compress.arch import UnsupportedModelError, adapter_for
 from compress.quant.calibrate import quantize_sequential
 from compress.quant.config import ConfigLike, QuantConfig, QuantError, resolve_config
 from compress.quant.linear import QuantLinear
+from compress.quant.memory import release_pages
 from compress.quant.plan import Plan, Target, make_plan, set_module
 from compress.quant.qat import FakeQuantLinear
 from compress.quant.quantizers import Quantised
@@ -37,6 +38,11 @@ def quantize(model: nn.Module, config: ConfigLike = None, data: Any = None) -> Q
     plan = make_plan(model, cfg, qat_only=config is None and has_qat)
     gptq_targets = [t for t in plan.targets if t.config.gptq and not t.from_qat]
     ids = _calibration_ids(data) if gptq_targets else None
+    notes: list[str] = []
+    if ids is not None and cfg.calibration_sequences is not None and len(ids) > cfg.calibration_sequences:
+        notes.append(f"note: GPTQ calibrated on the first {cfg.calibration_sequences} of {len(ids)} calibration "
+                     f"sequences (calibration_sequences).")
+        ids = ids[: cfg.calibration_sequences]
     params_before, bytes_before = count_parameters(model)[0], bytes_in_memory(model)
     records: list[ModuleRecord] = []
 
@@ -46,10 +52,12 @@ def quantize(model: nn.Module, config: ConfigLike = None, data: Any = None) -> Q
         algorithm = "qat" if target.from_qat else "gptq" if quantised is not None else "rtn"
         label = target.config.label().replace(" gptq", "").replace(" rtn", "")
         records.append(ModuleRecord(target.name, (new.out_features, new.in_features), f"{label} {algorithm}", new.packed_bytes()))
-        target.module = new  # drop the float weight now: peak memory stays near one copy of the model
+        # Drop the float weight now (and its pages, when it is mapped from a checkpoint file):
+        # peak memory stays near one copy of the model.
+        release_pages(target.module.weight)
+        target.module = new
         return new
 
-    notes: list[str] = []
     if any(t.from_qat and t.module.qat_lambda < 1 for t in plan.targets):
         notes.append("note: some fake-quantised modules had lambda < 1; the packed outputs equal lambda = 1.")
     if gptq_targets:

@@ -1,7 +1,9 @@
 """Layer-by-layer GPTQ: capture each decoder layer's inputs, quantise, feed the result on.
 
 Peak memory is the model plus one layer's working set (its inputs for all
-calibration batches and the Hessians of the stage being quantised).
+calibration batches and the Hessians of the stage being quantised).  Each
+stage's Hessian pass stops inside the layer once the stage's modules have seen
+their inputs.
 
 Capture without exceptions: every layer's ``forward`` is replaced for one pass
 of the backbone by a recorder that stores the call and hands its input
@@ -22,6 +24,7 @@ from tqdm.auto import tqdm
 
 from compress.arch import Adapter
 from compress.quant.gptq import accumulate_hessian, gptq_quantize
+from compress.quant.memory import release_freed_memory
 from compress.quant.plan import Target, set_module
 from compress.quant.quantizers import Quantised
 
@@ -95,15 +98,30 @@ def _stages(adapter: Adapter, index: int, targets: list[Target], true_sequential
     return [s for s in stages if s]
 
 
+class _StageInputsSeen(Exception):
+    """Raised inside a layer once every module of the stage has seen its input: the rest of the layer is not needed."""
+
+
 @torch.no_grad()
-def _hessians(layer: nn.Module, stage: list[Target], hidden: list[torch.Tensor], calls: list[LayerCall]) -> dict[str, torch.Tensor]:
-    """Input Hessians of the stage's GPTQ targets over every calibration batch."""
+def _hessians(
+    layer: nn.Module, stage: list[Target], hidden: list[torch.Tensor], calls: list[LayerCall], stop_early: bool = True
+) -> dict[str, torch.Tensor]:
+    """Input Hessians of the stage's GPTQ targets over every calibration batch.
+
+    With ``stop_early`` each pass ends as soon as the last of these modules has
+    been called (q/k/v need only the input norm, o_proj the attention): about
+    half the compute of running the whole layer once per stage.
+    """
     wanted = [t for t in stage if t.config.gptq]
     stats = {t.name: [torch.zeros(t.module.in_features, t.module.in_features, device=t.module.weight.device), 0] for t in wanted}
+    seen: set[str] = set()
 
     def hook(name: str) -> Callable:
         def pre_hook(module: nn.Module, args: tuple) -> None:
             stats[name][1] = accumulate_hessian(stats[name][0], stats[name][1], args[0])
+            seen.add(name)
+            if stop_early and len(seen) == len(stats):
+                raise _StageInputsSeen
 
         return pre_hook
 
@@ -111,7 +129,11 @@ def _hessians(layer: nn.Module, stage: list[Target], hidden: list[torch.Tensor],
     try:
         if wanted:
             for h, call in zip(hidden, calls):
-                call.run(layer, h)
+                seen.clear()
+                try:
+                    call.run(layer, h)
+                except _StageInputsSeen:
+                    pass
     finally:
         for handle in handles:
             handle.remove()
@@ -151,10 +173,12 @@ def quantize_sequential(
                     set_module(adapter.model, t.name, _dense_copy(module, dtype))
             if i + 1 < adapter.num_layers:
                 with torch.no_grad():
-                    hidden = [call.run(layer, h) for h, call in zip(hidden, calls[i])]
+                    for h, call in zip(hidden, calls[i]):
+                        h.copy_(call.run(layer, h))  # in place: one copy of the calibration activations, not two
         finally:
             for name, module in packed:
                 set_module(adapter.model, name, module)
+        release_freed_memory()
 
 
 def _dense_copy(module: nn.Module, dtype: torch.dtype) -> nn.Linear:

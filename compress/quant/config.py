@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 
@@ -37,7 +37,7 @@ class QuantConfig:
     BitNet b1.58) or median(|W|) ("absmedian", Reloaded), per tensor or per
     output channel; activations kept ("a16") or 8-bit absmax per token ("a8").
     int4: round-to-nearest or GPTQ, symmetric (offset 8) or asymmetric (zero
-    points), groups of ``group_size`` inputs (-1: one group per channel).
+    points), groups of ``group_size`` inputs (the last may be partial; -1: one group per channel).
     Asymmetric zero points are whole codes ("integer", as GPTQ and
     compressed-tensors store them; the range always includes 0) or exact
     min-max offsets ("float", as GGUF Q4_1 and HQQ: a lower error, native
@@ -47,6 +47,8 @@ class QuantConfig:
     parameters fixed up front, so the packed layout stays plain);
     ``true_sequential`` quantises q/k/v, o, the MLP inputs and the MLP output
     in turn, each with inputs from the already-quantised ones.
+    ``calibration_sequences`` caps the calibration sequences GPTQ reads (128,
+    as the GPTQ paper; each costs a few layer passes on every layer).
 
     ``modules_to_not_convert`` holds names or regexes of modules to keep in
     full precision; ``"lm_head"`` stands for the model's output head whatever
@@ -71,6 +73,7 @@ class QuantConfig:
     block_size: int = 128
     true_sequential: bool = True
     calibration_batch_size: int = 4
+    calibration_sequences: Optional[int] = 128  # GPTQ uses at most this many calibration sequences (None: all)
     # storage and targeting
     scale_dtype: str = "float16"
     modules_to_not_convert: tuple[str, ...] = (OUTPUT_HEAD,)
@@ -86,8 +89,8 @@ class QuantConfig:
         g = self.group_size
         if not isinstance(g, int) or isinstance(g, bool) or (g != -1 and (g < 16 or g & (g - 1))):
             raise ConfigError(
-                f"group_size must be a power of two >= 16 (32, 64 or 128) or -1 for one group per "
-                f"output channel, got {g!r}."
+                f"group_size must be a power of two >= 16 (32, 64 or 128; it need not divide in_features, "
+                f"the last group may be partial) or -1 for one group per output channel, got {g!r}."
             )
         if self.method == "int4" and self.activations == "a8":
             raise ConfigError("activations='a8' is only available for ternary weights; use 'a16' with int4.")
@@ -98,6 +101,9 @@ class QuantConfig:
         for name in ("block_size", "calibration_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        n = self.calibration_sequences
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise ConfigError(f"calibration_sequences must be at least 1 (or None to use them all), got {n!r}.")
         keep = self.modules_to_not_convert
         if isinstance(keep, str):
             keep = (keep,)

@@ -46,11 +46,14 @@ def accumulate_hessian(H: torch.Tensor, count: int, x: torch.Tensor) -> int:
 def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + damp*mean(diag H)*I)^-1, raising damping until it exists."""
     mean_diag = H.diagonal().mean().item()
-    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     for attempt in range(_DAMP_RETRIES):
-        L, info = torch.linalg.cholesky_ex(H + (damp * 10**attempt) * mean_diag * eye)
+        damped = H.clone()
+        damped.diagonal().add_((damp * 10**attempt) * mean_diag)
+        L, info = torch.linalg.cholesky_ex(damped)
+        del damped  # K x K matrices are the largest temporaries here (9 MiB each for K = 1536)
         if int(info) == 0:
             Hinv = torch.cholesky_inverse(L)
+            del L
             U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
             if int(info) == 0:
                 return U

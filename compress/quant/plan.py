@@ -20,8 +20,6 @@ from compress.quant.linear import QuantLinear
 from compress.quant.qat import FakeQuantLinear
 from compress.quant.quantizers import effective_group_size
 
-_GROUP_CHOICES = (128, 64, 32, 16)
-
 
 @dataclass
 class Target:
@@ -119,16 +117,17 @@ def _kept_because(name: str, module: nn.Module, head: nn.Module | None, config: 
 def shape_problem(out_features: int, in_features: int, cfg: QuantConfig) -> str | None:
     """Why an ``[out, in]`` weight cannot be packed under ``cfg``, or None.
 
-    The packed format (compress.kernels.formats) has the last word; the math
-    here also handles a partial last group, should the format allow one.
+    Only packing constrains the shape: int4 needs in_features a multiple of 8,
+    ternary of 16.  A group size need not divide in_features (the last group
+    is partial, compress.kernels.formats); the config already checked that it
+    is a power of two.
     """
     K = in_features
     multiple = TERNARY_PER_WORD if cfg.method == "ternary" else INT4_PER_WORD
     if K % multiple:
         return f"{cfg.method} packing needs in_features to be a multiple of {multiple}"
-    if kernel_shape_problem(cfg.method, out_features, K, effective_group_size(cfg, K)):
-        return f"in_features {K} is not a multiple of group_size {effective_group_size(cfg, K)}"
-    return None
+    problem = kernel_shape_problem(cfg.method, out_features, K, effective_group_size(cfg, K))
+    return problem.rstrip(".") if problem else None
 
 
 def validate(targets: Iterable[Target]) -> None:
@@ -139,16 +138,14 @@ def validate(targets: Iterable[Target]) -> None:
         return
     listed = _listing(bad)
     names = _short_names([t.name for t, _ in bad], [t.name for t in targets])
-    fixes = []
-    group = _common_group_size([t.module.in_features for t in targets if t.config.method == "int4"])
-    if any(t.config.method == "int4" for t, _ in bad) and group is not None:
-        fixes.append(f"use group_size={group}, which divides every in_features")
-    fixes.append(f"keep them in full precision with modules_to_not_convert={names}")
-    if any(t.config.method == "int4" and t.module.in_features % INT4_PER_WORD == 0 for t, _ in bad):
-        key = names[0] if len(names) == 1 else ".*(" + "|".join(names) + ")"
-        fixes.append(f"give them their own group size with overrides={{{key!r}: {{'group_size': -1}}}}")
-    if any(t.config.method == "ternary" for t, _ in bad):
-        fixes.append(f"prune their in_features to a multiple of {TERNARY_PER_WORD}")
+    fixes = [f"keep them in full precision with modules_to_not_convert={names}"]
+    int4_ok = [t.name for t, _ in bad if t.module.in_features % INT4_PER_WORD == 0]
+    if int4_ok:  # ternary offenders that int4 can pack
+        short = _short_names(int4_ok, [t.name for t in targets])
+        key = short[0] if len(short) == 1 else ".*(" + "|".join(short) + ")"
+        fixes.append(f"quantise them to int4 instead with overrides={{{key!r}: 'int4'}}")
+    multiple = TERNARY_PER_WORD if any(t.config.method == "ternary" for t, _ in bad) else INT4_PER_WORD
+    fixes.append(f"prune their in_features to a multiple of {multiple}")
     raise QuantError(
         f"{_count(bad, 'module cannot', 'modules cannot')} be quantised as asked: {listed}; "
         f"fix: {', or '.join(fixes)}."
@@ -178,13 +175,6 @@ def _ranges(indices: list[int]) -> str:
         else:
             runs.append([i])
     return "{" + ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs) + "}"
-
-
-def _common_group_size(ks: list[int]) -> int | None:
-    for g in _GROUP_CHOICES:
-        if all(k % g == 0 for k in ks):
-            return g
-    return -1 if all(k % INT4_PER_WORD == 0 for k in ks) else None
 
 
 def _short_names(bad: list[str], all_targets: list[str]) -> list[str]:

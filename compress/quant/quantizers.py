@@ -13,6 +13,7 @@ from typing import Optional, Union
 
 import torch
 
+from compress.kernels.formats import int4_num_groups
 from compress.quant.config import QuantConfig
 
 TERNARY_EPS = 1e-5  # BitNet's clamp on the absmean scale
@@ -116,7 +117,7 @@ def int4_dequant(codes: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.
 
 def num_groups(in_features: int, group_size: int) -> int:
     """Groups along K; the last one may be partial (K = 576 with G = 128 gives 5), as in GPTQ's format."""
-    return -(-in_features // group_size)
+    return int4_num_groups(in_features, group_size)
 
 
 def quantize_int4(w: torch.Tensor, cfg: QuantConfig) -> Int4Weights:

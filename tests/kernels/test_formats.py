@@ -10,7 +10,7 @@ from .util import make_generator
 
 
 @pytest.mark.parametrize("N", [1, 37])
-@pytest.mark.parametrize("K", [8, 48, 96, 128])
+@pytest.mark.parametrize("K", [8, 48, 96, 128, 576])
 def test_int4_round_trip_is_bit_exact(N, K):
     q = torch.randint(0, 16, (N, K), generator=make_generator("int4", N, K))
     qweight = formats.pack_int4(q)
@@ -54,16 +54,22 @@ def test_top_nibble_sets_the_sign_bit_and_still_round_trips():
     assert torch.equal(formats.unpack_int4(qweight).long(), q)
 
 
-@pytest.mark.parametrize("group_size,asym", [(32, True), (64, False), (128, True), (-1, False)])
-def test_dequantize_int4_matches_the_formula(group_size, asym):
-    N, K = 37, 128
-    gen = make_generator("deq", group_size, asym)
+@pytest.mark.parametrize(
+    "K,group_size,asym",
+    [(128, 32, True), (128, 64, False), (128, 128, True), (128, -1, False),
+     (96, 64, True), (576, 128, False), (40, 32, True), (96, 128, True)],  # partial last groups; G > K
+)
+def test_dequantize_int4_matches_the_formula(K, group_size, asym):
+    N = 37
+    gen = make_generator("deq", K, group_size, asym)
     G = K if group_size == -1 else group_size
+    rows = -(-K // G)
     q = torch.randint(0, 16, (N, K), generator=gen)
-    s = torch.rand(K // G, N, generator=gen).half()
-    z = torch.randint(0, 16, (K // G, N), generator=gen).half() if asym else None
+    s = torch.rand(rows, N, generator=gen).half()
+    z = torch.randint(0, 16, (rows, N), generator=gen).half() if asym else None
     w = formats.dequantize_int4(formats.pack_int4(q), s, z, group_size, dtype=torch.float32)
-    for n, k in [(0, 0), (36, 127), (5, G - 1), (20, min(G, K - 1))]:
+    assert w.shape == (N, K)
+    for n, k in [(0, 0), (36, K - 1), (5, min(G, K) - 1), (20, min(G, K - 1)), (11, K - 8)]:
         zero = 8.0 if z is None else float(z[k // G, n])
         assert w[n, k].item() == pytest.approx((int(q[n, k]) - zero) * float(s[k // G, n]), rel=1e-6)
     assert formats.dequantize_int4(formats.pack_int4(q), s, z, group_size).dtype == torch.float16
@@ -94,15 +100,30 @@ def test_bad_k_raises_a_message_naming_shape_and_fix(pack, shape, needle):
     assert needle in str(err.value)
 
 
-def test_group_size_that_does_not_divide_k_names_the_shape_and_the_fix():
-    qweight = formats.pack_int4(torch.zeros(37, 96, dtype=torch.int64))
-    with pytest.raises(ValueError, match=r"int4 weight of shape \[37, 96\] cannot use group size 64: use a power of two >= 16 that divides K=96"):
-        formats.check_int4(qweight, torch.ones(1, 37), None, 64)
-    assert formats.shape_problem("int4", 37, 96, 64) is not None
-    assert formats.shape_problem("int4", 37, 96, 32) is None
+def test_group_size_that_does_not_divide_k_gets_a_partial_last_group():
+    assert formats.shape_problem("int4", 576, 576, 128) is None  # SmolLM2: 4 groups of 128 and one of 64
+    assert formats.int4_num_groups(576, 128) == 5 and formats.int4_num_groups(512, 128) == 4
+    assert formats.shape_problem("int4", 37, 96, 64) is None
+    assert formats.shape_problem("int4", 37, 96, 128) is None  # G > K: one partial group
+    assert formats.resolve_group_size(128, 96) == 128 and formats.resolve_group_size(-1, 96) == 96
     assert formats.shape_problem("int4", 37, 96, -1) is None  # per-channel
     assert formats.shape_problem("ternary", 37, 96) is None
     assert "unknown packed format" in formats.shape_problem("int3", 37, 96)
+
+
+def test_group_size_that_is_not_a_power_of_two_names_the_shape_and_the_fix():
+    qweight = formats.pack_int4(torch.zeros(37, 96, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"int4 weight of shape \[37, 96\] cannot use group size 48: use a power of two >= 16"):
+        formats.check_int4(qweight, torch.ones(2, 37), None, 48)
+    assert "cannot use group size 8" in formats.shape_problem("int4", 37, 96, 8)
+
+
+def test_scales_without_the_partial_group_row_are_refused():
+    # K // G rows (dropping the tail group) is the mistake a divisible-only layout invites
+    qweight = formats.pack_int4(torch.zeros(37, 576, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"int4 scales must be a float tensor of shape \[5, 37\] \(ceil\(K/G\) x N "
+                                         r"for K=576, G=128; the last group covers the 64 remaining inputs\), got .* \[4, 37\]"):
+        formats.dequantize_int4(qweight, torch.ones(4, 37), None, 128)
 
 
 def test_codes_out_of_range_or_float_are_refused():

@@ -9,14 +9,15 @@ from compress.kernels import reference
 from .util import make_generator, random_int4, random_ternary, random_x
 
 
-@pytest.mark.parametrize("group_size,asym", [(32, True), (64, False), (-1, True)])
+@pytest.mark.parametrize("K,group_size,asym", [(128, 32, True), (128, 64, False), (128, -1, True),
+                                               (96, 64, True), (80, 32, False), (96, 128, True)])  # partial last groups
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_int4_reference_equals_dense_matmul(group_size, asym, dtype):
-    N, K, M = 37, 128, 5
-    gen = make_generator("ref-int4", group_size, asym, dtype)
+def test_int4_reference_equals_dense_matmul(K, group_size, asym, dtype):
+    N, M = 37, 5
+    gen = make_generator("ref-int4", K, group_size, asym, dtype)
     qweight, scales, zeros, q = random_int4(N, K, group_size, asym, gen)
     G = K if group_size == -1 else group_size
-    z = torch.full((K // G, N), 8.0) if zeros is None else zeros.float()
+    z = torch.full_like(scales, 8.0, dtype=torch.float32) if zeros is None else zeros.float()
     # Dense weight straight from the codes, not through dequantize_int4.
     w = torch.stack([(q[:, k] - z[k // G]) * scales[k // G].float() for k in range(K)], dim=1)
     x = random_x(M, K, dtype, gen)

@@ -29,6 +29,15 @@ INT4_CASES = [
     ("int4_splitk", 17, 37, 40, -1, True, F16),  # K not a multiple of the block: masked tail
     ("int4_gemm", 65, 37, 128, 32, True, F16),
     ("int4_gemm", 70, 29, 96, -1, False, F32),
+    # partial last group (G does not divide K; SmolLM2's 576 with G = 128 is the real case)
+    ("int4_gemv", 1, 37, 96, 64, True, F32),
+    ("int4_gemv", 2, 37, 80, 32, False, F16),
+    ("int4_splitk", 3, 37, 96, 64, True, F16),
+    ("int4_splitk", 17, 37, 40, 32, False, F32),  # the tail group is 8 wide, inside one 32-wide block
+    ("int4_splitk", 5, 37, 96, 128, True, F32),  # G > K: one partial group
+    ("int4_gemm", 65, 37, 96, 64, True, F16),
+    ("int4_gemm", 70, 29, 80, 32, True, F32),
+    ("int4_gemv", 1, 37, 576, 128, True, F16),
 ]
 
 TERNARY_CASES = [
@@ -80,10 +89,11 @@ def test_ternary_kernel_matches_reference(triton_kernels, kernel, M, N, K, per_t
         ("int4_gemm", KernelConfig(block_m=16, block_n=16, block_k=64, split_k=3, group_m=1)),  # split-K GEMM
     ],
 )
-def test_int4_kernels_with_other_configs(triton_kernels, kernel, config):
+@pytest.mark.parametrize("K,G", [(128, 32), (112, 32)])  # 112 = 3 x 32 + a partial group of 16
+def test_int4_kernels_with_other_configs(triton_kernels, kernel, config, K, G):
     int4, _ = triton_kernels
-    M, N, K, G = (1 if kernel == "int4_gemv" else 19), 37, 128, 32
-    gen = make_generator(kernel, config)
+    M, N = (1 if kernel == "int4_gemv" else 19), 37
+    gen = make_generator(kernel, config, K, G)
     qweight, scales, zeros, _ = random_int4(N, K, G, True, gen, DEVICE)
     x = random_x(M, K, F16, gen, DEVICE)
     y = getattr(int4, kernel)(x, qweight, scales, zeros, G, config=config, out=_poisoned(M, N, F16))

@@ -16,9 +16,10 @@ def make_generator(*key) -> torch.Generator:
 def random_int4(N: int, K: int, group_size: int, asym: bool, gen: torch.Generator, device="cpu"):
     """Random packed int4 weight: (qweight, scales fp16, zeros or None, codes [N, K])."""
     G = K if group_size == -1 else group_size
+    rows = formats.int4_num_groups(K, G)  # the last group may be partial
     q = torch.randint(0, 16, (N, K), generator=gen)
-    scales = (torch.rand(K // G, N, generator=gen) * 0.02 + 0.005).half()
-    zeros = torch.randint(0, 16, (K // G, N), generator=gen).half() if asym else None
+    scales = (torch.rand(rows, N, generator=gen) * 0.02 + 0.005).half()
+    zeros = torch.randint(0, 16, (rows, N), generator=gen).half() if asym else None
     return formats.pack_int4(q).to(device), scales.to(device), None if zeros is None else zeros.to(device), q
 
 

@@ -2,10 +2,12 @@
 import pytest
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM
 
 from compress.arch import adapter_for
 from compress.quant import QuantConfig, QuantError, QuantLinear, quantize
-from tests.tiny import tiny_model
+
+from tests.tiny import tiny_config, tiny_model
 
 IDS = torch.randint(4, 300, (4, 16), generator=torch.Generator().manual_seed(0))
 
@@ -27,42 +29,64 @@ def quant_modules(model):
     return {n for n, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
-def test_validation_lists_every_offender_before_touching_a_weight(llama):
+def llama_with_mlp(width: int, layers: int = 2) -> nn.Module:
+    """The tiny Llama with another MLP width (the down projections' in_features)."""
+    config = tiny_config("llama")
+    config.intermediate_size, config.num_hidden_layers = width, layers
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).float().eval()
+
+
+def test_validation_lists_every_offender_before_touching_a_weight():
+    model = llama_with_mlp(100)  # down_proj [64, 100]: 100 inputs cannot be packed 8 to a word
     with pytest.raises(QuantError) as info:
-        quantize(llama, QuantConfig(group_size=64))
+        quantize(model, QuantConfig(group_size=32))
     msg = str(info.value)
     assert msg.startswith("2 modules cannot be quantised as asked: ")
     # both layers' down_proj, folded into one entry
-    assert "model.layers.{0-1}.mlp.down_proj [64, 96] (int4 g64 sym rtn: in_features 96 is not a multiple of group_size 64)" in msg
+    assert "model.layers.{0-1}.mlp.down_proj [64, 100] (int4 g32 sym rtn: int4 packing needs in_features to be a multiple of 8)" in msg
     assert "q_proj" not in msg.split("; fix:")[0]  # only the offenders are listed
-    assert "use group_size=32, which divides every in_features" in msg
-    assert "modules_to_not_convert=['down_proj']" in msg
-    assert "overrides={'down_proj': {'group_size': -1}}" in msg
-    assert not quant_modules(llama)  # validation came first: nothing was converted
+    assert msg.endswith("fix: keep them in full precision with modules_to_not_convert=['down_proj'], "
+                        "or prune their in_features to a multiple of 8.")
+    assert not quant_modules(model)  # validation came first: nothing was converted
 
 
 def test_offenders_in_a_few_layers_are_folded_exactly():
-    model = tiny_model("llama")
-    cfg = QuantConfig(group_size=32, overrides={r"model\.layers\.[01]\.mlp\.down_proj": {"group_size": 64},
-                                                "layers.1.self_attn.o_proj": {"group_size": 128}})
+    model = llama_with_mlp(104, layers=4)  # 104 packs as int4 (8 per word) but not as ternary (16)
+    cfg = QuantConfig(group_size=32, overrides={r"model\.layers\.[013]\.mlp\.down_proj": "ternary"})
     with pytest.raises(QuantError) as info:
         quantize(model, cfg)
     msg = str(info.value)
-    assert msg.startswith("3 modules cannot be quantised as asked: model.layers.{0-1}.mlp.down_proj [64, 96] (int4 g64")
-    assert "model.layers.1.self_attn.o_proj [64, 64] (int4 g128 sym rtn: in_features 64 is not a multiple of group_size 128)" in msg
-    assert "model.layers.0.self_attn.o_proj" not in msg
+    assert msg.startswith("3 modules cannot be quantised as asked: model.layers.{0-1,3}.mlp.down_proj [64, 104] "
+                          "(ternary absmean per-tensor a16: ternary packing needs in_features to be a multiple of 16)")
+    assert "layers.2" not in msg
+    assert "quantise them to int4 instead with overrides={'.*(model.layers.0.mlp.down_proj|" in msg
+    assert msg.endswith("or prune their in_features to a multiple of 16.")
 
 
-def test_ternary_validation_names_the_packing_multiple():
-    model = Mlp((40, 64, 24))
-    with pytest.raises(QuantError, match=r"up \[64, 40\] \(ternary .*: ternary packing needs in_features to be a multiple of 16\).*prune their in_features to a multiple of 16"):
-        quantize(model, "ternary")
+def test_the_suggested_fixes_work():
+    model = llama_with_mlp(100)
+    quantize(model, QuantConfig(group_size=32, modules_to_not_convert=["lm_head", "down_proj"], progress=False))
+    assert type(model.model.layers[0].mlp.down_proj) is nn.Linear
+    assert model.model.layers[0].mlp.up_proj.group_size == 32
+    model = llama_with_mlp(104)
+    quantize(model, QuantConfig(method="ternary", overrides={"down_proj": "int4"}, progress=False))
+    assert model.model.layers[1].mlp.down_proj.method == "int4" and model.model.layers[1].mlp.up_proj.method == "ternary"
 
 
-def test_the_suggested_fixes_work(llama):
-    quantize(llama, QuantConfig(group_size=64, overrides={"down_proj": {"group_size": -1}}, progress=False))
-    assert llama.model.layers[0].mlp.down_proj.group_size == 96
-    assert llama.model.layers[0].mlp.up_proj.group_size == 64
+@pytest.mark.parametrize("group_size", [64, 128])
+def test_group_sizes_that_do_not_divide_in_features_get_a_partial_last_group(llama, group_size):
+    # in_features 64 and 96: G = 64 leaves a half group in down_proj; G = 128 is one partial group everywhere
+    with torch.no_grad():
+        before = llama(IDS).logits
+    report = quantize(llama, QuantConfig(group_size=group_size, progress=False))
+    down = llama.model.layers[0].mlp.down_proj
+    assert down.group_size == group_size and down.scales.shape == (-(-96 // group_size), 64)
+    assert torch.allclose(down(torch.eye(96)), down.dequantize_weight().t())  # the kernel reads the partial row
+    with torch.no_grad():
+        after = llama(IDS).logits
+    assert len(report.modules) == 14 and report.bits_per_weight <= 4.3 + 16 / 64
+    assert (after - before).abs().max() < 0.2 * before.abs().max()
 
 
 def test_modules_to_not_convert_and_regex_overrides(llama):

@@ -33,6 +33,7 @@ def test_unknown_method_lists_the_known_ones():
         ({"method": "ternary", "gptq": True}, r"gptq=True applies to int4 only"),
         ({"damp": 0.0}, r"damp must be between 0 and 1"),
         ({"block_size": 0}, r"block_size must be at least 1"),
+        ({"calibration_sequences": 0}, r"calibration_sequences must be at least 1 \(or None to use them all\), got 0"),
         ({"scale_dtype": "int8"}, r"scale_dtype must be one of"),
         ({"zero_point": "half"}, r"zero_point must be one of 'integer', 'float'"),
         ({"modules_to_not_convert": ["("]}, r"neither a module name nor a valid regex"),

@@ -119,6 +119,53 @@ def test_gptq_handles_a_partial_last_group(act_order):
     cfg = QuantConfig(group_size=64, gptq=True, act_order=act_order)
     q = gptq_quantize(w, H, cfg)
     assert q.scales.shape == (2, 16)
-    assert torch.equal(gptq_quantize(w, torch.eye(96), QuantConfig(group_size=64)).codes, quantize_int4(w, cfg).codes)
+    identity = gptq_quantize(w, torch.eye(96), QuantConfig(group_size=64, act_order=act_order))
+    rtn = quantize_int4(w, cfg)
+    assert torch.equal(identity.codes, rtn.codes) and torch.equal(identity.scales, rtn.scales)
+    # the partial group's scale comes from its 32 real columns only
+    assert torch.allclose(rtn.scales[1].float(), w[:, 64:].abs().amax(1) / 7.5, rtol=1e-3)
     rtn_err = (x @ dequantize(quantize_int4(w, cfg)).t() - x @ w.t()).pow(2).mean()
     assert (x @ dequantize(q).t() - x @ w.t()).pow(2).mean() < 0.5 * rtn_err
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_stage_passes_stop_early_with_the_same_hessians(family):
+    from compress.arch import adapter_for
+    from compress.quant.calibrate import _hessians, _stages, capture_layer_calls
+    from compress.quant.plan import make_plan
+
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    batches = list(torch.randint(4, 300, (6, 16), generator=torch.Generator().manual_seed(1)).split(2))
+    hidden, calls = capture_layer_calls(adapter, batches)
+    prefix = adapter.layer_name(0) + "."
+    targets = [t for t in make_plan(model, QuantConfig(group_size=32, gptq=True)).targets if t.name.startswith(prefix)]
+    layer, parts = adapter.layers[0], adapter.layer(0)
+    ran = []
+    handle = parts.mlp_out.register_forward_pre_hook(lambda m, a: ran.append(1))
+    stages = _stages(adapter, 0, targets, true_sequential=True)
+    assert [len(s) for s in stages] == ([3, 1, 2, 1] if family == "llama" else [3, 1, 1, 1])
+    for stage in stages:
+        ran.clear()
+        full = _hessians(layer, stage, hidden, calls[0], stop_early=False)
+        assert len(ran) == len(batches)  # the whole layer ran once per batch
+        ran.clear()
+        early = _hessians(layer, stage, hidden, calls[0])
+        assert len(ran) == (len(batches) if stage[0].module is parts.mlp_out else 0)  # ... and now stopped before
+        assert full.keys() == early.keys() == {t.name for t in stage}
+        for name in full:
+            assert torch.equal(full[name], early[name])
+    handle.remove()
+
+
+def test_gptq_reads_at_most_calibration_sequences_and_says_so():
+    ids = torch.randint(4, 300, (6, 16), generator=torch.Generator().manual_seed(2))
+    capped, first = tiny_model("llama"), tiny_model("llama")
+    report = quantize(capped, QuantConfig(group_size=32, gptq=True, calibration_sequences=2, progress=False), data=ids)
+    assert "GPTQ calibrated on the first 2 of 6 calibration sequences" in str(report)
+    quantize(first, QuantConfig(group_size=32, gptq=True, progress=False), data=ids[:2])
+    assert torch.equal(capped.model.layers[1].mlp.down_proj.qweight, first.model.layers[1].mlp.down_proj.qweight)
+    everything = tiny_model("llama")
+    report = quantize(everything, QuantConfig(group_size=32, gptq=True, calibration_sequences=None, progress=False), data=ids)
+    assert "calibrated on the first" not in str(report)
+    assert not torch.equal(everything.model.layers[1].mlp.down_proj.qweight, first.model.layers[1].mlp.down_proj.qweight)

@@ -15,11 +15,14 @@ CONFIGS = [
     QuantConfig(group_size=64, symmetric=False),
     QuantConfig(group_size=32, symmetric=False, zero_point="float"),
     QuantConfig(group_size=-1),
+    QuantConfig(group_size=128),  # K = 192: one full group and a partial one of 64
+    QuantConfig(group_size=128, symmetric=False),
     QuantConfig(method="ternary"),
     QuantConfig(method="ternary", scale="absmedian", per_channel=True),
     QuantConfig(method="ternary", activations="a8"),
 ]
-IDS = ["int4-g32", "int4-g64-asym", "int4-g32-float-zero", "int4-per-channel", "ternary", "ternary-median-rows", "ternary-a8"]
+IDS = ["int4-g32", "int4-g64-asym", "int4-g32-float-zero", "int4-per-channel", "int4-g128-partial",
+       "int4-g128-partial-asym", "ternary", "ternary-median-rows", "ternary-a8"]
 
 
 def linear(in_features=192, out_features=40, bias=True, seed=0):
@@ -75,6 +78,26 @@ def test_sizes_count_logical_weights_and_bits_come_from_bytes():
     assert ql.bits_per_weight() == pytest.approx(4.125)
     tern = QuantLinear.from_linear(lin, QuantConfig(method="ternary"))
     assert tern.bits_per_weight() == pytest.approx(2 + 16 / (256 * 64))
+
+
+@pytest.mark.parametrize("symmetric, bits", [(True, 4 + 16 * 5 / 576), (False, 4 + 32 * 5 / 576)])
+def test_a_partial_last_group_is_counted_in_the_stored_bits(symmetric, bits):
+    # SmolLM2's hidden size: 576 = 4 x 128 + 64, so five scale (and zero) rows per output
+    ql = QuantLinear.from_linear(linear(576, 24), QuantConfig(group_size=128, symmetric=symmetric))
+    assert ql.scales.shape == (5, 24) and ql.qweight.shape == (72, 24)
+    assert ql.bits_per_weight() == pytest.approx(bits) and ql.bits_per_weight() <= 4.3
+
+
+def test_partial_group_forward_equals_a_dense_matmul_built_from_the_codes():
+    lin = linear(96, 40)
+    cfg = QuantConfig(group_size=64, symmetric=False)
+    ql = QuantLinear.from_linear(lin, cfg)
+    q = quantize_weight(lin.weight, cfg)
+    # column k uses group row k // 64: rows 0..63 -> 0, rows 64..95 -> 1 (the partial group)
+    w = torch.stack([(q.codes[:, k].float() - q.zeros[k // 64].float()) * q.scales[k // 64].float() for k in range(96)], 1)
+    x = torch.randn(5, 96)
+    assert torch.allclose(ql(x), x @ w.t() + lin.bias, atol=1e-6, rtol=1e-6)
+    assert (w - lin.weight).abs().max() <= q.scales.float().max() + 1e-6  # within one step (integer zero point)
 
 
 def test_model_dtype_cast_keeps_the_stored_scales():

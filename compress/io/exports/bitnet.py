@@ -1,0 +1,108 @@
+"""``bitnet``: transformers' own BitNet format (``quant_method: bitnet``, ``linear_class: bitlinear``).
+
+Every ternary module becomes a ``BitLinear``: ``weight`` is uint8
+``[out/4, in]`` holding four 2-bit codes ``w + 1`` per byte, packed along
+the output dimension in blocks (row ``i*R + r`` of the ternary matrix sits in
+bits ``2i..2i+1`` of packed row ``r``, ``R = out/4``), and ``weight_scale``
+is ``[1]`` holding ``1 / gamma`` (BitLinear divides by it).  Every other
+``nn.Linear`` is listed in ``modules_to_not_convert`` and kept in float.
+
+transformers' BitLinear always quantises activations to int8 per token, as
+BitNet b1.58 does; a model quantised with 16-bit activations (``a16``)
+therefore computes slightly differently after this export.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.io.exports.base import Output
+from compress.io.exports.common import (
+    Written,
+    account,
+    float_dtype,
+    quantized_modules,
+    save_tokenizer,
+    short_list,
+    unique_state,
+    write_config,
+    write_safetensors,
+)
+from compress.io.exports.hf import load_hint
+from compress.kernels.formats import unpack_ternary
+
+VALUES_PER_BYTE = 4
+
+
+def problems(model: nn.Module) -> list[str]:
+    packed = quantized_modules(model)
+    out: list[str] = []
+    if not packed:
+        return ["the model has no ternary modules; quantise it first (compress-lm quantize MODEL --method ternary --a8), "
+                "or export float weights with --format hf"]
+    int4 = [n for n, m in packed.items() if m.method != "ternary"]
+    if int4:
+        out.append(f"{short_list(int4)} hold int4 weights, which the BitNet format cannot store; "
+                   f"export int4 models as gptq, compressed-tensors or gguf")
+    per_row = [n for n, m in packed.items() if m.method == "ternary" and m.scales.numel() != 1]
+    if per_row:
+        out.append(f"{short_list(per_row)} have one scale per output channel, but BitLinear holds one scale per "
+                   f"tensor; quantise with per_channel=False")
+    odd = [n for n, m in packed.items() if m.method == "ternary" and m.out_features % VALUES_PER_BYTE]
+    if odd:
+        out.append(f"{short_list(odd)} have out_features not divisible by {VALUES_PER_BYTE}, which BitLinear's "
+                   f"packed buffer needs; prune to widths that are multiples of 4")
+    return out
+
+
+def pack_rows(codes: torch.Tensor) -> torch.Tensor:
+    """uint8 codes ``[O, I]`` in 0..2 -> uint8 ``[O/4, I]``, transformers' block layout along dimension 0."""
+    O, I = codes.shape
+    u = codes.to(torch.uint8).reshape(VALUES_PER_BYTE, O // VALUES_PER_BYTE, I)
+    return (u[0] | (u[1] << 2) | (u[2] << 4) | (u[3] << 6)).contiguous()
+
+
+def quantization_config(model: nn.Module) -> dict[str, Any]:
+    packed = quantized_modules(model)
+    keep = sorted(n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in packed)
+    return {
+        "quant_method": "bitnet",
+        "linear_class": "bitlinear",
+        "quantization_mode": "offline",
+        "use_rms_norm": False,
+        "rms_norm_eps": 1e-6,
+        "modules_to_not_convert": keep,
+    }
+
+
+def bitnet_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    tensors, _ = unique_state(model)
+    for name, m in quantized_modules(model).items():
+        for buf in ("qweight", "scales", "zeros"):
+            tensors.pop(f"{name}.{buf}", None)
+        codes = unpack_ternary(m.qweight.cpu())  # [out, in], values w + 1
+        tensors[f"{name}.weight"] = pack_rows(codes)
+        gamma = m.scales.detach().to(torch.float64).reshape(1)
+        tensors[f"{name}.weight_scale"] = (1.0 / gamma).to(dtype).cpu()
+        if m.bias is not None:
+            tensors[f"{name}.bias"] = m.bias.detach().to(dtype).cpu()
+    return tensors
+
+
+def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str) -> Output:
+    dtype = float_dtype(model)
+    tensors = bitnet_state(model, dtype)
+    write_config(model, directory, dtype=dtype, quantization_config=quantization_config(model))
+    write_safetensors(tensors, directory)
+    save_tokenizer(tokenizer, directory)
+    written = Written()
+    account(model, tensors, written)
+    notes = []
+    a16 = [n for n, m in quantized_modules(model).items() if m.activations != "a8"]
+    if a16:
+        notes.append(f"{len(a16)} modules were quantised with 16-bit activations; transformers' BitLinear quantises "
+                     f"activations to int8 per token, so outputs differ slightly (quantise with --a8 to match exactly).")
+    return Output(written, load_hint(model, final_path), notes, {"linear_class": "bitlinear"})

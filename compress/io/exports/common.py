@@ -1,0 +1,202 @@
+"""What every export shares: the error type, the model's packed modules, tensors and config on disk.
+
+Nothing here knows a target format; the format modules (``hf``, ``bitnet``,
+``gptq``, ``compressed_tensors``, ``gguf_file``) build on it.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from compress.arch import UnsupportedModelError, adapter_for
+from compress.errors import CompressError
+from compress.io import remote_code
+
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+MAX_SHARD_BYTES = 2 * 2**30
+
+
+class ExportError(CompressError):
+    """A model that cannot be written in the format asked for, or an export that failed its check."""
+
+
+# -- what the model holds ----------------------------------------------------
+
+def quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Name -> packed module (anything with a ``qweight`` buffer and ``describe()``), in model order."""
+    return {n: m for n, m in model.named_modules() if hasattr(m, "qweight") and callable(getattr(m, "describe", None))}
+
+
+def float_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's float weights (its embeddings), which exports write floats in."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def adapter_or_none(model: nn.Module):
+    try:
+        return adapter_for(model)
+    except UnsupportedModelError:
+        return None
+
+
+def is_uniform(model: nn.Module) -> bool:
+    """True unless pruning left layers of different widths."""
+    adapter = adapter_or_none(model)
+    return adapter is None or remote_code.is_uniform(remote_code.layer_widths(adapter))
+
+
+def short_list(names: list[str], limit: int = 4) -> str:
+    """``a, b, c and 12 more``: module lists in one-sentence messages."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+# -- tensors -----------------------------------------------------------------
+
+@dataclass
+class Written:
+    """Bytes and logical weights one export wrote, split by part of the model."""
+
+    layer_bytes: int = 0  # decoder-layer linear weights, with their scales / zero points
+    layer_weights: int = 0
+    other_bytes: int = 0  # embeddings, output head, norms, biases
+    other_weights: int = 0
+
+    def add(self, part: str, nbytes: int, weights: int = 0) -> None:
+        if part == "layers":
+            self.layer_bytes += nbytes
+            self.layer_weights += weights
+        else:
+            self.other_bytes += nbytes
+            self.other_weights += weights
+
+
+def layer_linear_names(model: nn.Module) -> set[str]:
+    """Full names of the projections inside the decoder layers (empty for unknown families)."""
+    adapter = adapter_or_none(model)
+    return set(adapter.projection_names()) if adapter is not None else set()
+
+
+def unique_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state dict without tied duplicates (safetensors refuses shared storage), and the aliases."""
+    tensors: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if key in seen:
+            tied[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = t.detach().cpu()
+    return tensors, tied
+
+
+def float_state(model: nn.Module, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
+    """The state dict with every packed module replaced by its dequantised ``weight`` (no tied duplicates)."""
+    dtype = dtype or float_dtype(model)
+    tensors, _ = unique_state(model)
+    for name, module in quantized_modules(model).items():
+        for buf in ("qweight", "scales", "zeros"):
+            tensors.pop(f"{name}.{buf}", None)
+        tensors[f"{name}.weight"] = module.dequantize_weight(dtype).cpu()
+        if module.bias is not None:
+            tensors[f"{name}.bias"] = module.bias.detach().to(dtype).cpu()
+    return tensors
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int = MAX_SHARD_BYTES) -> list[str]:
+    """``model.safetensors`` (or shards plus the index transformers reads); returns the file names."""
+    from safetensors.torch import save_file
+
+    parts: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        if parts[-1] and size + t.nbytes > max_shard_bytes:
+            parts.append({})
+            size = 0
+        parts[-1][name] = t.contiguous()
+        size += t.nbytes
+    if len(parts) == 1:
+        save_file(parts[0], directory / SAFETENSORS, metadata={"format": "pt"})
+        return [SAFETENSORS]
+    names = [f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors" for i in range(len(parts))]
+    for name, part in zip(names, parts):
+        save_file(part, directory / name, metadata={"format": "pt"})
+    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
+             "weight_map": {k: f for f, part in zip(names, parts) for k in part}}
+    (directory / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
+    return [*names, SAFETENSORS_INDEX]
+
+
+def account(model: nn.Module, tensors: dict[str, torch.Tensor], written: Written) -> None:
+    """Add each tensor's bytes to ``written``: decoder-layer linears (with their scales) apart from the rest.
+
+    A layer linear counts its logical ``in x out`` weights once, whatever
+    tensors store it; other float tensors count their elements.
+    """
+    layers = layer_linear_names(model)
+    counted: set[str] = set()
+    for name, t in tensors.items():
+        module, _, leaf = name.rpartition(".")
+        if module in layers:
+            weights = t.numel() if leaf == "bias" else 0
+            if module not in counted and leaf != "bias":
+                counted.add(module)
+                m = model.get_submodule(module)
+                weights = m.in_features * m.out_features
+            written.add("layers", t.nbytes, weights)
+        else:
+            written.add("other", t.nbytes, t.numel() if t.is_floating_point() else 0)
+
+
+# -- config and tokenizer --------------------------------------------------------
+
+def write_config(model: nn.Module, directory: Path, *, dtype: torch.dtype,
+                 quantization_config: Optional[dict[str, Any]] = None) -> list[str]:
+    """``config.json`` (+ ``generation_config.json``) that stock transformers builds the model from.
+
+    When pruning left layers of different widths, the directory also gets
+    ``modeling_compress.py`` named in ``auto_map`` (see ``compress.io.remote_code``),
+    so ``from_pretrained(..., trust_remote_code=True)`` builds them.
+    """
+    config = copy.deepcopy(model.config)
+    config.architectures = [type(model).__name__]
+    config.dtype = dtype
+    for stale in ("quantization_config", remote_code.WIDTHS_KEY, "auto_map"):
+        if hasattr(config, stale):
+            delattr(config, stale)
+    files = ["config.json"]
+    adapter = adapter_or_none(model)
+    if adapter is not None:
+        widths = remote_code.layer_widths(adapter)
+        if not remote_code.is_uniform(widths):
+            setattr(config, remote_code.WIDTHS_KEY, widths)
+            module_file = f"{remote_code.MODULE}.py"
+            (directory / module_file).write_text(remote_code.modeling_file(adapter, type(model).__name__))
+            config.auto_map = {remote_code.auto_map_key(model): f"{remote_code.MODULE}.{remote_code.CLASS}"}
+            files.append(module_file)
+    if quantization_config is not None:
+        config.quantization_config = quantization_config
+    config.save_pretrained(directory)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(directory)
+        files.append("generation_config.json")
+    return files
+
+
+def save_tokenizer(tokenizer: Any, directory: Path) -> list[str]:
+    if tokenizer is None:
+        return []
+    return [Path(f).name for f in tokenizer.save_pretrained(directory) if Path(f).is_file()]
+

@@ -1,0 +1,59 @@
+"""``hf``: plain float weights that ``AutoModelForCausalLM.from_pretrained`` loads.
+
+Packed modules are dequantised (the file is as large as an unquantised
+model of the same widths).  A model whose layers were pruned to different
+widths gets the shipped modeling file of ``compress.io.remote_code``, so it
+loads with ``trust_remote_code=True`` and nothing of compress-lm installed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from compress.io import remote_code
+from compress.io.exports.base import Output
+from compress.io.exports.common import (
+    Written,
+    account,
+    float_dtype,
+    float_state,
+    is_uniform,
+    quantized_modules,
+    save_tokenizer,
+    write_config,
+    write_safetensors,
+)
+
+
+def problems(model: nn.Module) -> list[str]:
+    return []  # any transformers model with float or packed weights fits
+
+
+def load_hint(model: nn.Module, path: str) -> str:
+    auto = remote_code.auto_map_key(model)
+    remote = "" if is_uniform(model) else ", trust_remote_code=True"
+    return f"transformers.{auto}.from_pretrained({path!r}{remote})"
+
+
+def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str) -> Output:
+    dtype = float_dtype(model)
+    tensors = float_state(model, dtype)
+    write_config(model, directory, dtype=dtype)
+    write_safetensors(tensors, directory)
+    save_tokenizer(tokenizer, directory)
+    written = Written()
+    account(model, tensors, written)
+    notes = []
+    packed = quantized_modules(model)
+    if packed:
+        notes.append(f"{len(packed)} packed modules were dequantised to {str(dtype).removeprefix('torch.')}; "
+                     f"the values are the quantised ones, the size is that of a float model.")
+    a8 = [n for n, m in packed.items() if getattr(m, "activations", "a16") == "a8"]
+    if a8:
+        notes.append(f"{len(a8)} modules quantised activations to 8 bits (W1.58A8); float weights run with 16-bit "
+                     f"activations, so outputs differ slightly (the bitnet format keeps int8 activations).")
+    if not is_uniform(model):
+        notes.append("layers have different widths: the directory ships modeling_compress.py (needs trust_remote_code=True).")
+    return Output(written, load_hint(model, final_path), notes)

@@ -1,0 +1,258 @@
+"""The stages a recipe lists, each wrapping the config dataclass its API call takes.
+
+``Prune(PruneConfig)``, ``Recover(RecoverConfig)``, ``Quantize(QuantConfig)``
+and ``Export(formats)``.  A recipe may also list the bare configs (or a
+quantisation shorthand such as ``"int4"``); ``as_stage`` wraps them.  In YAML a
+stage is a one-key mapping, ``{prune: {sparsity: 0.3}}``, whose keys are the
+config's fields plus the stage's own (``calibration_sequences`` for
+quantize); ``{quantize: int4}``, ``{prune: 0.3}`` and ``{export: [hf, gguf]}``
+are shorthands.
+
+A quantize stage directly followed by a recover stage is trained with
+quantisation in the loop (QAT): the quantize stage puts fake-quantised
+modules in, and the recover stage ramps them in and packs them at the end.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Union
+
+from compress.errors import ConfigError
+from compress.prune.config import PruneConfig
+from compress.quant.config import SHORTHANDS, QuantConfig, resolve_config
+from compress.recover.config import RESUME_EXEMPT, RecoverConfig
+
+STAGE_KINDS = ("prune", "recover", "quantize", "export")
+NATIVE = "native"
+# Fields that change what is shown, never the weights: left out of fingerprints.
+_DISPLAY_ONLY = {"progress", *RESUME_EXEMPT}
+
+
+class RecipeError(ConfigError):
+    """A recipe that cannot be read or used: unknown keys, stages or values."""
+
+
+@dataclass(frozen=True)
+class Prune:
+    """Structured pruning (``compress.prune``) with this config, calibrated on the recipe's text."""
+
+    config: PruneConfig = field(default_factory=PruneConfig)
+    kind: ClassVar[str] = "prune"
+
+    def label(self) -> str:
+        c = self.config
+        incremental = f", {c.stages} incremental stages" if c.stages > 1 else ""
+        return f"prune {c.method} {c.importance} {c.sparsity:.0%}{incremental}"
+
+    def options(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self.config))
+
+
+@dataclass(frozen=True)
+class Recover:
+    """Recovery training (``compress.recover``) toward the original model; the run sets output_dir and resume."""
+
+    config: RecoverConfig = field(default_factory=RecoverConfig)
+    kind: ClassVar[str] = "recover"
+
+    def __post_init__(self) -> None:
+        if self.config.output_dir is not None or self.config.resume:
+            raise RecipeError(
+                "A recover stage must not set output_dir or resume: the run keeps its training state under "
+                "OUTPUT/train and resumes it by itself; remove them."
+            )
+
+    def label(self) -> str:
+        c = self.config
+        budget = f"{c.tokens:,} tokens" if c.tokens is not None else f"{c.total_steps(1)} steps"
+        lora = f", LoRA r{c.lora_rank}" if c.lora_rank else ""
+        return f"recover {budget}{lora}"
+
+    def options(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    @property
+    def wants_heldout(self) -> bool:
+        """Recovery's own held-out evaluations run only when asked for (the run evaluates every stage anyway)."""
+        return self.config.eval_every > 0 or self.config.patience > 0
+
+
+@dataclass(frozen=True)
+class Quantize:
+    """Quantisation (``compress.quantize``); GPTQ calibrates on ``calibration_sequences`` of the calibration split."""
+
+    config: QuantConfig = field(default_factory=QuantConfig)
+    calibration_sequences: int = 32
+    kind: ClassVar[str] = "quantize"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.config, str) or self.config is None:
+            object.__setattr__(self, "config", resolve_config(self.config))
+        n = self.calibration_sequences
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise RecipeError(f"calibration_sequences must be an integer >= 1, got {n!r}.")
+
+    def label(self) -> str:
+        return f"quantize {self.config.label()}"
+
+    def options(self) -> dict[str, Any]:
+        return {**self.config.to_dict(), "calibration_sequences": self.calibration_sequences}
+
+
+@dataclass(frozen=True)
+class Export:
+    """Write the final model in each of ``formats`` under OUTPUT/exports/<format>.
+
+    ``verify``: load each export with a loader that is not compress-lm's and
+    compare logits before it counts as written.  ``gguf_type``: the GGUF
+    block type (f16, q8_0, q4_0, q4_1, tq2_0, tq1_0; None picks one from the model).
+    """
+
+    formats: tuple[str, ...] = (NATIVE,)
+    verify: bool = False
+    gguf_type: str | None = None
+    kind: ClassVar[str] = "export"
+
+    def __post_init__(self) -> None:
+        formats = (self.formats,) if isinstance(self.formats, str) else tuple(self.formats)
+        if not formats or not all(isinstance(f, str) and f for f in formats):
+            raise RecipeError(f"export formats must be a non-empty list of format names, got {self.formats!r}.")
+        if len(set(formats)) != len(formats):
+            raise RecipeError(f"export formats lists a format twice: {list(formats)}; list each once.")
+        object.__setattr__(self, "formats", formats)
+        if not isinstance(self.verify, bool):
+            raise RecipeError(f"export verify must be true or false, got {self.verify!r}.")
+        if self.gguf_type is not None and "gguf" not in formats:
+            raise RecipeError(f"export gguf_type applies to the gguf format, which formats {list(formats)} does not list.")
+
+    def label(self) -> str:
+        return "export " + ", ".join(self.formats) + (" (verified)" if self.verify else "")
+
+    def options(self) -> dict[str, Any]:
+        return {"formats": list(self.formats), "verify": self.verify, "gguf_type": self.gguf_type}
+
+
+Stage = Union[Prune, Recover, Quantize, Export]
+StageLike = Union[Stage, PruneConfig, RecoverConfig, QuantConfig, str, Mapping[str, Any]]
+
+
+def as_stage(item: StageLike, where: str = "stage") -> Stage:
+    """A stage from a stage, a bare config, a quantisation shorthand or a one-key YAML mapping."""
+    if isinstance(item, (Prune, Recover, Quantize, Export)):
+        return item
+    if isinstance(item, PruneConfig):
+        return Prune(item)
+    if isinstance(item, RecoverConfig):
+        return Recover(item)
+    if isinstance(item, QuantConfig):
+        return Quantize(item)
+    if isinstance(item, str):
+        if item in STAGE_KINDS:
+            return _from_mapping({item: None}, where)
+        if item.strip().lower() in SHORTHANDS:
+            return Quantize(resolve_config(item))
+        raise RecipeError(
+            f"{where} is {item!r}, which is neither a stage ({', '.join(STAGE_KINDS)}) nor a quantisation "
+            f"shorthand ({', '.join(SHORTHANDS)}); write it as a mapping such as {{prune: {{sparsity: 0.3}}}}."
+        )
+    if isinstance(item, Mapping):
+        return _from_mapping(item, where)
+    raise RecipeError(
+        f"{where} is a {type(item).__name__}; give a mapping such as {{quantize: int4}}, a config dataclass "
+        f"(PruneConfig, RecoverConfig, QuantConfig) or a Prune/Recover/Quantize/Export stage."
+    )
+
+
+def _from_mapping(item: Mapping[str, Any], where: str) -> Stage:
+    if len(item) != 1:
+        raise RecipeError(
+            f"{where} has keys {sorted(map(str, item))}; each stage is a mapping with exactly one key, the stage "
+            f"kind ({', '.join(STAGE_KINDS)}), e.g. {{prune: {{sparsity: 0.3}}}}."
+        )
+    (kind, value), = item.items()
+    if kind not in STAGE_KINDS:
+        raise RecipeError(f"{where} is of unknown kind {kind!r}; stages are {', '.join(STAGE_KINDS)}.")
+    where = f"{where} ({kind})"
+    try:
+        if kind == "prune":
+            options = _options({"sparsity": value} if _is_number(value) else value, where)
+            if isinstance(options.get("recover"), Mapping):  # incremental pruning's training between stages
+                options["recover"] = build_config(RecoverConfig, dict(options["recover"]), f"{where} recover")
+            return Prune(build_config(PruneConfig, options, where))
+        if kind == "recover":
+            return Recover(build_config(RecoverConfig, _options(value, where), where))
+        if kind == "quantize":
+            if isinstance(value, str):
+                return Quantize(resolve_config(value))
+            options = _options(value, where)
+            extra = {k: options.pop(k) for k in ("calibration_sequences",) if k in options}
+            return Quantize(build_config(QuantConfig, options, where, extra=("calibration_sequences",)), **extra)
+        if isinstance(value, Mapping):
+            return build_config(Export, dict(value), where)
+        return Export(NATIVE if value is None else value)
+    except RecipeError:
+        raise
+    except ConfigError as err:  # a config's own validation: say where it came from
+        raise RecipeError(f"In {where}: {err}") from None
+
+
+def _options(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise RecipeError(f"{where} must map option names to values, got {type(value).__name__} {value!r}.")
+    return dict(value)
+
+
+def build_config(cls: type, options: dict[str, Any], where: str, extra: tuple[str, ...] = ()) -> Any:
+    """``cls(**options)`` after naming unknown keys and coercing what YAML reads differently."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(options) - set(fields)
+    if unknown:
+        allowed = ", ".join(sorted([*fields, *extra]))
+        raise RecipeError(f"Unknown key(s) {_keys(unknown)} in {where}; allowed keys are: {allowed}.")
+    for name, value in options.items():
+        options[name] = _coerce(value, str(fields[name].type))
+    return cls(**options)
+
+
+def _coerce(value: Any, annotation: str) -> Any:
+    # YAML 1.1 reads 1e-4 (no dot) as a string; lists stand for tuples.
+    if isinstance(value, str) and "float" in annotation:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if isinstance(value, list) and "tuple" in annotation:
+        return tuple(value)
+    return value
+
+
+def _plain(x: Any) -> Any:
+    """Tuples as lists, all the way down: what YAML and JSON write."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _keys(keys: set) -> str:
+    return ", ".join(repr(k) for k in sorted(map(str, keys)))
+
+
+def stage_options(stage: Stage, for_fingerprint: bool = False) -> dict[str, Any]:
+    """``{kind: options}``: the YAML form of a stage; without display-only fields when fingerprinting."""
+    options = stage.options()
+    return {stage.kind: _without_display(options) if for_fingerprint else options}
+
+
+def _without_display(options: Any) -> Any:
+    if isinstance(options, dict):
+        return {k: _without_display(v) for k, v in options.items() if k not in _DISPLAY_ONLY}
+    return options

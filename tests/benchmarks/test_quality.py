@@ -1,0 +1,43 @@
+"""The quality benchmark end to end at CI size on the real SmolLM2-135M (slow): every row built and measured."""
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quality.py"
+OURS = ("Adapt-Pruner (ours)", "int4 GPTQ g128 (ours)", "ternary QAT + distillation (ours)")
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("quality_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_measures_every_row_against_fp32(tmp_path):
+    assert _load().main(["--quick", "--quiet", "--out-dir", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "quality-quick.json").read_text())
+    assert (tmp_path / "quality-quick.png").stat().st_size > 0
+    rows = {r["row"]: r for r in result["rows"]}
+    for name in (*OURS, "fp32", "uniform magnitude", "uniform Taylor", "int4 RTN g128", "ternary absmean"):
+        assert name in rows and "error" not in rows[name], (name, rows.get(name))
+    fp32 = rows["fp32"]
+    assert fp32["kl_to_fp32"] == pytest.approx(0, abs=1e-5) and fp32["top1_agreement"] == 1.0
+    for r in rows.values():
+        if "error" in r:
+            continue
+        assert math.isfinite(r["perplexity"]) and r["perplexity"] > 1
+        if r["group"] == "pruned":  # at least 30% of the non-embedding parameters gone; uniform overshoots by whole kv groups
+            assert 0.64 <= r["params_non_embedding"] / fp32["params_non_embedding"] <= 0.70 + 1e-3, r["row"]
+            assert r["details"]["recover_steps"] == 2
+        if r["group"] == "4-bit":
+            assert r["params_non_embedding"] == fp32["params_non_embedding"], r["row"]
+            assert r["bits_per_weight"] <= 4.6 and r["mib_stored"] < fp32["mib_stored"] / 2.5
+        if r["group"] == "ternary":
+            assert r["bits_per_weight"] <= 2.1
+            assert r["kl_to_fp32"] > 0
