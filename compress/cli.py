@@ -150,13 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _not_built(command: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        raise NotImplementedError(f"`compress-lm {command}` is not built yet; see the feature table in README.md.")
-
-    return run
-
-
 def _check_output(args: argparse.Namespace) -> None:
     # fail before the expensive work, not after it
     from compress.io.atomic import check_output_dir
