@@ -371,10 +371,14 @@ def plot(result: dict, path: Path) -> None:
     axes = [axes] if len(parts) == 1 else axes
     for ax, (key, ylabel, metric) in zip(axes, parts):
         rows = {k: v for k, v in result[key]["rows"].items() if v.get(metric) is not None and k != "fp32"}
+        placed: list[tuple[float, float]] = []
         for label, row in rows.items():
-            y = max(row[metric], 1e-6)
-            ax.scatter(row["bits_per_weight"], y, s=40)
-            ax.annotate(label, (row["bits_per_weight"], y), textcoords="offset points", xytext=(5, 3), fontsize=8)
+            x, y = row["bits_per_weight"], max(row[metric], 1e-6)
+            # labels of points on top of each other (the two ternary rows) are stacked, not overprinted
+            stack = sum(abs(x - px) < 0.05 and abs(math.log10(y / py)) < 0.05 for px, py in placed)
+            placed.append((x, y))
+            ax.scatter(x, y, s=40)
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 3 - 11 * stack), fontsize=8)
         ax.set_yscale("log")
         ax.set_xlabel("stored bits per quantised weight (scales and zeros included)")
         ax.set_ylabel(ylabel)

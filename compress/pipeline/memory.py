@@ -54,8 +54,9 @@ def _activation_bytes(model: nn.Module, batch: int, seq_len: int, training: bool
     heads = int(getattr(cfg, "num_attention_heads", 1) or 1)
     vocab = int(getattr(cfg, "vocab_size", 0) or 0)
     tokens = batch * seq_len
-    # per token and layer: ~12 hidden-sized and ~4 MLP-sized tensors, plus attention scores
-    per_layer = tokens * (12 * hidden + 4 * mlp) + batch * heads * seq_len * seq_len * 2
+    # per token and layer: ~12 hidden-sized and ~4 MLP-sized tensors; eager attention also keeps its scores
+    eager = getattr(model.config, "_attn_implementation", None) == "eager"
+    per_layer = tokens * (12 * hidden + 4 * mlp) + (batch * heads * seq_len * seq_len * 2 if eager else 0)
     kept = per_layer * (layers if training else 2)
     logits = tokens * vocab * (4 if training else 3)  # logits, log-softmax, teacher's, gradient
     return (kept + logits) * _FLOAT

@@ -166,11 +166,13 @@ def quantize_sequential(
                 H = _hessians(layer, stage, hidden, calls[i])
                 for t in stage:
                     dtype = t.module.weight.dtype
-                    module = convert(t, gptq_quantize(t.module.weight, H.pop(t.name), t.config) if t.name in H else None)
+                    module = convert(t, gptq_quantize(t.module.weight, H.pop(t.name), t.config, overwrite_hessian=True)
+                                     if t.name in H else None)
                     # Later passes over this layer run a dense copy: the reference kernel would unpack
                     # the weights on every call.  Same weights; the packed module goes back below.
                     packed.append((t.name, module))
                     set_module(adapter.model, t.name, _dense_copy(module, dtype))
+                release_freed_memory()
             if i + 1 < adapter.num_layers:
                 with torch.no_grad():
                     for h, call in zip(hidden, calls[i]):
@@ -178,7 +180,6 @@ def quantize_sequential(
         finally:
             for name, module in packed:
                 set_module(adapter.model, name, module)
-        release_freed_memory()
 
 
 def _dense_copy(module: nn.Module, dtype: torch.dtype) -> nn.Linear:

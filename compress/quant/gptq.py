@@ -44,13 +44,18 @@ def accumulate_hessian(H: torch.Tensor, count: int, x: torch.Tensor) -> int:
 
 
 def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp*mean(diag H)*I)^-1, raising damping until it exists."""
+    """Upper Cholesky factor of (H + damp*mean(diag H)*I)^-1, raising damping until it exists.
+
+    Damps ``H``'s diagonal in place (callers pass their own copy): K x K matrices
+    are the largest temporaries of GPTQ, 9 MiB each for K = 1536.
+    """
     mean_diag = H.diagonal().mean().item()
+    added = 0.0
     for attempt in range(_DAMP_RETRIES):
-        damped = H.clone()
-        damped.diagonal().add_((damp * 10**attempt) * mean_diag)
-        L, info = torch.linalg.cholesky_ex(damped)
-        del damped  # K x K matrices are the largest temporaries here (9 MiB each for K = 1536)
+        extra = (damp * 10**attempt) * mean_diag
+        H.diagonal().add_(extra - added)
+        added = extra
+        L, info = torch.linalg.cholesky_ex(H)
         if int(info) == 0:
             Hinv = torch.cholesky_inverse(L)
             del L
@@ -63,13 +68,17 @@ def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
     )
 
 
-def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: QuantConfig) -> Int4Weights:
-    """GPTQ-quantise ``w[N, K]`` given the input Hessian ``H[K, K]``; returns codes in original column order."""
+def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, overwrite_hessian: bool = False) -> Int4Weights:
+    """GPTQ-quantise ``w[N, K]`` given the input Hessian ``H[K, K]``; returns codes in original column order.
+
+    ``overwrite_hessian``: work in ``H`` itself instead of a copy (the layer-by-layer
+    driver's Hessians are used once; K x K copies are the largest temporaries here).
+    """
     N, K = w.shape
     G = effective_group_size(cfg, K)
     dtype = cfg.torch_scale_dtype
     W = w.detach().to(torch.float32).clone()
-    H = H.to(torch.float32).clone()
+    H = H.to(torch.float32) if overwrite_hessian else H.to(torch.float32).clone()
 
     dead = H.diagonal() == 0  # inputs that were always zero carry no information
     H[dead, dead] = 1.0
@@ -94,7 +103,8 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: QuantConfig) -> Int4Wei
         Hinv = _inverse_cholesky(H, cfg.damp)
     # Work on W^T so that a weight column is a contiguous row: the inner loop is row ops and rank-1 updates.
     Wt = W.t().contiguous()
-    codes = torch.zeros(K, N, device=dev)
+    del H, W
+    codes = torch.zeros(K, N, dtype=torch.uint8, device=dev)  # codes 0..15 are exact in any dtype
     group_of = ((perm if perm is not None else torch.arange(K)) // G).tolist()  # host list: no syncs in the loop
     static = cfg.act_order or G == K
     # blocks hold whole groups so a group's columns are all up to date when its parameters are found

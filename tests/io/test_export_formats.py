@@ -79,10 +79,19 @@ def _weights(model):
 
 # -- bitnet --------------------------------------------------------------------
 
-def test_bitnet_weights_unpack_with_transformers_own_unpacker(tmp_path, monkeypatch):
+def test_bitnet_weights_unpack_with_transformers_own_unpacker(tmp_path):
     from transformers.integrations.bitnet import unpack_weights
 
-    monkeypatch.setattr(torch._dynamo.config, "disable", True)  # the same eager code, without a CPU compile
+    # unpack_weights is @torch.compile'd: run the same code eagerly, without a CPU compile. (Patching
+    # torch._dynamo.config.disable with monkeypatch left dynamo's config broken for later tests.)
+    torch.compiler.set_stance("force_eager")
+    try:
+        _check_bitnet_weights(tmp_path, unpack_weights)
+    finally:
+        torch.compiler.set_stance("default")
+
+
+def _check_bitnet_weights(tmp_path, unpack_weights):
     model = ternary_llama()
     export(model, None, tmp_path / "bn", "bitnet")
     state = load_file(tmp_path / "bn" / "model.safetensors")
