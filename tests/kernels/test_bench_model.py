@@ -158,8 +158,7 @@ def test_decoding_runs_again_from_a_reset_cache(bench):
 # --------------------------------------------------------------------------- torch.compile on the CPU
 
 def test_quantlinear_model_under_torch_compile_matches_eager():
-    # In a fresh interpreter: a peer library imported by earlier tests in the same process leaves
-    # torch._dynamo's config broken ("torch._dynamo.config.disable does not exist").
+    # In a fresh interpreter, so that no state an earlier test left in torch._dynamo can decide the result.
     root = Path(__file__).resolve().parents[2]
     code = "from tests.kernels.test_bench_model import compile_matches_eager as f; f(); print('compile ok')"
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600)
