@@ -27,6 +27,7 @@ _API = {
     "save": "compress.api",
     "load": "compress.api",
     "run": "compress.api",
+    "export": "compress.io.exports",
 }
 
 __all__ = sorted(_API) + ["__version__"]

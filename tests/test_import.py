@@ -15,8 +15,11 @@ def test_import_is_light_and_has_no_side_effects():
 def test_public_api_names_resolve():
     import compress
 
-    for name in ("load_model", "load_text", "evaluate", "adapter_for", "prune", "quantize", "recover", "save", "load", "run"):
+    for name in ("load_model", "load_text", "evaluate", "adapter_for", "prune", "quantize", "recover", "save", "load", "run", "export"):
         assert callable(getattr(compress, name)), name
+    from compress.io.exports import export
+
+    assert compress.export is export
 
 
 def test_prune_and_recover_stay_callable_after_their_subpackages_load():
