@@ -21,6 +21,7 @@ from compress.arch import UnsupportedModelError, adapter_for
 from compress.io import remote_code
 from compress.io.atomic import atomic_directory, sha256_file
 from compress.io.manifest import MANIFEST, CheckpointError, Manifest
+from compress.io.state import unique_state
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -44,7 +45,7 @@ def save(
 
     if getattr(model, "config", None) is None:
         raise CheckpointError(f"{type(model).__name__} has no config; compress.save takes transformers models.")
-    tensors, tied = _unique_state(model)
+    tensors, tied = unique_state(model)
     manifest = _manifest(model, tied)
     with atomic_directory(path, overwrite) as tmp:
         _write_config(model, tmp)
@@ -83,21 +84,6 @@ def _write_config(model: nn.Module, directory: Path) -> None:
             (directory / f"{remote_code.MODULE}.py").write_text(remote_code.modeling_file(adapter, type(model).__name__))
             config.auto_map = {remote_code.auto_map_key(model): f"{remote_code.MODULE}.{remote_code.CLASS}"}
     config.save_pretrained(directory)
-
-
-def _unique_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """State dict without shared-storage duplicates (safetensors refuses them) and the aliases."""
-    tensors: dict[str, torch.Tensor] = {}
-    tied: dict[str, str] = {}
-    seen: dict[tuple, str] = {}
-    for name, t in model.state_dict().items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
-        if key in seen:
-            tied[name] = seen[key]
-            continue
-        seen[key] = name
-        tensors[name] = t.detach().contiguous().cpu()
-    return tensors, tied
 
 
 def _shard(tensors: dict[str, torch.Tensor], max_bytes: int) -> dict[str, dict[str, torch.Tensor]]:

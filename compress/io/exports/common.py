@@ -17,6 +17,7 @@ from torch import nn
 from compress.arch import UnsupportedModelError, adapter_for
 from compress.errors import CompressError
 from compress.io import remote_code
+from compress.io.state import unique_state  # noqa: F401  (re-exported: the writers import it from here)
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -85,21 +86,6 @@ def layer_linear_names(model: nn.Module) -> set[str]:
     """Full names of the projections inside the decoder layers (empty for unknown families)."""
     adapter = adapter_or_none(model)
     return set(adapter.projection_names()) if adapter is not None else set()
-
-
-def unique_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The state dict without tied duplicates (safetensors refuses shared storage), and the aliases."""
-    tensors: dict[str, torch.Tensor] = {}
-    tied: dict[str, str] = {}
-    seen: dict[tuple, str] = {}
-    for name, t in model.state_dict().items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
-        if key in seen:
-            tied[name] = seen[key]
-            continue
-        seen[key] = name
-        tensors[name] = t.detach().cpu()
-    return tensors, tied
 
 
 def float_state(model: nn.Module, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
