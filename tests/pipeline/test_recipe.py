@@ -75,7 +75,7 @@ def test_smallest_trains_ternary_in_the_loop():
     ({"model": "x"}, r"the recipe has no stages; add a list"),
     ({"stages": ["int4"], "modle": "x"}, r"Unknown key\(s\) 'modle' in the recipe; allowed keys are: name, description, model"),
     ({"stages": ["int4"], "text": {"seq_len": 1}}, r"In the recipe: seq_len must be at least 2 tokens"),
-    ({"stages": ["int4"], "text": {"seqlen": 64}}, r"Unknown key\(s\) 'seqlen' in the text section of the recipe; allowed keys are: calibration_fraction"),
+    ({"stages": ["int4"], "text": {"seqlen": 64}}, r"Unknown key\(s\) 'seqlen' in the text section of the recipe; allowed keys are: bos, calibration_fraction"),
     ({"stages": ["int4"], "eval": {"sequences": 0}}, r"eval sequences must be an integer >= 1, got 0"),
     ({"stages": ["int4"], "dtype": "int8"}, r"dtype must be one of float32, bfloat16, float16, got 'int8'"),
 ])
