@@ -44,31 +44,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.machine import cpu_name, process_memory_mib, reset_peak_memory
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NAME = "prune_quality"
 OURS = (("adapt", "taylor"), ("uniform", "magnitude"), ("uniform", "taylor"))
-
-
-# --------------------------------------------------------------------------- memory
-
-def _proc_status_mib(field: str) -> float | None:
-    """VmRSS (now) or VmHWM (peak since the last reset) of this process in MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux: write 5 to clear_refs)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 # --------------------------------------------------------------------------- rows
@@ -105,12 +85,12 @@ def prune_ours(model: nn.Module, sparsity: float, method: str, importance: str, 
         amplitude=args.step if adapt else 0.0,
         calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, batch_size=args.calib_batch, seed=0,
     )
-    rss_before = _proc_status_mib("VmRSS")
-    peak_reset = _reset_peak()
+    rss_before = process_memory_mib("VmRSS")
+    peak_reset = reset_peak_memory()
     t0 = time.perf_counter()
     report = prune(model, cfg, data=calib)
     seconds = time.perf_counter() - t0
-    peak = _proc_status_mib("VmHWM") if peak_reset else None
+    peak = process_memory_mib("VmHWM") if peak_reset else None
     return {
         "prune_seconds": round(seconds, 1),
         "substeps": report.substeps,
@@ -170,14 +150,7 @@ def prune_torch_pruning(model: nn.Module, sparsity: float, example: torch.Tensor
 # --------------------------------------------------------------------------- run
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     return {"cpu": cpu, "cores_visible": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "python": platform.python_version()}
 

@@ -41,31 +41,13 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from compress.machine import process_memory_mib, reset_peak_memory
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NAME = "quant_quality"
 
 
 # --------------------------------------------------------------------------- memory
-
-def _rss_mib(field: str = "VmRSS") -> Optional[float]:
-    """Current (VmRSS) or peak (VmHWM) resident memory of this process in MiB, from /proc."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the peak-RSS mark (Linux clear_refs 5), so ru_maxrss measures from here on."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
 
 def _maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
@@ -75,18 +57,18 @@ def _maxrss_mib() -> float:
 
 def gptq_only(args: argparse.Namespace) -> dict[str, Any]:
     """Load the model, GPTQ-quantise it on the calibration split, save it; write timings and memory as JSON."""
-    rss_runtime = _rss_mib()  # interpreter + torch + transformers, before any model
+    rss_runtime = process_memory_mib()  # interpreter + torch + transformers, before any model
     import compress
     from compress.data import TextConfig
     from compress.quant import QuantConfig
 
-    rss_runtime = max(rss_runtime or 0.0, _rss_mib() or 0.0)
+    rss_runtime = max(rss_runtime or 0.0, process_memory_mib() or 0.0)
     model, tokenizer = compress.load_model(args.model)
     fp32_bytes = sum(p.nbytes for p in model.parameters())
     splits = compress.load_text(None, tokenizer, TextConfig(seq_len=args.seq_len))
     calib = splits.calibration[: args.calib_seqs]
-    rss_before = _rss_mib()
-    peak_reset = _reset_peak_rss()
+    rss_before = process_memory_mib()
+    peak_reset = reset_peak_memory()
     cfg = QuantConfig(group_size=args.group_size, gptq=True, calibration_sequences=args.calib_seqs,
                       damp=args.damp, act_order=args.act_order, progress=True)
     start = time.perf_counter()

@@ -27,6 +27,7 @@ from compress.arch import UnsupportedModelError, adapter_for
 from compress.data import TextSplits, load_text
 from compress.errors import CompressError
 from compress.eval import EvalConfig, evaluate
+from compress.machine import cpu_name
 from compress.models import LoadedModel, load_model
 from compress.pipeline import exporting
 from compress.pipeline.preflight import PreflightReport, is_qat, preflight
@@ -214,14 +215,7 @@ def _stage_fingerprints(recipe: Recipe, base: str) -> list[str]:
 
 
 def _machine(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     info = {"device": str(device), "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version()}
     if device.type == "cuda":
