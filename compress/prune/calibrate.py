@@ -46,6 +46,21 @@ class Calibration:
     grads: list[LayerGrads] | None = field(default=None, repr=False)
 
 
+def calibration_rows(data: Any) -> torch.Tensor:
+    """Calibration token ids as one tensor: a TextSplits' calibration split, a list of rows, or a tensor [n, seq_len]."""
+    data = getattr(data, "calibration", data)
+    if isinstance(data, (list, tuple)):
+        data = torch.stack([torch.as_tensor(x) for x in data]) if data else torch.empty(0, 0, dtype=torch.long)
+    if not isinstance(data, torch.Tensor) or data.dtype.is_floating_point or data.dtype == torch.bool or data.ndim != 2:
+        raise CompressError("Calibration data must be integer token ids shaped [n, seq_len] (or a TextSplits).")
+    return data
+
+
+def check_in_vocabulary(ids: torch.Tensor, vocab: int) -> None:
+    if int(ids.max()) >= vocab or int(ids.min()) < 0:
+        raise CompressError(f"Calibration token ids must lie in [0, {vocab}), the model's vocabulary.")
+
+
 def sample_windows(data: torch.Tensor, n: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
     """``n`` random windows of ``seq_len`` tokens from distinct rows of ``data`` (all rows if fewer)."""
     rows = torch.randperm(data.shape[0], generator=generator)[:n]

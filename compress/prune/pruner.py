@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from compress.arch import Adapter, LayerParts, adapter_for
 from compress.errors import CompressError, ConfigError
 from compress.prune import allocation as alloc
-from compress.prune.calibrate import Calibration, calibrate, sample_windows
+from compress.prune.calibrate import Calibration, calibrate, calibration_rows, check_in_vocabulary, sample_windows
 from compress.prune.config import PruneConfig
 from compress.prune.groups import LayerGroups, layer_groups
 from compress.prune.report import LayerWidths, PruneReport
@@ -137,11 +137,7 @@ def calibration_tokens(cfg: PruneConfig, data: Any, adapter: Adapter) -> torch.T
             f"{why} needs calibration text: pass data= as token ids [n, seq_len] or a TextSplits "
             "(compress.load_text), or use method='uniform' with importance='magnitude'."
         )
-    data = getattr(data, "calibration", data)
-    if isinstance(data, (list, tuple)):
-        data = torch.stack([torch.as_tensor(x) for x in data]) if data else torch.empty(0, 0, dtype=torch.long)
-    if not isinstance(data, torch.Tensor) or data.dtype.is_floating_point or data.dtype == torch.bool or data.ndim != 2:
-        raise CompressError("Calibration data must be integer token ids shaped [n, seq_len] (or a TextSplits).")
+    data = calibration_rows(data)
     if data.shape[0] == 0:
         raise CompressError("Calibration data has no sequences; give at least one.")
     seq_len = cfg.calib_seq_len or data.shape[1]
@@ -150,9 +146,7 @@ def calibration_tokens(cfg: PruneConfig, data: Any, adapter: Adapter) -> torch.T
             f"Calibration sequences are {data.shape[1]} tokens long, shorter than calib_seq_len={seq_len}; "
             "give longer text or lower calib_seq_len."
         )
-    vocab = adapter.embed.num_embeddings
-    if int(data.max()) >= vocab or int(data.min()) < 0:
-        raise CompressError(f"Calibration token ids must lie in [0, {vocab}), the model's vocabulary.")
+    check_in_vocabulary(data, adapter.embed.num_embeddings)
     return data.long()
 
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from compress.arch import Adapter, LayerParts, adapter_for
 from compress.errors import CompressError
 from compress.prune.allocation import keep_channels, keep_groups
-from compress.prune.calibrate import Calibration, calibrate, sample_windows
+from compress.prune.calibrate import Calibration, calibrate, calibration_rows, check_in_vocabulary, sample_windows
 from compress.prune.groups import LayerGroups, layer_groups
 from compress.prune.scores import kv_group_scores, mlp_channel_scores, top_k
 from compress.quant.qat import FakeQuantLinear
@@ -121,11 +121,7 @@ def calibration_windows(data: Any, cfg: SensitivityConfig, adapter: Adapter) -> 
             "Sensitivity needs calibration text: pass data= as token ids [n, seq_len] or a TextSplits "
             "(compress.load_text)."
         )
-    data = getattr(data, "calibration", data)
-    if isinstance(data, (list, tuple)):
-        data = torch.stack([torch.as_tensor(x) for x in data]) if data else torch.empty(0, 0, dtype=torch.long)
-    if not isinstance(data, torch.Tensor) or data.dtype.is_floating_point or data.dtype == torch.bool or data.ndim != 2:
-        raise CompressError("Calibration data must be integer token ids shaped [n, seq_len] (or a TextSplits).")
+    data = calibration_rows(data)
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise CompressError("The calibration data holds no sequences; give more text or a shorter seq_len.")
     seq_len = cfg.seq_len or data.shape[1]
@@ -134,9 +130,7 @@ def calibration_windows(data: Any, cfg: SensitivityConfig, adapter: Adapter) -> 
             f"Calibration sequences are {data.shape[1]} tokens long, shorter than seq_len={seq_len}; "
             "give longer sequences or lower seq_len."
         )
-    vocab = adapter.embed.num_embeddings
-    if int(data.max()) >= vocab or int(data.min()) < 0:
-        raise CompressError(f"Calibration token ids must lie in [0, {vocab}), the model's vocabulary.")
+    check_in_vocabulary(data, adapter.embed.num_embeddings)
     generator = torch.Generator().manual_seed(cfg.seed)
     return sample_windows(data.long(), cfg.sequences, seq_len, generator)
 
