@@ -21,15 +21,11 @@ from torch import nn
 
 from compress.io.exports.base import Output
 from compress.io.exports.common import (
-    Written,
-    account,
     float_dtype,
     quantized_modules,
-    save_tokenizer,
     short_list,
-    unique_state,
-    write_config,
-    write_safetensors,
+    state_without_packed,
+    write_model_files,
 )
 from compress.io.exports.hf import load_hint
 from compress.kernels.formats import unpack_ternary
@@ -79,27 +75,20 @@ def quantization_config(model: nn.Module) -> dict[str, Any]:
 
 
 def bitnet_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    tensors, _ = unique_state(model)
-    for name, m in quantized_modules(model).items():
-        for buf in ("qweight", "scales", "zeros"):
-            tensors.pop(f"{name}.{buf}", None)
+    modules = quantized_modules(model)
+    tensors = state_without_packed(model, modules, dtype)
+    for name, m in modules.items():
         codes = unpack_ternary(m.qweight.cpu())  # [out, in], values w + 1
         tensors[f"{name}.weight"] = pack_rows(codes)
         gamma = m.scales.detach().to(torch.float64).reshape(1)
         tensors[f"{name}.weight_scale"] = (1.0 / gamma).to(dtype).cpu()
-        if m.bias is not None:
-            tensors[f"{name}.bias"] = m.bias.detach().to(dtype).cpu()
     return tensors
 
 
 def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str) -> Output:
     dtype = float_dtype(model)
-    tensors = bitnet_state(model, dtype)
-    write_config(model, directory, dtype=dtype, quantization_config=quantization_config(model))
-    write_safetensors(tensors, directory)
-    save_tokenizer(tokenizer, directory)
-    written = Written()
-    account(model, tensors, written)
+    written = write_model_files(model, tokenizer, directory, bitnet_state(model, dtype), dtype=dtype,
+                                quantization_config=quantization_config(model))
     notes = []
     a16 = [n for n, m in quantized_modules(model).items() if m.activations != "a8"]
     if a16:

@@ -17,7 +17,7 @@ from torch import nn
 from compress.arch import UnsupportedModelError, adapter_for
 from compress.errors import CompressError
 from compress.io import remote_code
-from compress.io.state import unique_state  # noqa: F401  (re-exported: the writers import it from here)
+from compress.io.state import unique_state
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -88,17 +88,37 @@ def layer_linear_names(model: nn.Module) -> set[str]:
     return set(adapter.projection_names()) if adapter is not None else set()
 
 
-def float_state(model: nn.Module, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
-    """The state dict with every packed module replaced by its dequantised ``weight`` (no tied duplicates)."""
-    dtype = dtype or float_dtype(model)
+def state_without_packed(model: nn.Module, modules: dict[str, nn.Module], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """``unique_state`` less the packed buffers (qweight, scales, zeros) of ``modules``, their biases in ``dtype``:
+    each format then adds those modules' weights in its own layout."""
     tensors, _ = unique_state(model)
-    for name, module in quantized_modules(model).items():
+    for name, module in modules.items():
         for buf in ("qweight", "scales", "zeros"):
             tensors.pop(f"{name}.{buf}", None)
-        tensors[f"{name}.weight"] = module.dequantize_weight(dtype).cpu()
         if module.bias is not None:
             tensors[f"{name}.bias"] = module.bias.detach().to(dtype).cpu()
     return tensors
+
+
+def float_state(model: nn.Module, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
+    """The state dict with every packed module replaced by its dequantised ``weight`` (no tied duplicates)."""
+    dtype = dtype or float_dtype(model)
+    modules = quantized_modules(model)
+    tensors = state_without_packed(model, modules, dtype)
+    for name, module in modules.items():
+        tensors[f"{name}.weight"] = module.dequantize_weight(dtype).cpu()
+    return tensors
+
+
+def write_model_files(model: nn.Module, tokenizer: Any, directory: Path, tensors: dict[str, torch.Tensor], *,
+                      dtype: torch.dtype, quantization_config: Optional[dict[str, Any]] = None) -> Written:
+    """``config.json``, the safetensors and the tokenizer files of a transformers directory; what was written."""
+    write_config(model, directory, dtype=dtype, quantization_config=quantization_config)
+    write_safetensors(tensors, directory)
+    save_tokenizer(tokenizer, directory)
+    written = Written()
+    account(model, tensors, written)
+    return written
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int = MAX_SHARD_BYTES) -> list[str]:

@@ -20,14 +20,10 @@ from torch import nn
 
 from compress.io.exports.base import Output
 from compress.io.exports.common import (
-    Written,
-    account,
     float_dtype,
-    save_tokenizer,
     short_list,
-    unique_state,
-    write_config,
-    write_safetensors,
+    state_without_packed,
+    write_model_files,
 )
 from compress.io.exports.hf import load_hint
 from compress.io.exports.int4_rules import int4_modules, int4_problems, pack_nibbles_along_rows, zero_points
@@ -78,28 +74,21 @@ def quantization_config(model: nn.Module) -> dict[str, Any]:
 
 
 def compressed_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    tensors, _ = unique_state(model)
-    for name, m in int4_modules(model).items():
-        for buf in ("qweight", "scales", "zeros"):
-            tensors.pop(f"{name}.{buf}", None)
+    modules = int4_modules(model)
+    tensors = state_without_packed(model, modules, dtype)
+    for name, m in modules.items():
         tensors[f"{name}.weight_packed"] = m.qweight.detach().cpu().t().contiguous()
         tensors[f"{name}.weight_scale"] = m.scales.detach().cpu().t().contiguous()
         tensors[f"{name}.weight_shape"] = torch.tensor([m.out_features, m.in_features], dtype=torch.int64)
         if not m.symmetric:
             tensors[f"{name}.weight_zero_point"] = pack_nibbles_along_rows(zero_points(m)).t().contiguous()
-        if m.bias is not None:
-            tensors[f"{name}.bias"] = m.bias.detach().to(dtype).cpu()
     return tensors
 
 
 def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str) -> Output:
     dtype = float_dtype(model)
-    tensors = compressed_state(model, dtype)
-    write_config(model, directory, dtype=dtype, quantization_config=quantization_config(model))
-    write_safetensors(tensors, directory)
-    save_tokenizer(tokenizer, directory)
-    written = Written()
-    account(model, tensors, written)
+    written = write_model_files(model, tokenizer, directory, compressed_state(model, dtype), dtype=dtype,
+                                quantization_config=quantization_config(model))
     asymmetric = any(not m.symmetric for m in int4_modules(model).values())
     notes = []
     hint = load_hint(model, final_path) + "  (needs the compressed-tensors package), or vllm serve"

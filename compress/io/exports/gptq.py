@@ -22,15 +22,11 @@ from torch import nn
 
 from compress.io.exports.base import Output
 from compress.io.exports.common import (
-    Written,
-    account,
     adapter_or_none,
     float_dtype,
-    save_tokenizer,
     short_list,
-    unique_state,
-    write_config,
-    write_safetensors,
+    state_without_packed,
+    write_model_files,
 )
 from compress.io.exports.hf import load_hint
 from compress.io.exports.int4_rules import int4_modules, int4_problems, pack_nibbles_along_rows, zero_points
@@ -99,22 +95,18 @@ def quantize_config(model: nn.Module, v1: bool) -> dict[str, Any]:
 
 def gptq_state(model: nn.Module, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], bool, dict[str, torch.Tensor]]:
     """Tensors, whether the v1 ("gptq") zero - 1 convention fits, and weights whose scales float16 rounds."""
-    tensors, _ = unique_state(model)
     mods = int4_modules(model)
+    tensors = state_without_packed(model, mods, dtype)
     zeros = {n: zero_points(m) for n, m in mods.items()}
     v1 = all(int(z.min()) >= 1 for z in zeros.values())
     expected: dict[str, torch.Tensor] = {}
     for name, m in mods.items():
-        for buf in ("qweight", "scales", "zeros"):
-            tensors.pop(f"{name}.{buf}", None)
         K = m.in_features
         scales16 = m.scales.detach().to(torch.float16).cpu()
         tensors[f"{name}.qweight"] = m.qweight.detach().cpu().contiguous()
         tensors[f"{name}.qzeros"] = pack_nibbles_along_rows(zeros[name] - 1 if v1 else zeros[name])
         tensors[f"{name}.scales"] = scales16
         tensors[f"{name}.g_idx"] = (torch.arange(K, dtype=torch.int32) // m.group_size).to(torch.int32)
-        if m.bias is not None:
-            tensors[f"{name}.bias"] = m.bias.detach().to(dtype).cpu()
         if not torch.equal(scales16.to(m.scales.dtype), m.scales.detach().cpu()):
             codes = unpack_int4(m.qweight.cpu())
             z = None if m.zeros is None else zeros[name].to(torch.float32)
@@ -126,12 +118,8 @@ def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str) ->
     dtype = float_dtype(model)
     tensors, v1, expected = gptq_state(model, dtype)
     qcfg = quantize_config(model, v1)
-    write_config(model, directory, dtype=dtype, quantization_config=qcfg)
+    written = write_model_files(model, tokenizer, directory, tensors, dtype=dtype, quantization_config=qcfg)
     (directory / "quantize_config.json").write_text(json.dumps(qcfg, indent=2, sort_keys=True) + "\n")
-    write_safetensors(tensors, directory)
-    save_tokenizer(tokenizer, directory)
-    written = Written()
-    account(model, tensors, written)
     notes = [] if v1 else ["some groups have zero point 0, which the original 'gptq' format (zero - 1) cannot store; "
                            "written as checkpoint_format 'gptq_v2' (GPTQModel reads it)."]
     if expected:

@@ -15,15 +15,11 @@ from torch import nn
 from compress.io import remote_code
 from compress.io.exports.base import Output
 from compress.io.exports.common import (
-    Written,
-    account,
     float_dtype,
     float_state,
     is_uniform,
     quantized_modules,
-    save_tokenizer,
-    write_config,
-    write_safetensors,
+    write_model_files,
 )
 
 
@@ -39,12 +35,7 @@ def load_hint(model: nn.Module, path: str) -> str:
 
 def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str) -> Output:
     dtype = float_dtype(model)
-    tensors = float_state(model, dtype)
-    write_config(model, directory, dtype=dtype)
-    write_safetensors(tensors, directory)
-    save_tokenizer(tokenizer, directory)
-    written = Written()
-    account(model, tensors, written)
+    written = write_model_files(model, tokenizer, directory, float_state(model, dtype), dtype=dtype)
     notes = []
     packed = quantized_modules(model)
     if packed:
