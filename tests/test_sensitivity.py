@@ -21,6 +21,7 @@ from compress.sensitivity import (
     measure_sensitivity,
 )
 from compress.sensitivity.probes import KLProbe, LayerProbe, ModuleProbe
+from tests.threads import one_torch_thread
 from tests.tiny import ALL_FAMILIES, VOCAB, tiny_model
 
 MODULES_PER_LAYER = {"bert": 6, "bert-mlm": 6}  # one MLP input; the gated decoders have 7
@@ -29,10 +30,8 @@ MODULES_PER_LAYER = {"bert": 6, "bert-mlm": 6}  # one MLP input; the gated decod
 @pytest.fixture(autouse=True)
 def one_thread():
     # Tiny matmuls on a shared 2-core machine: one thread avoids spinning against other processes.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 def ids(n=6, seq=24, seed=0):

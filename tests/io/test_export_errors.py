@@ -8,15 +8,14 @@ from compress.errors import CompressError
 from compress.io.exports import EXPORT_FORMATS, ExportError, export, export_problems
 from compress.quant import QuantConfig, quantize
 from tests.io.test_export_formats import int4_llama, pruned_llama, ternary_llama
+from tests.threads import one_torch_thread
 from tests.tiny import tiny_model
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 def _refused(model, fmt, match, tmp_path, **options):

@@ -13,15 +13,14 @@ from safetensors.torch import load_file
 
 from compress.io.exports import export
 from compress.quant import QuantConfig, quantize
+from tests.threads import one_torch_thread
 from tests.tiny import _DECODER_COMMON, tiny_model
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 # -- models the export tests share ---------------------------------------------

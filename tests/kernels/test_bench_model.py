@@ -20,6 +20,7 @@ import torch
 import compress
 from compress.cli import main as cli_main
 from compress.quant import QuantConfig
+from tests.threads import one_torch_thread
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "model_decode.py"
 
@@ -36,10 +37,8 @@ def bench():
 @pytest.fixture(autouse=True)
 def _one_thread():
     # Tiny matmuls gain nothing from threads, and stall on a CPU shared with other work.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def _tiny(bench, variant: str = "dense", device: str = "cpu", dtype=torch.float32):

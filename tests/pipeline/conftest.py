@@ -1,14 +1,13 @@
 import pytest
-import torch
+
+from tests.threads import one_torch_thread
 
 @pytest.fixture(autouse=True, scope="package")
 def _one_thread():
     # Tiny models run faster on one thread than on threads fighting over a loaded machine,
     # and one thread gives the same sums in the test process and in its subprocesses.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        yield
 
 @pytest.fixture(scope="package")
 def tiny_inputs(tmp_path_factory):

@@ -1,12 +1,11 @@
 import pytest
-import torch
+
+from tests.threads import one_torch_thread
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
+def _one_thread():
     """Tiny models gain nothing from threads, and on a shared 2-core machine the
     spinning thread pool makes these tests ~10x slower; restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield

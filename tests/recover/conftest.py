@@ -1,15 +1,14 @@
 import pytest
-import torch
+
+from tests.threads import one_torch_thread
 
 
 @pytest.fixture(autouse=True, scope="package")
 def _one_thread():
     # The tiny models are far faster on one thread than with threads that fight
     # over a shared, loaded machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="package")
