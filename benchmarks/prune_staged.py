@@ -191,7 +191,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "model": args.model, "sparsity": args.sparsity, "tokens": args.tokens,
         "settings": {k: getattr(args, k) for k in ("stages", "step", "round_to", "batch_size", "seq_len", "lr",
                                                    "calib_seqs", "eval_seqs")},
-        "rows": {"fp32 teacher": fp32, f"one-shot + distil": one["after"],
+        "rows": {"fp32 teacher": fp32, "one-shot + distil": one["after"],
                  f"Adapt-Accel ({args.stages} stages)": accel["after"]},
         "one_shot": one, "adapt_accel": accel,
         "notes": ["Both arms: Adapt-Pruner allocation, Taylor importance, the same sub-step and calibration size; "

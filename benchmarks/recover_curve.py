@@ -25,7 +25,6 @@ import argparse
 import copy
 import datetime as dt
 import json
-import math
 import os
 import platform
 import re

@@ -7,7 +7,7 @@ import pytest
 import compress
 from compress.cli import main
 from compress.pipeline import RunDirError
-from tests.pipeline.helpers import same_tensors, tiny_recipe
+from tests.pipeline.helpers import tiny_recipe
 from tests.tiny import tiny_model, tiny_tokenizer
 
 
