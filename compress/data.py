@@ -24,6 +24,9 @@ from compress.errors import CompressError, ConfigError
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 BUILTIN_TEXT = "shakespeare"
+# A second built-in text of another kind, for evaluation only: modern news prose
+# that no calibration or training in the toolkit uses by default.
+UNSEEN_TEXT = "news"
 
 Source = str | os.PathLike | Sequence[str | os.PathLike] | Any
 
@@ -118,6 +121,29 @@ def builtin_documents() -> list[tuple[str, str]]:
     return docs
 
 
+def unseen_documents() -> list[tuple[str, str]]:
+    """The built-in unseen-domain text: the Lee corpus, 300 Australian Broadcasting
+    Corporation news articles (about 60k words of modern English prose) that gensim
+    ships as test data; one document per article.  Read from the installed
+    distribution's files: gensim itself is never imported (it installs with --no-deps).
+    """
+    try:
+        dist = metadata.distribution("gensim")
+    except metadata.PackageNotFoundError as err:
+        raise TextError(
+            "The built-in 'news' text needs the package gensim (for its data files only); install it with "
+            "`pip install --no-deps gensim` (or run `make setup`)."
+        ) from err
+    wanted = [f for f in dist.files or [] if str(f).endswith("test/test_data/lee_background.cor")]
+    if not wanted:
+        raise TextError("The gensim package has no lee_background.cor in it; reinstall it with `pip install --no-deps --force-reinstall gensim`.")
+    lines = Path(dist.locate_file(wanted[0])).read_text("utf-8", errors="replace").splitlines()
+    docs = [(f"news/{i:03d}", line.strip()) for i, line in enumerate(lines) if line.strip()]
+    if not docs:
+        raise TextError("gensim's lee_background.cor is empty; reinstall it with `pip install --no-deps --force-reinstall gensim`.")
+    return docs
+
+
 def _clean_markdown(text: str) -> str:
     # The plays are Markdown: drop emphasis markers and hard-break spaces so the
     # model sees prose and verse, not markup.
@@ -131,6 +157,8 @@ def read_documents(source: Source, text_field: str = "text") -> list[tuple[str, 
     """Read ``(name, text)`` documents from files, directories, .jsonl, or datasets."""
     if source is None or (isinstance(source, str) and source == BUILTIN_TEXT):
         return builtin_documents()
+    if isinstance(source, str) and source == UNSEEN_TEXT:
+        return unseen_documents()
     if _is_dataset(source):
         return _dataset_documents(source, text_field, "the dataset")
     if isinstance(source, (str, os.PathLike)):

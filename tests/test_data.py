@@ -6,11 +6,13 @@ import torch
 from compress.data import (
     TextConfig,
     TextError,
+    UNSEEN_TEXT,
     builtin_documents,
     chunk_tokens,
     load_text,
     read_documents,
     split_sequences,
+    unseen_documents,
 )
 from compress.errors import ConfigError
 from tests.tiny import SAMPLE_TEXT
@@ -198,6 +200,26 @@ def test_builtin_corpus_is_shakespeare():
     assert "hamlet" in names and "othello" in names
     hamlet = next(t for n, t in docs if "hamlet" in n)
     assert "To be, or not to be" in hamlet and "**" not in hamlet
+
+
+def test_unseen_text_is_modern_news_prose_not_shakespeare():
+    docs = unseen_documents()
+    assert len(docs) >= 250
+    text = " ".join(t for _, t in docs)
+    assert len(text.split()) > 50_000
+    assert "New South Wales" in text and "thou" not in text.split()
+    assert read_documents(UNSEEN_TEXT) == docs
+
+
+def test_unseen_text_missing_package(monkeypatch):
+    from importlib import metadata
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", missing)
+    with pytest.raises(TextError, match="needs the package gensim"):
+        unseen_documents()
 
 
 def test_builtin_corpus_missing_package(monkeypatch):
