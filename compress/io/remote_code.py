@@ -116,3 +116,37 @@ def auto_map_key(model: Any) -> str:
         if name.endswith(suffix):
             return auto
     return "AutoModel"
+
+
+def refusal(directory: Any, label: str) -> "CompressError | None":
+    """The one-sentence refusal when loading ``directory`` would run code shipped in it, else None.
+
+    Our own ``modeling_compress.py`` is named only under ``AutoModel*`` keys,
+    which compress-lm never follows (it builds the stock class and resizes
+    it), so a checkpoint it wrote is never refused.
+    """
+    from pathlib import Path
+
+    from transformers import CONFIG_MAPPING
+
+    directory = Path(directory)
+    for name, needs in (("config.json", ("AutoConfig",)), ("tokenizer_config.json", ("AutoTokenizer",))):
+        try:
+            data = json.loads((directory / name).read_text())
+        except (OSError, ValueError, RecursionError):
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("auto_map"), dict):
+            continue
+        unknown_type = name == "config.json" and data.get("model_type") not in CONFIG_MAPPING
+        if unknown_type or any(k in data["auto_map"] for k in needs):
+            return remote_code_refused(label, f"{name} names code in the directory (auto_map)")
+    return None
+
+
+def remote_code_refused(label: str, why: str) -> "CompressError":
+    from compress.errors import CompressError
+
+    return CompressError(
+        f"'{label}' asks to run code shipped with it ({why}); compress-lm never runs such code unless you opt in, so "
+        f"read that code first and then load it with compress.load_model(..., trust_remote_code=True)."
+    )
