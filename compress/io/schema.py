@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Optional
 
+from compress.errors import quote
+
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _WIDTH_KEYS = ("num_heads", "num_kv_heads", "mlp_width")
 _QUANT_KEYS = {"in_features", "out_features", "method", "group_size", "symmetric", "per_channel", "activations",
@@ -20,14 +22,7 @@ Problem = Optional[tuple[str, str]]
 
 def short(value: Any, limit: int = 60) -> str:
     """``repr(value)`` cut to ``limit`` characters (never builds the whole repr of a huge value)."""
-    import reprlib
-
-    r = reprlib.Repr()
-    r.maxstring = r.maxother = limit
-    r.maxlist = r.maxdict = r.maxtuple = 4
-    r.maxlevel = 2
-    text = r.repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return quote(value, limit)
 
 
 def is_int(x: Any, low: int = 0) -> bool:
