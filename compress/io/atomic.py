@@ -93,6 +93,7 @@ def atomic_directory(target: str | Path, overwrite: bool = False, protect: Itera
 
 
 def _commit(tmp: Path, target: Path, overwrite: bool, protect: tuple[Path, ...]) -> None:
+    tempdirs.follow_umask(tmp)
     if not os.path.lexists(target):
         try:
             tempdirs.rename_noreplace(tmp, target)

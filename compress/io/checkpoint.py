@@ -74,6 +74,8 @@ def _write_config(model: nn.Module, directory: Path) -> None:
     """config.json, plus the modeling file stock transformers needs when layer widths differ."""
     config = copy.deepcopy(model.config)
     config.architectures = [type(model).__name__]  # what _skeleton rebuilds
+    # always present: a copy that lost compress.json is then recognised and refused (compress.load_model)
+    config.compress_methods = list(getattr(config, "compress_methods", None) or [])
     try:
         adapter = adapter_for(model)
     except UnsupportedModelError:

@@ -37,6 +37,27 @@ def make_dir(target: Path, role: str = TMP) -> Path:
             continue
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux says it (/proc/self/status)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(directory: Path) -> None:
+    """Give the files under ``directory`` the mode the umask gives new files (safetensors writes them 0600)."""
+    mode = 0o666 & ~current_umask()
+    for p in directory.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, mode)
+
+
 def spare_name(target: Path, role: str = OLD) -> Path:
     return target.parent / f".{target.name}.{role}-{os.getpid()}-{secrets.token_hex(4)}"
 
