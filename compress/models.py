@@ -307,7 +307,7 @@ def _load_hf(path: Path | str, revision: str | None, trust_remote_code: bool, la
         )
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as err:  # transformers raises many types for bad files; keep the cause
-        if not trust_remote_code and "trust_remote_code" in str(err):
+        if not trust_remote_code and remote_code.is_remote_code_error(err):
             raise ModelLoadError(str(remote_code.remote_code_refused(label, "transformers found custom code"))) from None
         raise ModelLoadError(
             f"Model '{label}' could not be loaded ({_first_line(err)}); check that the directory "

@@ -187,6 +187,8 @@ def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
             cls = _model_class(config)
             model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as err:
+        if remote_code.is_remote_code_error(err):
+            raise CheckpointError(str(remote_code.remote_code_refused(str(directory), "transformers found custom code"))) from None
         raise CheckpointError(f"{directory / 'config.json'} does not describe a model transformers can build "
                               f"({_first_line(err)}); the checkpoint is corrupted, save it again.") from None
     widths = manifest.layer_widths
@@ -252,6 +254,8 @@ def _tokenizer(directory: Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
     except Exception as err:  # noqa: BLE001 - transformers raises many types for bad tokenizer files
+        if remote_code.is_remote_code_error(err):
+            raise CheckpointError(str(remote_code.remote_code_refused(str(directory), "its tokenizer needs custom code"))) from None
         raise CheckpointError(f"The tokenizer files in '{directory}' do not load ({_first_line(err)}); save the "
                               f"checkpoint again.") from None
 

@@ -119,28 +119,31 @@ def auto_map_key(model: Any) -> str:
 
 
 def refusal(directory: Any, label: str) -> "CompressError | None":
-    """The one-sentence refusal when loading ``directory`` would run code shipped in it, else None.
+    """The one-sentence refusal when building ``directory``'s model would need code shipped in it, else None.
 
-    Our own ``modeling_compress.py`` is named only under ``AutoModel*`` keys,
-    which compress-lm never follows (it builds the stock class and resizes
-    it), so a checkpoint it wrote is never refused.
+    A config of a model type transformers knows is built from transformers'
+    own classes whatever its ``auto_map`` says (our ``modeling_compress.py``
+    is named there, for plain-transformers users), so only an unknown type
+    that points at shipped code is refused here; transformers' own refusal
+    (``trust_remote_code=False``) covers tokenizers, see ``is_remote_code_error``.
     """
     from pathlib import Path
 
     from transformers import CONFIG_MAPPING
 
-    directory = Path(directory)
-    for name, needs in (("config.json", ("AutoConfig",)), ("tokenizer_config.json", ("AutoTokenizer",))):
-        try:
-            data = json.loads((directory / name).read_text())
-        except (OSError, ValueError, RecursionError):
-            continue
-        if not isinstance(data, dict) or not isinstance(data.get("auto_map"), dict):
-            continue
-        unknown_type = name == "config.json" and data.get("model_type") not in CONFIG_MAPPING
-        if unknown_type or any(k in data["auto_map"] for k in needs):
-            return remote_code_refused(label, f"{name} names code in the directory (auto_map)")
+    try:
+        data = json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if isinstance(data, dict) and isinstance(data.get("auto_map"), dict) and data.get("model_type") not in CONFIG_MAPPING:
+        return remote_code_refused(label, f"config.json names model_type {str(data.get('model_type'))[:40]!r}, which "
+                                          f"transformers does not know, and code in the directory (auto_map)")
     return None
+
+
+def is_remote_code_error(err: BaseException) -> bool:
+    """transformers' refusal to run shipped code without ``trust_remote_code=True``."""
+    return "trust_remote_code" in str(err)
 
 
 def remote_code_refused(label: str, why: str) -> "CompressError":

@@ -47,12 +47,25 @@ def test_a_checkpoint_asking_to_run_its_code_is_refused_and_the_code_never_runs(
     marker = tmp_path / "ran"
     _plant_code(saved, marker)
     _rehash(saved)
-    with pytest.raises(CheckpointError, match=r"asks to run code shipped with it \(config.json names code in the directory "
-                                              r"\(auto_map\)\); compress-lm never runs such code unless you opt in"):
+    with pytest.raises(CheckpointError, match=r"asks to run code shipped with it \(config.json names model_type 'evil-net', "
+                                              r"which transformers does not know, and code in the directory \(auto_map\)\); "
+                                              r"compress-lm never runs such code unless you opt in"):
         load(saved)
     assert main(["eval", str(saved), "--max-sequences", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "trust_remote_code=True" in err and "Traceback" not in err
+    assert not marker.exists()
+
+
+def test_a_tokenizer_asking_to_run_its_code_is_refused(saved, tmp_path):
+    marker = tmp_path / "ran"
+    config = json.loads((saved / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class="EvilTokenizer", auto_map={"AutoTokenizer": ["evil.EvilTokenizer", None]})
+    (saved / "tokenizer_config.json").write_text(json.dumps(config))
+    (saved / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    _rehash(saved)
+    with pytest.raises(CheckpointError, match=r"asks to run code shipped with it \(its tokenizer needs custom code\)"):
+        load(saved)
     assert not marker.exists()
 
 
