@@ -226,13 +226,17 @@ def _builtin_gguf(b: Builtin, pkg: Path, tmp: Path) -> Path:
 
 
 def _save_atomic(loaded: LoadedModel, target: Path, extra: dict[str, str]) -> None:
+    from compress.io import tempdirs
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    tempdirs.remove_stale(target)
+    tmp = tempdirs.make_dir(target)  # permissions from the umask, unlike mkdtemp's 0700
     try:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
         for name, text in extra.items():
             (tmp / name).write_text(text)
+        tempdirs.follow_umask(tmp)
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)

@@ -22,7 +22,7 @@ def verify_directory(path: str | Path) -> list[str]:
     if not directory.is_dir():
         raise CheckpointError(f"'{directory}' is not a directory; give a checkpoint, export or run directory.")
     what = kind(directory)
-    if what is None:
+    if what not in ("checkpoint", "export", "run"):
         raise CheckpointError(f"'{directory}' is not a compress-lm checkpoint, export or run (it has no {MANIFEST}, "
                               f"{EXPORT_MANIFEST} or run.json); give a directory compress-lm wrote.")
     targets = [directory] if what != "run" else sorted(

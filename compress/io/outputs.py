@@ -1,7 +1,8 @@
 """Where compress-lm may write: what it may replace, and whether a location can take the bytes.
 
 A directory is compress-lm's own when its manifest says so: ``compress.json``
-(a checkpoint), ``compress-export.json`` (an export) or ``run.json`` (a run).
+(a checkpoint), ``compress-export.json`` (an export), ``run.json`` (a run) or
+``state.json`` (a training checkpoint) or ``topk.json`` (a teacher's top-k).
 Only such a directory is ever replaced, and only when every file in it is one
 the manifest lists (or a file the toolkit writes beside it, ``stage.json``)
 and it does not hold the model being compressed: anything else is a user's
@@ -20,6 +21,8 @@ from compress.errors import CompressError
 CHECKPOINT_MANIFEST = "compress.json"
 EXPORT_MANIFEST = "compress-export.json"
 RUN_MANIFEST = "run.json"  # compress.pipeline.rundir.RUN_FILE
+TRAINING_MANIFEST = "state.json"  # compress.recover.state.STATE: one training checkpoint
+TEACHER_MANIFEST = "topk.json"  # compress.recover.teacher.INDEX: a teacher's precomputed top-k
 COMPANIONS = frozenset({"stage.json"})  # the run's record, written beside a stage's checkpoint
 FREE_SPACE_MARGIN = 1.1  # estimates are rough; keep some room
 
@@ -30,7 +33,8 @@ class OutputError(CompressError):
 
 def kind(directory: Path) -> Optional[str]:
     """``checkpoint``, ``export`` or ``run`` when ``directory`` carries that manifest, else None."""
-    for name, what in ((CHECKPOINT_MANIFEST, "checkpoint"), (EXPORT_MANIFEST, "export"), (RUN_MANIFEST, "run")):
+    for name, what in ((CHECKPOINT_MANIFEST, "checkpoint"), (EXPORT_MANIFEST, "export"), (RUN_MANIFEST, "run"),
+                       (TRAINING_MANIFEST, "training state"), (TEACHER_MANIFEST, "teacher top-k")):
         if (directory / name).is_file():
             return what
     return None
@@ -42,8 +46,8 @@ def listed_files(directory: Path, manifest_name: str) -> Optional[set[str]]:
         data = json.loads((directory / manifest_name).read_text())
     except (OSError, ValueError):
         return None
-    files = data.get("files") if isinstance(data, dict) else None
-    if not isinstance(files, dict):
+    files = (data.get("files") or data.get("shards")) if isinstance(data, dict) else None
+    if not isinstance(files, (dict, list)):
         return None
     return {str(f) for f in files} | {manifest_name}
 
@@ -68,7 +72,8 @@ def check_replaceable(target: Path, protect: Iterable[Path] = ()) -> None:
                 f"another directory."
             )
     what = kind(target)
-    manifest = {"checkpoint": CHECKPOINT_MANIFEST, "export": EXPORT_MANIFEST}.get(what or "")
+    manifest = {"checkpoint": CHECKPOINT_MANIFEST, "export": EXPORT_MANIFEST,
+                "training state": TRAINING_MANIFEST, "teacher top-k": TEACHER_MANIFEST}.get(what or "")
     if manifest is None:
         reason = "it is a compress-lm run (use compress-lm run to replace it)" if what == "run" else \
             f"it is not a compress-lm checkpoint or export (no {CHECKPOINT_MANIFEST} or {EXPORT_MANIFEST})"
