@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    import torch
 
 
 def cpu_name() -> str:
@@ -37,7 +40,7 @@ def reset_peak_memory() -> bool:
         return False
 
 
-def check_device(name: object) -> "torch.device":
+def check_device(name: object) -> torch.device:
     """``name`` as a torch device, refused in one sentence when it is not a device or not on this machine."""
     import torch
 

@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from compress.arch import HEAD_ATTRS, Adapter
+from compress.errors import CompressError
 
 MODULE = "modeling_compress"
 CLASS = "CompressResizedModel"
@@ -118,7 +119,7 @@ def auto_map_key(model: Any) -> str:
     return "AutoModel"
 
 
-def refusal(directory: Any, label: str) -> "CompressError | None":
+def refusal(directory: Any, label: str) -> CompressError | None:
     """The one-sentence refusal when building ``directory``'s model would need code shipped in it, else None.
 
     A config of a model type transformers knows is built from transformers'
@@ -146,9 +147,7 @@ def is_remote_code_error(err: BaseException) -> bool:
     return "trust_remote_code" in str(err)
 
 
-def remote_code_refused(label: str, why: str) -> "CompressError":
-    from compress.errors import CompressError
-
+def remote_code_refused(label: str, why: str) -> CompressError:
     return CompressError(
         f"'{label}' asks to run code shipped with it ({why}); compress-lm never runs such code unless you opt in, so "
         f"read that code first and then load it with compress.load_model(..., trust_remote_code=True)."
