@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from compress.errors import CompressError
+from compress.errors import CompressError, shorten
 
 EXIT_USAGE = 2
 
@@ -397,11 +397,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 MAX_MESSAGE = 1000  # characters of an error printed; values quoted in it are cut long before this
 
 
-def _short(message: str) -> str:
-    message = " ".join(str(message).split())
-    if len(message) <= MAX_MESSAGE:
-        return message
-    return message[: MAX_MESSAGE // 2] + " [...] " + message[-MAX_MESSAGE // 2:]
+def _short(err: BaseException) -> str:
+    return shorten(" ".join(str(err).split()), MAX_MESSAGE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,4 +31,5 @@ def shorten(message: str, limit: int = 600) -> str:
     message = str(message)
     if len(message) <= limit:
         return message
-    return message[: limit // 2] + " [...] " + message[-limit // 2:]
+    keep = (limit - 7) // 2
+    return message[:keep] + " [...] " + message[-keep:]
