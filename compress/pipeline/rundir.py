@@ -79,6 +79,14 @@ class RunDir:
         return self.root / "exports" / fmt
 
     # -- set-up ------------------------------------------------------------
+    def check_location(self) -> None:
+        """Before anything loads: the output is not a file, not under one, and can be written."""
+        from compress.io.outputs import check_location
+
+        if self.root.exists() and not self.root.is_dir():
+            raise RunDirError(f"Output path '{self.root}' is a file; give a directory for the run.")
+        check_location(self.root)
+
     def prepare(self, base: dict[str, Any], overwrite: bool, protect: tuple[Path, ...] = ()) -> None:
         """Make the directory ready for a run with ``base`` (model and text); refuse another run's without overwrite.
 

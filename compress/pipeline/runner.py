@@ -85,7 +85,7 @@ def run(
     dirs = RunDir(output_dir if output_dir is not None else Path("runs") / recipe.name)
     log(f"compress-lm run: recipe {recipe.name!r} on {recipe.model if not isinstance(model, nn.Module) else type(model).__name__}"
         f" -> {dirs.root}")
-    check_location(dirs.root)  # under a file or not writable: say so before loading anything
+    dirs.check_location()  # a file, under a file or not writable: say so before loading anything
     original, tokenizer, name, splits, device, check = _load_and_check(model, recipe, tokenizer, data)
     log(check.summary())
     check.raise_if_problems()
@@ -169,7 +169,10 @@ def _resolve(model: Any, recipe: Any, data: Any, progress: bool) -> Recipe:
 def _load_and_check(model: Any, recipe: Recipe, tokenizer: Any, data: Any) -> tuple:
     from compress.machine import check_device
 
-    device = check_device(recipe.device) if recipe.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if recipe.device:
+        device = check_device(recipe.device, "the recipe's device")
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     original, tokenizer, name = _original(model, tokenizer, recipe, device)
     splits = data if isinstance(data, TextSplits) else load_text(recipe.data, tokenizer, recipe.text)
     return original, tokenizer, name, splits, device, preflight(recipe, original, splits, device)
