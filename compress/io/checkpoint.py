@@ -181,22 +181,27 @@ def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
     refused = remote_code.refusal(directory, str(directory))
     if refused is not None:
         raise CheckpointError(str(refused))
+    widths = manifest.layer_widths
     try:
         config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
+        if manifest.architectures and list(getattr(config, "architectures", None) or []) != manifest.architectures:
+            raise CheckpointError(f"'{directory / MANIFEST}' field architectures {str(manifest.architectures)[:80]} differs "
+                                  f"from config.json's; the checkpoint is inconsistent, save it again.")
+        if widths:  # before building: a config claiming a million layers would take long to build
+            _check_widths(directory, widths, getattr(config.get_text_config(), "num_hidden_layers", None))
         with init_empty_weights(include_buffers=False):  # buffers such as rotary tables are computed, not stored
             cls = _model_class(config)
             model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
-    except (ValueError, KeyError, TypeError, AttributeError, OSError) as err:
+    except CheckpointError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, OSError, RuntimeError) as err:
         if remote_code.is_remote_code_error(err):
             raise CheckpointError(str(remote_code.remote_code_refused(str(directory), "transformers found custom code"))) from None
         raise CheckpointError(f"{directory / 'config.json'} does not describe a model transformers can build "
                               f"({_first_line(err)}); the checkpoint is corrupted, save it again.") from None
-    widths = manifest.layer_widths
     if widths:
         adapter = adapter_for(model)
-        if len(widths["num_heads"]) != adapter.num_layers:
-            raise CheckpointError(f"'{directory / MANIFEST}' field layer_widths lists {len(widths['num_heads'])} layers but "
-                                  f"config.json has {adapter.num_layers}; the checkpoint is inconsistent, save it again.")
+        _check_widths(directory, widths, adapter.num_layers)
         for i in range(adapter.num_layers):
             adapter.resize_layer(i, widths["num_heads"][i], widths["num_kv_heads"][i], widths["mlp_width"][i])
     if manifest.quantized_modules:
@@ -205,12 +210,26 @@ def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
         spec = dict(spec)
         spec["scale_dtype"] = getattr(torch, spec.get("scale_dtype", "float16"))
         try:
-            model.get_submodule(name)
+            old = model.get_submodule(name)
+            if (getattr(old, "in_features", None), getattr(old, "out_features", None)) != (spec["in_features"], spec["out_features"]):
+                raise ValueError(f"it is {getattr(old, 'in_features', '?')} x {getattr(old, 'out_features', '?')} in the model, "
+                                 f"{spec['in_features']} x {spec['out_features']} here")
             model.set_submodule(name, QuantLinear(**spec, device="meta"))
         except (AttributeError, TypeError, ValueError, KeyError, RuntimeError) as err:
             raise CheckpointError(f"'{directory / MANIFEST}' field quantized_modules[{name[:80]!r}] does not fit the model "
                                   f"({_first_line(err)}); the checkpoint is inconsistent, save it again.") from None
     return model
+
+
+def _check_widths(directory: Path, widths: dict[str, Any], layers: Any) -> None:
+    """layer_widths against the config's layer count, and heads a whole number of kv groups."""
+    if len(widths["num_heads"]) != layers:
+        raise CheckpointError(f"'{directory / MANIFEST}' field layer_widths lists {len(widths['num_heads'])} layers but "
+                              f"config.json has {str(layers)[:20]}; the checkpoint is inconsistent, save it again.")
+    for i, (heads, kv) in enumerate(zip(widths["num_heads"], widths["num_kv_heads"])):
+        if kv < 1 or heads % kv:
+            raise CheckpointError(f"'{directory / MANIFEST}' field layer_widths gives layer {i} {heads} heads and {kv} kv "
+                                  f"heads, not a whole number of heads per kv head; the checkpoint is corrupted, save it again.")
 
 
 def _read_tensors(directory: Path, manifest: Manifest) -> dict[str, torch.Tensor]:

@@ -148,12 +148,43 @@ def test_format_version_must_be_an_integer_from_1(saved, value):
      r"field quantized_modules\['model.nothing.here'\] does not fit the model"),
     ({"quantized_modules": {"x": {"in_features": "64", "out_features": 96}}}, r"in_features must be an integer >= 1, got '64'"),
     ({"methods": "prune"}, "field methods must be a list of mappings"),
+    ({"architectures": ["BertModel"]}, r"field architectures \['BertModel'\] differs from config.json's"),
+    ({"layer_widths": {"num_heads": [0, 4], "num_kv_heads": [0, 2], "mlp_width": [96, 96]}},
+     "field layer_widths gives layer 0 0 heads and 0 kv heads, not a whole number"),
+    ({"layer_widths": {"num_heads": [1, 4], "num_kv_heads": [2, 2], "mlp_width": [96, 96]}},
+     "field layer_widths gives layer 0 1 heads and 2 kv heads"),
 ])
 def test_malformed_manifests_name_the_file_and_the_field(saved, changes, field):
     _edit_manifest(saved, **changes)
     with pytest.raises(CheckpointError, match=r"compress.json'? .*" + field) as info:
         load(saved)
     assert "\n" not in str(info.value) and len(str(info.value)) < 400
+
+
+def test_packed_modules_must_fit_the_widths_they_replace(tmp_path):
+    model = tiny_model("llama")
+    quantize(model, QuantConfig(method="int4", group_size=32, progress=False))
+    save(model, tmp_path / "ck")
+    m = json.loads((tmp_path / "ck" / MANIFEST).read_text())
+    m["layer_widths"]["num_heads"] = [1_000_000, 4]  # attention attributes would be set to nonsense
+    m["layer_widths"]["num_kv_heads"] = [2, 2]
+    (tmp_path / "ck" / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(CheckpointError, match=r"field quantized_modules\['model.layers.0.self_attn.[qo]_proj'\] does not "
+                                              r"fit the model \(it is [0-9x ]*16000000[0-9x ]* in the model, 64 x 64 here\)"):
+        load(tmp_path / "ck")
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"vocab_size": -5}, "config.json does not describe a model transformers can build"),
+    ({"num_hidden_layers": 1_000_000}, "field layer_widths lists 2 layers but config.json has 1000000"),  # refused before building
+])
+def test_a_rehashed_config_that_cannot_be_built_is_refused(saved, changes, message):
+    config = json.loads((saved / "config.json").read_text())
+    config.update(changes)
+    (saved / "config.json").write_text(json.dumps(config))
+    _rehash(saved)
+    with pytest.raises(CheckpointError, match=message):
+        load(saved)
 
 
 def test_a_huge_value_in_the_manifest_is_quoted_short(saved):
