@@ -208,3 +208,33 @@ def test_an_output_under_a_file_unwritable_or_short_of_space_is_refused_up_front
     monkeypatch.setattr(outputs.os, "access", lambda p, mode: False)  # as a read-only file system answers
     with pytest.raises(OutputError, match=r"Cannot write to '.*' \(permission denied or read-only\)"):
         check_output_dir(tmp_path / "out", False)
+
+
+def test_a_write_killed_with_sigkill_leaves_a_leftover_the_next_process_lists_and_removes(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    save(tiny_model("llama"), tmp_path / "ck")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ck").iterdir()}
+    killed = textwrap.dedent(f"""
+        import os, signal
+        import compress.io.checkpoint as ckpt
+        from tests.tiny import tiny_model
+        def die(*a, **k):
+            os.kill(os.getpid(), signal.SIGKILL)
+        ckpt._shard = die
+        ckpt.save(tiny_model("llama", seed=1), {str(tmp_path / "ck")!r}, overwrite=True)
+    """)
+    assert subprocess.run([sys.executable, "-c", killed], cwd=os.getcwd()).returncode == -9
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "ck"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".ck.compress-tmp-")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ck").iterdir()} == before  # the old checkpoint is intact
+    leftover = tmp_path / leftovers[0]
+    past = time.time() - 60  # as if killed before this process started: what "older than the process" means
+    os.utime(leftover, (past, past))
+    from compress.io.audit import verify_directory
+
+    assert [line for line in verify_directory(tmp_path / "ck") if line.startswith("stale")][0].startswith(f"stale {leftover}:")
+    save(tiny_model("llama", seed=2), tmp_path / "ck", overwrite=True)
+    assert _names(tmp_path) == ["ck"]
