@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from compress.errors import CompressError
+from compress.errors import CompressError, shorten
 
 EXIT_USAGE = 2
 
@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("verify", help="check a checkpoint, export or run directory: every file's sha256, no unlisted files, "
+                                      "the shipped modeling file's sha256, leftovers of interrupted writes")
+    p.add_argument("directory", help="a directory compress-lm wrote")
+    p.set_defaults(func=cmd_verify)
+
     p = sub.add_parser("bench", help="kernel microbenchmarks and end-to-end decode speed (need a GPU; `bench model --smoke` checks on the CPU)")
     p.add_argument("what", choices=["kernels", "model"])
     p.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the benchmark script (see its --help)")
@@ -150,20 +155,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_output(args: argparse.Namespace) -> None:
+def _inputs(args: argparse.Namespace) -> list[Path]:
+    """The local paths this command reads models from: an output must never replace them."""
+    names = [getattr(args, k, None) for k in ("model", "teacher", "reference")]
+    return [Path(n).expanduser() for n in names if n and Path(n).expanduser().exists()]
+
+
+def _check_output(args: argparse.Namespace, needed_bytes: int | None = None) -> None:
     # fail before the expensive work, not after it
     from compress.io.atomic import check_output_dir
 
-    check_output_dir(Path(args.output).expanduser().resolve(), args.force)
+    check_output_dir(Path(args.output).expanduser().resolve(), args.force, _inputs(args), needed_bytes)
 
 
-def _compress_and_save(args: argparse.Namespace, needs_data: bool, step: Callable) -> int:
+def _check_file_output(path: str | None, force: bool) -> None:
+    """A report file (--json, --heatmap, --overrides): not a directory, not replaced without --force, writable."""
+    from compress.io.outputs import check_location
+
+    if not path:
+        return
+    p = Path(path).expanduser()
+    if p.is_dir() or (p.exists() and not force):
+        raise CompressError(f"'{path}' already exists; pass --force to replace it, or choose another path.")
+    check_location(p)
+
+
+def _parent_made(path: str) -> str:
+    Path(path).expanduser().absolute().parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _compress_and_save(args: argparse.Namespace, needs_data: bool, step: Callable, linear_bits: float | None = None) -> int:
     """Load MODEL (and text when ``needs_data``), run ``step(model, data)`` in place, print its report, save."""
     import compress
     from compress.data import TextConfig
+    from compress.io.outputs import estimated_bytes
 
     _check_output(args)
     model, tokenizer = compress.load_model(args.model)
+    _check_output(args, estimated_bytes(model, linear_bits))  # the free space, now that the size is known
     data = compress.load_text(args.data, tokenizer, TextConfig(seq_len=args.seq_len, seed=args.seed)) if needs_data else None
     print(step(model, data).table())
     print(f"checkpoint written to {compress.save(model, args.output, tokenizer, overwrite=args.force)}")
@@ -194,13 +224,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     config = QuantConfig(method=args.method, group_size=args.group_size, symmetric=not args.asymmetric,
                          gptq=args.gptq, scale=args.scale, activations="a8" if args.a8 else "a16",
                          calibration_sequences=args.calibration_sequences)
-    return _compress_and_save(args, config.gptq, lambda model, data: api.quantize(model, config, data=data))
+    bits = 2.2 if config.method == "ternary" else 4.5  # packed weights and their scales, rounded up
+    return _compress_and_save(args, config.gptq, lambda model, data: api.quantize(model, config, data=data), bits)
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
     import compress
     from compress import api
     from compress.data import TextConfig
+    from compress.io.outputs import check_location, estimated_bytes
     from compress.recover import RecoverConfig, is_main_process
 
     out = Path(args.output).expanduser().resolve()
@@ -210,6 +242,11 @@ def cmd_recover(args: argparse.Namespace) -> int:
     if not args.resume:
         _check_output(args)
     model, tokenizer = compress.load_model(args.model)
+    needed = 4 * estimated_bytes(model)  # the checkpoint, and the training state: weights and AdamW's two moments
+    if args.resume:
+        check_location(out, needed)
+    else:
+        _check_output(args, needed)
     teacher = compress.load_model(args.teacher).model if args.teacher else None
     data = compress.load_text(args.data, tokenizer, TextConfig(seq_len=args.seq_len, seed=args.seed))
     report = api.recover(model, teacher, data, config)
@@ -230,22 +267,23 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     config = SensitivityConfig(metric=args.metric, formats=tuple(args.formats or SensitivityConfig.formats),
                                prune_fraction=args.prune_fraction, importance=args.importance,
                                sequences=args.sequences, batch_size=args.batch_size, seed=args.seed)
-    outputs = [Path(p) for p in (args.heatmap, args.json, args.overrides) if p]
-    for path in outputs:  # fail before the expensive work, not after it
-        if path.is_dir() or (path.exists() and not args.force):
-            raise CompressError(f"'{path}' already exists; pass --force to replace it, or choose another path.")
+    from compress.machine import check_device
+
+    for path in (args.heatmap, args.json, args.overrides):  # fail before the expensive work, not after it
+        _check_file_output(path, args.force)
     if args.overrides:
         check_override_args(config.formats, args.target, args.keep, args.promote_to, args.protect)
-    model, tokenizer = compress.load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    device = check_device(args.device)
+    model, tokenizer = compress.load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
     data = compress.load_text(args.data, tokenizer, TextConfig(seq_len=args.seq_len, seed=args.seed))
     report = measure_sensitivity(model, data, config, name=args.model)
     print(report.table(top=args.top, rank_by=args.target if args.overrides else None))
-    print(f"heat map written to {report.heatmap(args.heatmap)}")
+    print(f"heat map written to {report.heatmap(_parent_made(args.heatmap))}")
     if args.json:
-        report.to_json(args.json)
+        report.to_json(_parent_made(args.json))
         print(f"report written to {args.json}")
     if args.overrides:
-        path = report.write_override_map(args.overrides, args.target, args.keep, args.promote_to, args.protect)
+        path = report.write_override_map(_parent_made(args.overrides), args.target, args.keep, args.promote_to, args.protect)
         data = report.override_map(args.target, args.keep, args.promote_to, args.protect)
         print(f"override map written to {path}: {len(data['quantize']['overrides'])} override(s), "
               f"modules_to_not_convert {data['quantize']['modules_to_not_convert']}, "
@@ -282,9 +320,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     import compress
     from compress.io.exports import export
+    from compress.io.outputs import estimated_bytes
+    from compress.machine import check_device
+    from compress.sizes import count_parameters
 
+    device = check_device(args.device)
     _check_output(args)
-    model, tokenizer = compress.load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    model, tokenizer = compress.load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
+    needed = estimated_bytes(model)
+    if args.format == "hf":  # packed weights come out as floats
+        needed = max(needed, count_parameters(model)[0] * torch.finfo(getattr(torch, args.dtype)).bits // 8)
+    _check_output(args, needed)
     report = export(model, tokenizer, args.output, args.format, overwrite=args.force, gguf_type=args.gguf_type,
                     verify=not args.no_verify)
     print(report.table())
@@ -317,9 +363,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from compress.data import TextConfig
     from compress.eval import EvalConfig
 
+    from compress.machine import check_device
+
+    _check_file_output(args.json, force=True)
+    device = check_device(args.device)
     text_cfg = TextConfig(seq_len=args.seq_len, seed=args.seed)
     dtype = getattr(torch, args.dtype)
-    model, tokenizer = compress.load_model(args.model, dtype=dtype, device=args.device)
+    model, tokenizer = compress.load_model(args.model, dtype=dtype, device=device)
     eval_cfg = EvalConfig(
         batch_size=args.batch_size,
         max_sequences=args.max_sequences,
@@ -327,13 +377,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     reference = None
     if args.reference:
-        reference, _ = compress.load_model(args.reference, dtype=dtype, device=args.device)
+        reference, _ = compress.load_model(args.reference, dtype=dtype, device=device)
     data = compress.load_text(args.data, tokenizer, text_cfg)
     report = compress.evaluate(model, data, reference, eval_cfg, name=args.model, reference_name=args.reference or "reference")
     print(report.table())
     if args.json:
-        print(f"report written to {report.save_json(args.json)}")
+        print(f"report written to {report.save_json(_parent_made(args.json))}")
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from compress.io.audit import verify_directory
+
+    for line in verify_directory(args.directory):
+        print(line)
+    return 0
+
+
+MAX_MESSAGE = 1000  # characters of an error printed; values quoted in it are cut long before this
+
+
+def _short(err: BaseException) -> str:
+    return shorten(" ".join(str(err).split()), MAX_MESSAGE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -341,7 +406,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CompressError, NotImplementedError) as err:
-        print(f"compress-lm {args.command}: {err}", file=sys.stderr)
+        print(f"compress-lm {args.command}: {_short(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:  # the operating system refused a read or write the checks before could not foresee
+        where = f" '{err.filename}'" if err.filename else ""
+        print(f"compress-lm {args.command}: could not read or write{where} ({err.strerror or type(err).__name__}); "
+              f"free space or fix the path or permissions and run again.", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    import torch
 
 
 def cpu_name() -> str:
@@ -35,3 +38,30 @@ def reset_peak_memory() -> bool:
         return True
     except OSError:
         return False
+
+
+def check_device(name: object, what: str = "--device") -> torch.device:
+    """``name`` as a torch device, refused in one sentence when it is not a device or not on this machine."""
+    import torch
+
+    from compress.errors import CompressError
+
+    text = f"{what} {str(name)[:60]!r}"
+    try:
+        device = torch.device(str(name))
+    except (RuntimeError, ValueError, TypeError):
+        raise CompressError(f"{text} is not a torch device; use cpu, cuda or cuda:N.") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise CompressError(f"{text} asks for CUDA but this machine has no usable CUDA GPU; use cpu.")
+        if device.index is not None and device.index >= count:
+            raise CompressError(f"{text} names GPU {device.index} but this machine has {count} (cuda:0 to "
+                                f"cuda:{count - 1}); choose one of those.")
+        return device
+    if device.type == "mps" and torch.backends.mps.is_available():
+        return device
+    raise CompressError(f"{text} is not available on this machine; use cpu" +
+                        (" or cuda." if torch.cuda.is_available() else "."))

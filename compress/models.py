@@ -68,6 +68,7 @@ BUILTINS: dict[str, Builtin] = {
 }
 
 DEFAULT_MODEL = "smollm2-135m"
+_COMPRESS_KEYS = ("compress_methods", "compress_layer_widths")  # what compress.save adds to config.json
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -92,6 +93,7 @@ def load_model(
     device: str | torch.device = "cpu",
     use_cache: bool = True,
     trust_remote_code: bool = False,
+    verify: bool = True,
 ) -> LoadedModel:
     """Load a model and its tokenizer.
 
@@ -99,14 +101,18 @@ def load_model(
     directory, a ``.gguf`` file, or a Hugging Face hub id.  The model comes
     back in ``dtype`` on ``device`` (float32 on the CPU by default), in eval
     mode, with GGUF-loading leftovers removed from its config so that it saves
-    as a plain HF model.
+    as a plain HF model.  No code shipped with a model runs unless
+    ``trust_remote_code=True``.  A compress-lm checkpoint or export is checked
+    against its manifest's sha256s; ``verify=False`` skips that, and also
+    loads a directory whose config carries compress-lm keys but whose
+    manifest is gone as a plain HF directory.
     """
     key = str(name_or_path)
     path = Path(key).expanduser()
     if key in BUILTINS:
         loaded = _load_builtin(BUILTINS[key], use_cache)
     elif path.exists():
-        loaded = _load_path(path, trust_remote_code)
+        loaded = _load_path(path, trust_remote_code, verify)
     elif _HUB_ID.match(key) and not key.endswith(".gguf"):
         loaded = _load_hub(key, trust_remote_code)
     elif "/" in key or os.sep in key or key.endswith(".gguf"):
@@ -123,7 +129,7 @@ def load_model(
     return LoadedModel(model, loaded.tokenizer)
 
 
-def _load_path(path: Path, trust_remote_code: bool) -> LoadedModel:
+def _load_path(path: Path, trust_remote_code: bool, verify: bool = True) -> LoadedModel:
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelLoadError(
@@ -133,8 +139,9 @@ def _load_path(path: Path, trust_remote_code: bool) -> LoadedModel:
     if (path / "compress.json").is_file():  # a compressed checkpoint: pruned shapes, packed modules
         from compress.io import load
 
-        return load(path)
+        return load(path, verify=verify)
     if (path / "config.json").is_file():
+        _check_manifest_or_refuse(path, verify)
         return _load_hf(path, None, trust_remote_code, label=str(path))
     ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:
@@ -143,6 +150,30 @@ def _load_path(path: Path, trust_remote_code: bool) -> LoadedModel:
         f"Directory '{path}' has no config.json (and not exactly one .gguf file), so it is not "
         f"a model directory; point at the folder that holds config.json and the weights."
     )
+
+
+def _check_manifest_or_refuse(path: Path, verify: bool) -> None:
+    """An export is checked against ``compress-export.json``; a directory that lost its manifest is refused."""
+    from compress.io.integrity import check_listed, check_unlisted, read_export_manifest
+    from compress.io.outputs import EXPORT_MANIFEST
+
+    if (path / EXPORT_MANIFEST).is_file():
+        files = read_export_manifest(path, ModelLoadError)["files"]
+        check_listed(path, files, EXPORT_MANIFEST, verify, ModelLoadError)
+        check_unlisted(path, files, EXPORT_MANIFEST, ModelLoadError)
+        return
+    if not verify:
+        return
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return  # transformers says what is wrong with it
+    marks = sorted(k for k in (config if isinstance(config, dict) else {}) if k in _COMPRESS_KEYS)
+    if marks:
+        raise ModelLoadError(
+            f"'{path}' was written by compress-lm (config.json has {', '.join(marks)}) but has no compress.json, so its "
+            f"files cannot be checked; restore compress.json, or pass verify=False to load it unchecked."
+        )
 
 
 def _package_dir(b: Builtin) -> Path:
@@ -195,13 +226,17 @@ def _builtin_gguf(b: Builtin, pkg: Path, tmp: Path) -> Path:
 
 
 def _save_atomic(loaded: LoadedModel, target: Path, extra: dict[str, str]) -> None:
+    from compress.io import tempdirs
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    tempdirs.remove_stale(target)
+    tmp = tempdirs.make_dir(target)  # permissions from the umask, unlike mkdtemp's 0700
     try:
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
         for name, text in extra.items():
             (tmp / name).write_text(text)
+        tempdirs.follow_umask(tmp)
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
@@ -262,6 +297,12 @@ def _model_class(config: Any) -> Any:
 def _load_hf(path: Path | str, revision: str | None, trust_remote_code: bool, label: str) -> LoadedModel:
     from transformers import AutoConfig, AutoTokenizer
 
+    from compress.io import remote_code
+
+    if not trust_remote_code and Path(str(path)).is_dir():
+        refused = remote_code.refusal(path, label)
+        if refused is not None:
+            raise ModelLoadError(str(refused))
     try:
         config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
         cls = _model_class(config)
@@ -270,6 +311,8 @@ def _load_hf(path: Path | str, revision: str | None, trust_remote_code: bool, la
         )
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as err:  # transformers raises many types for bad files; keep the cause
+        if not trust_remote_code and remote_code.is_remote_code_error(err):
+            raise ModelLoadError(str(remote_code.remote_code_refused(label, "transformers found custom code"))) from None
         raise ModelLoadError(
             f"Model '{label}' could not be loaded ({_first_line(err)}); check that the directory "
             f"holds config.json, the weights and the tokenizer files of a transformers model."
@@ -295,4 +338,4 @@ def _with_pad_token(tokenizer: Any) -> Any:
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    return (text[0] if text else type(err).__name__)[:300]

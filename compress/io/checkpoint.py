@@ -20,7 +20,9 @@ from torch import nn
 from compress.arch import UnsupportedModelError, adapter_for
 from compress.io import remote_code
 from compress.io.atomic import atomic_directory, sha256_file
+from compress.io.integrity import check_listed, check_unlisted
 from compress.io.manifest import MANIFEST, CheckpointError, Manifest
+from compress.io.outputs import input_paths
 from compress.io.state import unique_state
 
 WEIGHTS = "model.safetensors"
@@ -47,7 +49,7 @@ def save(
         raise CheckpointError(f"{type(model).__name__} has no config; compress.save takes transformers models.")
     tensors, tied = unique_state(model)
     manifest = _manifest(model, tied)
-    with atomic_directory(path, overwrite) as tmp:
+    with atomic_directory(path, overwrite, protect=input_paths(model)) as tmp:
         _write_config(model, tmp)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
@@ -72,6 +74,8 @@ def _write_config(model: nn.Module, directory: Path) -> None:
     """config.json, plus the modeling file stock transformers needs when layer widths differ."""
     config = copy.deepcopy(model.config)
     config.architectures = [type(model).__name__]  # what _skeleton rebuilds
+    # always present: a copy that lost compress.json is then recognised and refused (compress.load_model)
+    config.compress_methods = list(getattr(config, "compress_methods", None) or [])
     try:
         adapter = adapter_for(model)
     except UnsupportedModelError:
@@ -159,19 +163,12 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", verify: bool =
 
 
 def _check_files(directory: Path, manifest: Manifest, verify: bool) -> None:
-    for name, meta in manifest.files.items():
-        f = directory / name
-        if not f.is_file():
-            raise CheckpointError(f"Checkpoint '{directory}' is missing {name}, which {MANIFEST} lists; it was truncated or moved, save it again.")
-        if f.stat().st_size != meta.get("bytes"):
-            raise CheckpointError(
-                f"{f} has {f.stat().st_size} bytes but {MANIFEST} recorded {meta.get('bytes')}; the file is truncated or was "
-                f"changed, save the checkpoint again."
-            )
-        if verify and sha256_file(f) != meta.get("sha256"):
-            raise CheckpointError(f"{f} does not match the sha256 in {MANIFEST}; the file was corrupted or changed, save the checkpoint again.")
+    check_listed(directory, manifest.files, MANIFEST, verify, CheckpointError)
+    check_unlisted(directory, manifest.files, MANIFEST, CheckpointError)
     if WEIGHTS not in manifest.files and INDEX not in manifest.files:
         raise CheckpointError(f"{MANIFEST} in '{directory}' lists no weights file; the checkpoint is incomplete, save it again.")
+    if "config.json" not in manifest.files:
+        raise CheckpointError(f"{MANIFEST} in '{directory}' does not list config.json; the checkpoint is incomplete, save it again.")
 
 
 def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
@@ -181,13 +178,30 @@ def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
 
     from compress.models import _model_class
 
-    config = AutoConfig.from_pretrained(directory)
-    with init_empty_weights(include_buffers=False):  # buffers such as rotary tables are computed, not stored
-        cls = _model_class(config)
-        model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+    refused = remote_code.refusal(directory, str(directory))
+    if refused is not None:
+        raise CheckpointError(str(refused))
     widths = manifest.layer_widths
+    try:
+        config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
+        if manifest.architectures and list(getattr(config, "architectures", None) or []) != manifest.architectures:
+            raise CheckpointError(f"'{directory / MANIFEST}' field architectures {str(manifest.architectures)[:80]} differs "
+                                  f"from config.json's; the checkpoint is inconsistent, save it again.")
+        if widths:  # before building: a config claiming a million layers would take long to build
+            _check_widths(directory, widths, getattr(config.get_text_config(), "num_hidden_layers", None))
+        with init_empty_weights(include_buffers=False):  # buffers such as rotary tables are computed, not stored
+            cls = _model_class(config)
+            model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+    except CheckpointError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, OSError, RuntimeError) as err:
+        if remote_code.is_remote_code_error(err):
+            raise CheckpointError(str(remote_code.remote_code_refused(str(directory), "transformers found custom code"))) from None
+        raise CheckpointError(f"{directory / 'config.json'} does not describe a model transformers can build "
+                              f"({_first_line(err)}); the checkpoint is corrupted, save it again.") from None
     if widths:
         adapter = adapter_for(model)
+        _check_widths(directory, widths, adapter.num_layers)
         for i in range(adapter.num_layers):
             adapter.resize_layer(i, widths["num_heads"][i], widths["num_kv_heads"][i], widths["mlp_width"][i])
     if manifest.quantized_modules:
@@ -195,24 +209,60 @@ def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
     for name, spec in manifest.quantized_modules.items():
         spec = dict(spec)
         spec["scale_dtype"] = getattr(torch, spec.get("scale_dtype", "float16"))
-        model.set_submodule(name, QuantLinear(**spec, device="meta"))
+        try:
+            old = model.get_submodule(name)
+            if (getattr(old, "in_features", None), getattr(old, "out_features", None)) != (spec["in_features"], spec["out_features"]):
+                raise ValueError(f"it is {getattr(old, 'in_features', '?')} x {getattr(old, 'out_features', '?')} in the model, "
+                                 f"{spec['in_features']} x {spec['out_features']} here")
+            model.set_submodule(name, QuantLinear(**spec, device="meta"))
+        except (AttributeError, TypeError, ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"'{directory / MANIFEST}' field quantized_modules[{name[:80]!r}] does not fit the model "
+                                  f"({_first_line(err)}); the checkpoint is inconsistent, save it again.") from None
     return model
+
+
+def _check_widths(directory: Path, widths: dict[str, Any], layers: Any) -> None:
+    """layer_widths against the config's layer count, and heads a whole number of kv groups."""
+    if len(widths["num_heads"]) != layers:
+        raise CheckpointError(f"'{directory / MANIFEST}' field layer_widths lists {len(widths['num_heads'])} layers but "
+                              f"config.json has {str(layers)[:20]}; the checkpoint is inconsistent, save it again.")
+    for i, (heads, kv) in enumerate(zip(widths["num_heads"], widths["num_kv_heads"])):
+        if kv < 1 or heads % kv:
+            raise CheckpointError(f"'{directory / MANIFEST}' field layer_widths gives layer {i} {heads} heads and {kv} kv "
+                                  f"heads, not a whole number of heads per kv head; the checkpoint is corrupted, save it again.")
 
 
 def _read_tensors(directory: Path, manifest: Manifest) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    files = [WEIGHTS] if WEIGHTS in manifest.files else sorted(set(json.loads((directory / INDEX).read_text())["weight_map"].values()))
+    files = [WEIGHTS] if WEIGHTS in manifest.files else _shard_files(directory, manifest)
     state: dict[str, torch.Tensor] = {}
     for f in files:
         try:
             state.update(load_file(directory / f))
         except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{directory / f} is not a readable safetensors file ({err}); save the checkpoint again.") from err
+            raise CheckpointError(f"{directory / f} is not a readable safetensors file ({_first_line(err)}); save the "
+                                  f"checkpoint again.") from err
     for alias, name in manifest.tied.items():
+        if name not in state:
+            raise CheckpointError(f"'{directory / MANIFEST}' field tied[{alias[:80]!r}] names {name[:80]!r}, which the "
+                                  f"weights do not hold; the checkpoint is inconsistent, save it again.")
         state[alias] = state[name]
     return state
+
+
+def _shard_files(directory: Path, manifest: Manifest) -> list[str]:
+    try:
+        weight_map = json.loads((directory / INDEX).read_text())["weight_map"]
+        files = sorted({str(f) for f in weight_map.values()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        raise CheckpointError(f"{directory / INDEX} has no readable weight_map; save the checkpoint again.") from None
+    missing = [f for f in files if f not in manifest.files]
+    if missing:
+        raise CheckpointError(f"{directory / INDEX} names {missing[0][:80]!r}, which {MANIFEST} does not list; the "
+                              f"checkpoint is inconsistent, save it again.")
+    return files
 
 
 def _tokenizer(directory: Path) -> Any:
@@ -220,4 +270,15 @@ def _tokenizer(directory: Path) -> Any:
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(directory)
+    try:
+        return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+    except Exception as err:  # noqa: BLE001 - transformers raises many types for bad tokenizer files
+        if remote_code.is_remote_code_error(err):
+            raise CheckpointError(str(remote_code.remote_code_refused(str(directory), "its tokenizer needs custom code"))) from None
+        raise CheckpointError(f"The tokenizer files in '{directory}' do not load ({_first_line(err)}); save the "
+                              f"checkpoint again.") from None
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:200]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import CompressError
+from compress.io import schema
 
 FORMAT_VERSION = 1
 MANIFEST = "compress.json"
@@ -51,14 +52,23 @@ class Manifest:
             )
         try:
             data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise CheckpointError(f"'{path}' is not valid JSON ({err}); the checkpoint is corrupted, save it again.") from err
-        if not isinstance(data, dict) or not isinstance(data.get("format_version"), int):
-            raise CheckpointError(f"'{path}' has no integer format_version; the checkpoint is corrupted, save it again.")
-        if data["format_version"] > FORMAT_VERSION:
+        except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, absurd nesting
+            raise CheckpointError(f"'{path}' is not valid JSON ({schema.short(str(err), 120)}); the checkpoint is corrupted, "
+                                  f"save it again.") from None
+        except OSError as err:
+            raise CheckpointError(f"'{path}' cannot be read ({err.strerror}); check its permissions.") from None
+        if isinstance(data, dict) and _is_version(data.get("format_version")) and data["format_version"] > FORMAT_VERSION:
             raise CheckpointError(
                 f"'{directory}' was written in checkpoint format {data['format_version']}, newer than the "
                 f"{FORMAT_VERSION} this compress-lm reads; upgrade compress-lm to load it."
             )
+        bad = schema.problem(data)
+        if bad is not None:
+            field_name, why = bad
+            raise CheckpointError(f"'{path}' field {field_name} {why}; the checkpoint is corrupted or was edited, save it again.")
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+def _is_version(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)

@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from compress.arch import HEAD_ATTRS, Adapter
+from compress.errors import CompressError
 
 MODULE = "modeling_compress"
 CLASS = "CompressResizedModel"
@@ -116,3 +117,38 @@ def auto_map_key(model: Any) -> str:
         if name.endswith(suffix):
             return auto
     return "AutoModel"
+
+
+def refusal(directory: Any, label: str) -> CompressError | None:
+    """The one-sentence refusal when building ``directory``'s model would need code shipped in it, else None.
+
+    A config of a model type transformers knows is built from transformers'
+    own classes whatever its ``auto_map`` says (our ``modeling_compress.py``
+    is named there, for plain-transformers users), so only an unknown type
+    that points at shipped code is refused here; transformers' own refusal
+    (``trust_remote_code=False``) covers tokenizers, see ``is_remote_code_error``.
+    """
+    from pathlib import Path
+
+    from transformers import CONFIG_MAPPING
+
+    try:
+        data = json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if isinstance(data, dict) and isinstance(data.get("auto_map"), dict) and data.get("model_type") not in CONFIG_MAPPING:
+        return remote_code_refused(label, f"config.json names model_type {str(data.get('model_type'))[:40]!r}, which "
+                                          f"transformers does not know, and code in the directory (auto_map)")
+    return None
+
+
+def is_remote_code_error(err: BaseException) -> bool:
+    """transformers' refusal to run shipped code without ``trust_remote_code=True``."""
+    return "trust_remote_code" in str(err)
+
+
+def remote_code_refused(label: str, why: str) -> CompressError:
+    return CompressError(
+        f"'{label}' asks to run code shipped with it ({why}); compress-lm never runs such code unless you opt in, so "
+        f"read that code first and then load it with compress.load_model(..., trust_remote_code=True)."
+    )

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from compress.data import TextConfig
-from compress.errors import ConfigError
+from compress.errors import ConfigError, quote, shorten
 from compress.models import DEFAULT_MODEL
 from compress.pipeline.stages import (
     Export,
@@ -54,7 +54,7 @@ class EvalSettings:
         for name in ("sequences", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"eval {name} must be an integer >= 1, got {value!r}.")
+                raise ConfigError(f"eval {name} must be an integer >= 1, got {quote(value)}.")
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,9 @@ class Recipe:
         elif self.data is not None:
             object.__setattr__(self, "data", tuple(str(d) for d in self.data))
         if self.dtype not in DTYPES:
-            raise RecipeError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
+            raise RecipeError(f"dtype must be one of {', '.join(DTYPES)}, got {quote(self.dtype)}.")
         if not isinstance(self.model, str) or not self.model:
-            raise RecipeError(f"model must be a built-in name, a path or a hub id, got {self.model!r}.")
+            raise RecipeError(f"model must be a built-in name, a path or a hub id, got {quote(self.model)}.")
         if self.override_map is not None:
             object.__setattr__(self, "stages", _with_override_map(stages, str(self.override_map)))
 
@@ -130,11 +130,12 @@ class Recipe:
         unknown = set(d) - set(_TOP_KEYS)
         if unknown:
             raise RecipeError(
-                f"Unknown key(s) {', '.join(sorted(map(repr, map(str, unknown))))} in {where}; "
+                f"Unknown key(s) {', '.join(quote(k, 60) for k in sorted(map(str, unknown))[:8])} in {where}; "
                 f"allowed keys are: {', '.join(_TOP_KEYS)}."
             )
         if "stages" not in d:
             raise RecipeError(f"{where} has no stages; add a list such as stages: [{{quantize: int4}}].")
+        check_shape(d, where)
         kw: dict[str, Any] = {k: v for k, v in d.items() if k not in ("text", "eval") and v is not None}
         try:
             if d.get("text") is not None:
@@ -145,7 +146,7 @@ class Recipe:
         except RecipeError:
             raise
         except ConfigError as err:
-            raise RecipeError(f"In {where}: {err}") from None
+            raise RecipeError(shorten(f"In {where}: {err}")) from None
 
 
 def _with_override_map(stages: tuple[Stage, ...], path: str) -> tuple[Stage, ...]:
@@ -198,6 +199,9 @@ def load_recipe(source: "Recipe | Mapping[str, Any] | str | Path | Sequence[Stag
                                       f"built-in recipe {source!r}")
             return recipe if recipe.name != "custom" else dataclasses.replace(recipe, name=str(source))
         if path.is_file():
+            if path.stat().st_size > MAX_RECIPE_BYTES:
+                raise RecipeError(f"Recipe file '{path}' has {path.stat().st_size:,} bytes, more than the "
+                                  f"{MAX_RECIPE_BYTES:,} a recipe may have; give the recipe file, not a data file.")
             try:
                 text = path.read_text("utf-8")
             except (OSError, UnicodeDecodeError) as err:
@@ -209,7 +213,7 @@ def load_recipe(source: "Recipe | Mapping[str, Any] | str | Path | Sequence[Stag
                 d = {**d, "override_map": str(path.parent / Path(d["override_map"]).expanduser())}
             return Recipe.from_dict(d, f"recipe file '{path}'")
         looks_like_path = path.suffix in (".yaml", ".yml") or "/" in str(source)
-        what = f"Recipe file '{path}' does not exist" if looks_like_path else f"{str(source)!r} is not a built-in recipe"
+        what = f"Recipe file '{path}' does not exist" if looks_like_path else f"{quote(str(source))} is not a built-in recipe"
         raise RecipeError(f"{what}; give a YAML file or one of the built-in recipes: {', '.join(sorted(files))}.")
     if isinstance(source, Sequence):
         return Recipe(stages=tuple(source))
@@ -218,10 +222,42 @@ def load_recipe(source: "Recipe | Mapping[str, Any] | str | Path | Sequence[Stag
     )
 
 
+MAX_RECIPE_BYTES = 1_000_000  # a recipe is a few hundred bytes; an override map a few thousand
+MAX_DEPTH = 16  # recipe > stages > stage > options > recover options > a list: 6 deep
+MAX_NODES = 20_000  # values counted as YAML aliases expand them
+
+
+def check_shape(data: Any, where: str) -> None:
+    """Refuse a recipe nested too deep or too large (an alias bomb expands to billions of values)."""
+    stack, nodes = [(data, 1)], 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if depth > MAX_DEPTH:
+            raise RecipeError(f"{where} is nested more than {MAX_DEPTH} levels deep; a recipe is a few levels of "
+                              f"mappings and lists, fix it.")
+        if nodes > MAX_NODES:
+            raise RecipeError(f"{where} holds more than {MAX_NODES} values (counting what YAML aliases repeat); a recipe "
+                              f"is far smaller, remove the repetition.")
+        if isinstance(value, Mapping):
+            stack.extend((v, depth + 1) for v in (*value.keys(), *value.values()))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, depth + 1) for v in value)
+
+
 def _parse(text: str, where: str) -> Any:
+    if len(text) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{where} has {len(text):,} characters, more than the {MAX_RECIPE_BYTES:,} a recipe may have; "
+                          f"give the recipe file, not a data file.")
     try:
-        return yaml.safe_load(text)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise RecipeError(f"{where} is not valid YAML{at} ({getattr(err, 'problem', None) or err}); fix the syntax.") from None
+        problem = shorten(str(getattr(err, "problem", None) or err), 200)
+        raise RecipeError(f"{where} is not valid YAML{at} ({problem}); fix the syntax.") from None
+    except RecursionError:
+        raise RecipeError(f"{where} is nested too deeply to read; a recipe is a few levels of mappings and lists, "
+                          f"fix it.") from None
+    check_shape(data, where)
+    return data

@@ -48,6 +48,14 @@ def write_json(path: Path, obj: Any) -> Path:
     return path
 
 
+def _is_within(path: Path, directory: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(directory.resolve())
+        return True
+    except ValueError:
+        return False
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
@@ -71,17 +79,36 @@ class RunDir:
         return self.root / "exports" / fmt
 
     # -- set-up ------------------------------------------------------------
-    def prepare(self, base: dict[str, Any], overwrite: bool) -> None:
-        """Make the directory ready for a run with ``base`` (model and text); refuse another run's without overwrite."""
+    def check_location(self) -> None:
+        """Before anything loads: the output is not a file, not under one, and can be written."""
+        from compress.io.outputs import check_location
+
+        if self.root.exists() and not self.root.is_dir():
+            raise RunDirError(f"Output path '{self.root}' is a file; give a directory for the run.")
+        check_location(self.root)
+
+    def prepare(self, base: dict[str, Any], overwrite: bool, protect: tuple[Path, ...] = ()) -> None:
+        """Make the directory ready for a run with ``base`` (model and text); refuse another run's without overwrite.
+
+        A directory that is not a run takes one only with ``overwrite`` and only when none of the names a run
+        writes are taken there; ``protect`` (the input model) is never inside what a run would remove.
+        """
         root = self.root
-        if root.is_file():
+        if root.exists() and not root.is_dir():
             raise RunDirError(f"Output path '{root}' is a file; give a directory for the run.")
         previous = read_json(root / RUN_FILE) if root.is_dir() else None
-        if root.is_dir() and previous is None and any(root.iterdir()) and not overwrite:
-            raise RunDirError(
-                f"Output directory '{root}' exists and is not a compress-lm run; choose another directory, or pass "
-                f"overwrite=True (--force) to write the run into it."
-            )
+        if root.is_dir() and previous is None and any(root.iterdir()):
+            if not overwrite:
+                raise RunDirError(
+                    f"Output directory '{root}' exists and is not a compress-lm run; choose another directory, or pass "
+                    f"overwrite=True (--force) to write the run into it beside its files."
+                )
+            taken = self.owned_entries()
+            if taken:
+                raise RunDirError(
+                    f"Output directory '{root}' is not a compress-lm run but holds {', '.join(p.name for p in taken[:4])}, "
+                    f"names a run writes; --force will not replace them, choose another directory."
+                )
         if previous is not None and previous.get("base_fingerprint") != base["fingerprint"]:
             if not overwrite:
                 raise RunDirError(
@@ -89,9 +116,19 @@ class RunDir:
                     f"{previous.get('base_fingerprint')}, this one {base['fingerprint']}); choose another directory, "
                     f"or pass overwrite=True (--force) to replace it."
                 )
+            for p in protect:
+                if any(_is_within(p, owned) for owned in self.owned_entries()):
+                    raise RunDirError(f"Output directory '{root}' holds the input model '{p}' in a part --force would "
+                                      f"replace; write the run to another directory.")
         if overwrite and (previous is None or previous.get("base_fingerprint") != base["fingerprint"]):
             self.clear()
         root.mkdir(parents=True, exist_ok=True)
+
+    def owned_entries(self) -> list[Path]:
+        """What of ``OWNED`` (and the charts) exists in the directory."""
+        if not self.root.is_dir():
+            return []
+        return [p for p in (*(self.root / n for n in OWNED), *sorted(self.root.glob("*.png"))) if os.path.lexists(p)]
 
     def clear(self) -> None:
         """Remove what a run writes (and nothing else a user keeps there)."""

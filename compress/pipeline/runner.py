@@ -35,7 +35,8 @@ from compress.pipeline.recipe import Recipe, load_recipe
 from compress.pipeline.report import RunReport
 from compress.pipeline.rundir import RUN_FILE, RunDir, fingerprint, read_json, write_json
 from compress.pipeline.stages import Export, Prune, Quantize, Recover, Stage, stage_options
-from compress.sizes import count_parameters
+from compress.io.outputs import check_location
+from compress.sizes import bytes_on_disk, count_parameters
 
 Log = Callable[[str], None]
 ORIGINAL_FILE = "original.json"
@@ -84,12 +85,16 @@ def run(
     dirs = RunDir(output_dir if output_dir is not None else Path("runs") / recipe.name)
     log(f"compress-lm run: recipe {recipe.name!r} on {recipe.model if not isinstance(model, nn.Module) else type(model).__name__}"
         f" -> {dirs.root}")
+    dirs.check_location()  # a file, under a file or not writable: say so before loading anything
     original, tokenizer, name, splits, device, check = _load_and_check(model, recipe, tokenizer, data)
     log(check.summary())
     check.raise_if_problems()
+    # every stage's checkpoint and every export, each at most the original's size (hf exports of it included)
+    check_location(dirs.root, bytes_on_disk(original) * (len(recipe.stages) + sum(
+        len(s.formats) for s in recipe.stages if isinstance(s, Export))))
 
     base = _base(recipe, original, splits, name, builtin_text=recipe.data is None and not isinstance(data, TextSplits))
-    dirs.prepare(base, overwrite)
+    dirs.prepare(base, overwrite, _input_paths(model, recipe))
     write_json(dirs.root / RUN_FILE, {"base_fingerprint": base["fingerprint"], **base, "recipe": recipe.to_dict()})
     fingerprints = _stage_fingerprints(recipe, base["fingerprint"])
     keep = [d for i, s in enumerate(recipe.stages) for d in (dirs.stage_dir(i, s.kind), dirs.train_dir(i, s.kind))]
@@ -117,6 +122,13 @@ def run(
     for e in report.exports:
         log(f"export {e['format']}: {e['path']}")
     return report
+
+
+def _input_paths(model: Any, recipe: Recipe) -> tuple[Path, ...]:
+    """The local model directory or file the run reads: a replaced run directory must not hold it."""
+    name = model if isinstance(model, (str, os.PathLike)) else recipe.model if model is None else None
+    path = Path(str(name)).expanduser() if name else None
+    return (path,) if path is not None and path.exists() else ()
 
 
 def _report(r: _Run, base: dict[str, Any], check: PreflightReport, original: dict[str, Any],
@@ -155,7 +167,12 @@ def _resolve(model: Any, recipe: Any, data: Any, progress: bool) -> Recipe:
 
 
 def _load_and_check(model: Any, recipe: Recipe, tokenizer: Any, data: Any) -> tuple:
-    device = torch.device(recipe.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from compress.machine import check_device
+
+    if recipe.device:
+        device = check_device(recipe.device, "the recipe's device")
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     original, tokenizer, name = _original(model, tokenizer, recipe, device)
     splits = data if isinstance(data, TextSplits) else load_text(recipe.data, tokenizer, recipe.text)
     return original, tokenizer, name, splits, device, preflight(recipe, original, splits, device)

@@ -18,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Union
 
-from compress.errors import ConfigError
+from compress.errors import ConfigError, quote, shorten
 from compress.prune.config import PruneConfig
 from compress.quant.config import SHORTHANDS, QuantConfig, resolve_config
 from compress.recover.config import RESUME_EXEMPT, RecoverConfig
@@ -91,7 +91,7 @@ class Quantize:
             object.__setattr__(self, "config", resolve_config(self.config))
         n = self.calibration_sequences
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise RecipeError(f"calibration_sequences must be an integer >= 1, got {n!r}.")
+            raise RecipeError(f"calibration_sequences must be an integer >= 1, got {quote(n)}.")
 
     def label(self) -> str:
         return f"quantize {self.config.label()}"
@@ -117,14 +117,14 @@ class Export:
     def __post_init__(self) -> None:
         formats = (self.formats,) if isinstance(self.formats, str) else tuple(self.formats)
         if not formats or not all(isinstance(f, str) and f for f in formats):
-            raise RecipeError(f"export formats must be a non-empty list of format names, got {self.formats!r}.")
+            raise RecipeError(f"export formats must be a non-empty list of format names, got {quote(self.formats)}.")
         if len(set(formats)) != len(formats):
-            raise RecipeError(f"export formats lists a format twice: {list(formats)}; list each once.")
+            raise RecipeError(f"export formats lists a format twice: {quote(list(formats))}; list each once.")
         object.__setattr__(self, "formats", formats)
         if not isinstance(self.verify, bool):
-            raise RecipeError(f"export verify must be true or false, got {self.verify!r}.")
+            raise RecipeError(f"export verify must be true or false, got {quote(self.verify)}.")
         if self.gguf_type is not None and "gguf" not in formats:
-            raise RecipeError(f"export gguf_type applies to the gguf format, which formats {list(formats)} does not list.")
+            raise RecipeError(f"export gguf_type applies to the gguf format, which formats {quote(list(formats))} does not list.")
 
     def label(self) -> str:
         return "export " + ", ".join(self.formats) + (" (verified)" if self.verify else "")
@@ -153,7 +153,7 @@ def as_stage(item: StageLike, where: str = "stage") -> Stage:
         if item.strip().lower() in SHORTHANDS:
             return Quantize(resolve_config(item))
         raise RecipeError(
-            f"{where} is {item!r}, which is neither a stage ({', '.join(STAGE_KINDS)}) nor a quantisation "
+            f"{where} is {quote(item)}, which is neither a stage ({', '.join(STAGE_KINDS)}) nor a quantisation "
             f"shorthand ({', '.join(SHORTHANDS)}); write it as a mapping such as {{prune: {{sparsity: 0.3}}}}."
         )
     if isinstance(item, Mapping):
@@ -167,12 +167,12 @@ def as_stage(item: StageLike, where: str = "stage") -> Stage:
 def _from_mapping(item: Mapping[str, Any], where: str) -> Stage:
     if len(item) != 1:
         raise RecipeError(
-            f"{where} has keys {sorted(map(str, item))}; each stage is a mapping with exactly one key, the stage "
+            f"{where} has keys {quote(sorted(map(str, item)))}; each stage is a mapping with exactly one key, the stage "
             f"kind ({', '.join(STAGE_KINDS)}), e.g. {{prune: {{sparsity: 0.3}}}}."
         )
     (kind, value), = item.items()
     if kind not in STAGE_KINDS:
-        raise RecipeError(f"{where} is of unknown kind {kind!r}; stages are {', '.join(STAGE_KINDS)}.")
+        raise RecipeError(f"{where} is of unknown kind {quote(kind)}; stages are {', '.join(STAGE_KINDS)}.")
     where = f"{where} ({kind})"
     try:
         if kind == "prune":
@@ -193,15 +193,15 @@ def _from_mapping(item: Mapping[str, Any], where: str) -> Stage:
         return Export(NATIVE if value is None else value)
     except RecipeError:
         raise
-    except ConfigError as err:  # a config's own validation: say where it came from
-        raise RecipeError(f"In {where}: {err}") from None
+    except ConfigError as err:  # a config's own validation: say where it came from (its quoted values cut short)
+        raise RecipeError(shorten(f"In {where}: {err}")) from None
 
 
 def _options(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise RecipeError(f"{where} must map option names to values, got {type(value).__name__} {value!r}.")
+        raise RecipeError(f"{where} must map option names to values, got {type(value).__name__} {quote(value)}.")
     return dict(value)
 
 
@@ -243,7 +243,8 @@ def _is_number(x: Any) -> bool:
 
 
 def _keys(keys: set) -> str:
-    return ", ".join(repr(k) for k in sorted(map(str, keys)))
+    names = sorted(map(str, keys))
+    return ", ".join(quote(k, 60) for k in names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
 
 
 def stage_options(stage: Stage, for_fingerprint: bool = False) -> dict[str, Any]:

@@ -112,7 +112,7 @@ def remove_stale_temporaries(output_dir: str | Path) -> None:
     root = checkpoint_root(output_dir)
     if root.is_dir():
         for p in root.iterdir():
-            if p.is_dir() and p.name.startswith(f".{_PREFIX}") and (".tmp-" in p.name or ".old-" in p.name):
+            if p.is_dir() and p.name.startswith(f".{_PREFIX}") and ("tmp-" in p.name or "old-" in p.name):
                 shutil.rmtree(p, ignore_errors=True)
 
 

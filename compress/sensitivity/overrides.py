@@ -138,8 +138,10 @@ def load_override_map(path: str | Path) -> dict[str, dict[str, Any]]:
     try:
         data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        first = str(err).splitlines()[0]
+        first = str(err).splitlines()[0][:200]
         raise ConfigError(f"Override map '{path}' is not valid YAML ({first}); fix or regenerate it.") from None
+    except RecursionError:
+        raise ConfigError(f"Override map '{path}' is nested too deeply to read; fix or regenerate it.") from None
     data = {} if data is None else data
     validate_override_map(data, f"Override map '{path}'")
     quant = dict(data.get("quantize") or {})

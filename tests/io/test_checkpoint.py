@@ -90,14 +90,16 @@ def test_existing_directory_is_not_overwritten(tmp_path):
     assert (tmp_path / "ck" / "precious.txt").read_text() == "keep me"
 
 
-def test_overwrite_replaces_whole_directory(tmp_path):
+def test_overwrite_replaces_a_checkpoint_but_not_one_with_unlisted_files(tmp_path):
     save(tiny_model("llama", seed=0), tmp_path / "ck")
-    (tmp_path / "ck" / "stale.txt").write_text("old")
     model = tiny_model("llama", seed=1)
     save(model, tmp_path / "ck", overwrite=True)
-    assert not (tmp_path / "ck" / "stale.txt").exists()
     assert torch.equal(_out(load(tmp_path / "ck").model), _out(model))
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temporary or backup directories left
+    (tmp_path / "ck" / "notes.txt").write_text("mine")
+    with pytest.raises(CompressError, match=r"holds files its compress.json does not list \(notes.txt\); --force will not"):
+        save(tiny_model("llama", seed=2), tmp_path / "ck", overwrite=True)
+    assert (tmp_path / "ck" / "notes.txt").read_text() == "mine"
 
 
 def test_interrupted_save_leaves_old_checkpoint_intact(tmp_path, monkeypatch):

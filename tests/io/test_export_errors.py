@@ -203,8 +203,13 @@ def test_existing_output_is_not_replaced_without_overwrite(tmp_path, fmt):
     with pytest.raises(CompressError, match=r"already exists; pass overwrite=True \(--force on the command line\)"):
         export(tiny_model("llama"), None, out, fmt)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    export(tiny_model("llama"), None, out, fmt, overwrite=True)
-    assert not (out / "keep.txt").exists() and any(out.iterdir())
+    with pytest.raises(CompressError, match=r"not a compress-lm checkpoint or export .*; --force replaces only"):
+        export(tiny_model("llama"), None, out, fmt, overwrite=True)  # a user's files are never replaced
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    export(tiny_model("llama"), None, out, fmt, overwrite=True)  # an empty directory holds nothing to lose
+    export(tiny_model("llama", seed=1), None, out, fmt, overwrite=True)  # an earlier export is
+    assert any(out.iterdir())
 
 
 # -- command line ------------------------------------------------------------------

@@ -117,3 +117,28 @@ def test_a_sensitivity_override_map_is_merged_into_the_stages(tmp_path):
     assert recover.config == RecoverConfig(steps=2)
     with pytest.raises(RecipeError, match=r"Override map '.*missing.yaml' does not exist"):
         load_recipe({"override_map": str(tmp_path / "missing.yaml"), "stages": ["int4"]})
+
+
+def test_recipes_are_bounded_in_depth_and_size_and_quote_values_short(tmp_path):
+    deep = {"stages": ["int4"], "description": 0}
+    node = deep
+    for _ in range(40):
+        node["description"] = {"description": 0}
+        node = node["description"]
+    with pytest.raises(RecipeError, match=r"nested more than 16 levels deep"):
+        load_recipe(deep)
+    shared = ["x"] * 10
+    for _ in range(6):  # what YAML aliases build: one list referenced over and over
+        shared = [shared] * 10
+    with pytest.raises(RecipeError, match=r"holds more than 20000 values"):
+        load_recipe({"stages": ["int4"], "description": shared})
+    big = tmp_path / "big.yaml"
+    big.write_text("stages: [int4]\n" + "#" * 1_100_000 + "\n")
+    with pytest.raises(RecipeError, match=r"more than the 1,000,000 a recipe may have"):
+        load_recipe(big)
+    for recipe in ({"stages": [{"quantize": {"method": "q" * 100_000}}]}, {"stages": ["int4"], "model": ["m" * 100_000]},
+                   {"stages": [{"export": {"formats": ["hf"], "verify": "v" * 100_000}}]},
+                   {"stages": [{"prune": {"s" * 100_000: 1}}]}, {"stages": ["int4"], "k" * 100_000: 1}):
+        with pytest.raises(RecipeError) as info:
+            load_recipe(recipe)
+        assert len(str(info.value)) < 1000

@@ -155,3 +155,24 @@ def test_the_command_line_lists_and_shows_recipes(capsys):
     assert main(["run", "--recipe", "smallest", "--show"]) == 0
     shown = capsys.readouterr().out
     assert "name: smallest" in shown and "qat_warmup_steps: 1000" in shown
+
+
+def test_force_never_takes_over_names_a_run_writes_nor_replaces_the_input_model(finished, tiny_inputs, tmp_path):
+    mine = tmp_path / "mine"
+    (mine / "stages").mkdir(parents=True)
+    (mine / "stages" / "thesis.tex").write_text("keep me")
+    with pytest.raises(RunDirError, match=r"is not a compress-lm run but holds stages, names a run writes; --force will not"):
+        compress.run(None, tiny_recipe(tiny_inputs, stages=["int4"]), mine, progress=False, log=None, overwrite=True)
+    assert (mine / "stages" / "thesis.tex").read_text() == "keep me"
+    out, _ = finished
+    stage = out / "stages" / "01-prune"  # another run's checkpoint as the input: --force would clear stages/
+    with pytest.raises(RunDirError, match=r"holds the input model .* in a part --force would replace"):
+        compress.run(str(stage), tiny_recipe(tiny_inputs, stages=["int4"]), out, progress=False, log=None, overwrite=True)
+    assert (stage / "compress.json").is_file()
+
+
+def test_a_run_is_verified_by_the_command_line(finished, capsys):
+    out, _ = finished
+    assert main(["verify", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"run {out}: ") and printed.count("files match the sha256") >= 4

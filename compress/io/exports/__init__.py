@@ -9,8 +9,9 @@ Each format lives in its own module (``hf``, ``bitnet``, ``gptq``,
 ``compressed_tensors``, ``gguf_file``); ``verify`` loads a written export
 with a loader that is not compress-lm's and compares logits.  Exports never
 quantise: a model is exported as it is (see ``export_problems``).  Output
-directories are written atomically and never replaced without
-``overwrite=True``.
+directories are written atomically, carry ``compress-export.json`` (every
+file's sha256; it marks them as compress-lm's own) and are never replaced
+without ``overwrite=True``, nor with it unless they are compress-lm outputs.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from compress.io.exports.base import Output
 from compress.io.exports.common import ExportError, Written, account, short_list, unique_state
 from compress.io.exports.gguf_file import GGUF_TYPES
 from compress.io.exports.report import ExportReport
+from compress.io.integrity import write_export_manifest
+from compress.io.outputs import input_paths
 
 __all__ = ["EXPORT_FORMATS", "GGUF_TYPES", "ExportError", "ExportReport", "export", "export_problems"]
 
@@ -97,12 +100,14 @@ def export(
     if problems:
         raise ExportError(f"This model cannot be exported as {fmt}: " + "; ".join(problems) + ".")
     target = Path(output_dir).expanduser().resolve()
-    check_output_dir(target, overwrite)
+    protect = input_paths(model)
+    check_output_dir(target, overwrite, protect)
     if fmt == "native":
         return _native(model, tokenizer, target, overwrite, verify)
     options = {"gguf_type": gguf_type} if fmt == "gguf" else {}
-    with atomic_directory(target, overwrite) as tmp:
+    with atomic_directory(target, overwrite, protect) as tmp:
         out = _WRITERS[fmt](model, tokenizer, tmp, str(target), **options)
+        write_export_manifest(tmp, fmt)
         check = _verify(fmt, tmp, model, tokenizer, out) if verify else None
         sizes = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
     return _report(fmt, target, sizes, out, check)
