@@ -2,14 +2,13 @@
 import errno
 import os
 import stat
-import time
 
 import pytest
 import torch
 
 import compress.io.checkpoint as ckpt
 import compress.io.outputs as outputs
-from compress.io import load, save
+from compress.io import load, save, tempdirs
 from compress.io.atomic import check_output_dir
 from compress.io.exports import export
 from compress.io.outputs import EXPORT_MANIFEST, OutputError
@@ -139,8 +138,8 @@ def _leftover(folder, name, age=3600):
     d = folder / name
     d.mkdir()
     (d / "model.safetensors").write_bytes(b"\0" * 1000)
-    past = time.time() - age
-    os.utime(d, (past, past))
+    when = tempdirs._PROCESS_START - age  # age > 0: made before this process started
+    os.utime(d, (when, when))
     return d
 
 
@@ -151,7 +150,7 @@ def test_the_next_write_removes_only_stale_leftovers_of_its_own_target(tmp_path)
         _leftover(tmp_path, f".ck.compress-tmp-{os.getppid()}-0123abcd"),  # its process still runs
         _leftover(tmp_path, f".other.compress-tmp-{dead}-0123abcd"),  # another target's
         _leftover(tmp_path, ".ck.tmp-mine"),  # not this toolkit's pattern
-        _leftover(tmp_path, f".ck.compress-tmp-{dead}-9999abcd", age=-3600),  # newer than this process
+        _leftover(tmp_path, f".ck.compress-tmp-{dead}-9999abcd", age=-1),  # newer than this process
     ]
     from compress.io.audit import verify_directory
 
@@ -231,7 +230,7 @@ def test_a_write_killed_with_sigkill_leaves_a_leftover_the_next_process_lists_an
     assert len(leftovers) == 1 and leftovers[0].startswith(".ck.compress-tmp-")
     assert {p.name: p.read_bytes() for p in (tmp_path / "ck").iterdir()} == before  # the old checkpoint is intact
     leftover = tmp_path / leftovers[0]
-    past = time.time() - 60  # as if killed before this process started: what "older than the process" means
+    past = tempdirs._PROCESS_START - 60  # as if killed before this process started: what "older than the process" means
     os.utime(leftover, (past, past))
     from compress.io.audit import verify_directory
 

@@ -107,6 +107,9 @@ def test_unlisted_files_transformers_would_read_are_refused(saved, name, content
 def test_an_export_is_checked_against_its_manifest(tmp_path, tokenizer):
     export(tiny_model("llama"), tokenizer, tmp_path / "hf", "hf")
     assert compress.load_model(tmp_path / "hf").model is not None
+    from compress.io.audit import verify_directory
+
+    assert verify_directory(tmp_path / "hf")[0].endswith("files match the sha256 in compress-export.json")
     f = tmp_path / "hf" / "model.safetensors"
     data = bytearray(f.read_bytes())
     data[-10] ^= 0xFF
