@@ -119,8 +119,27 @@ def load_model(
             f"'{key}' is not a built-in model ({', '.join(BUILTINS)}), an existing path, "
             f"or a hub id of the form 'org/name'."
         )
+    _record_source(loaded.model, key, path)
     model = loaded.model.to(device=device, dtype=dtype).eval()
     return LoadedModel(model, loaded.tokenizer)
+
+
+def _record_source(model: torch.nn.Module, key: str, path: Path) -> None:
+    """The source model's name and licence, which GGUF exports write (general.*) instead of a directory's name."""
+    from compress.io.exports.gguf_meta import record_source
+
+    if key in BUILTINS:
+        b = BUILTINS[key]
+        if b.gguf_file and not b.assemble:
+            record_source(model, gguf_file=_package_dir(b) / b.gguf_file)
+    elif path.is_file():
+        record_source(model, gguf_file=path)
+    elif path.is_dir() and (path / "config.json").is_file() and not (path / "compress.json").is_file():
+        record_source(model, directory=path)  # a compress-lm checkpoint carries its source in config.json
+    elif path.is_dir() and len(ggufs := sorted(path.glob("*.gguf"))) == 1:
+        record_source(model, gguf_file=ggufs[0])
+    elif not path.exists():
+        record_source(model, hub_id=key)
 
 
 def _load_path(path: Path, trust_remote_code: bool) -> LoadedModel:
