@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from compress.arch import UnsupportedModelError, adapter_for
-from compress.io import remote_code
+from compress.io import remote_code, stock_loaders
 from compress.io.atomic import atomic_directory, sha256_file
 from compress.io.manifest import MANIFEST, CheckpointError, Manifest
 from compress.io.state import unique_state
@@ -84,6 +84,8 @@ def _write_config(model: nn.Module, directory: Path) -> None:
             (directory / f"{remote_code.MODULE}.py").write_text(remote_code.modeling_file(adapter, type(model).__name__))
             config.auto_map = {remote_code.auto_map_key(model): f"{remote_code.MODULE}.{remote_code.CLASS}"}
     config.save_pretrained(directory)
+    if quantized:  # stock layers would load it with random weights (see stock_loaders)
+        stock_loaders.refuse_stock_layers(directory)
 
 
 def _shard(tensors: dict[str, torch.Tensor], max_bytes: int) -> dict[str, dict[str, torch.Tensor]]:
@@ -177,11 +179,10 @@ def _check_files(directory: Path, manifest: Manifest, verify: bool) -> None:
 def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
     """The model with parameters on the meta device, pruned widths and QuantLinear modules in place."""
     from accelerate import init_empty_weights
-    from transformers import AutoConfig
 
     from compress.models import _model_class
 
-    config = AutoConfig.from_pretrained(directory)
+    config = stock_loaders.read_config(directory)
     with init_empty_weights(include_buffers=False):  # buffers such as rotary tables are computed, not stored
         cls = _model_class(config)
         model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
@@ -220,4 +221,5 @@ def _tokenizer(directory: Path) -> Any:
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(directory)
+    # the config as compress-lm reads it: a checkpoint with packed weights names a model type transformers lacks
+    return AutoTokenizer.from_pretrained(directory, config=stock_loaders.read_config(directory))
