@@ -120,3 +120,17 @@ def test_cli_refuses_a_tokenizer_llama_cpp_would_split_differently(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("compress-lm export: This model cannot be exported as gguf: its tokenizer's pre-tokenizer")
     assert not (tmp_path / "g").exists()
+
+
+def test_a_smollm_gguf_loads_with_its_digit_split(tmp_path):
+    """transformers' GGUF tokenizer converter drops the digit split that tokenizer.ggml.pre = smollm means."""
+    import json
+
+    tok = _bpe(pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False)]))
+    report = export(tiny_model("llama"), tok, tmp_path / "g", "gguf")
+    loaded = compress.load_model(tmp_path / "g" / report.details["gguf_file"]).tokenizer
+    pre = json.loads(loaded.backend_tokenizer.to_str())["pre_tokenizer"]
+    assert [p["type"] for p in pre["pretokenizers"]] == ["Digits", "ByteLevel"]
+    for text in ("a ½ and 2024", "x 3.14 ¾"):
+        assert loaded.encode(text) == tok.encode(text)

@@ -151,8 +151,8 @@ def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, gg
                      f"{gguf_blocks.QK_TERNARY if t in _TERNARY_TYPES else gguf_blocks.QK}) and were stored as {kind}: "
                      f"{short_list(names_)}.")
     if arch == gguf_arch.PER_LAYER_ARCH:
-        notes.append("per-layer widths are written as llama.cpp's 'deci' architecture; the file was checked with "
-                     "gguf's reader, not with llama.cpp (llama-cpp-python is not installed here).")
+        notes.append("per-layer widths are written as llama.cpp's 'deci' architecture, which llama.cpp runs "
+                     "(compress-lm's tests compare it there); transformers' GGUF loader does not read it.")
     load = (f"transformers.AutoModelForCausalLM.from_pretrained({final_path!r}, gguf_file={path.name!r})"
             if arch in gguf_arch.TRANSFORMERS_READS else f"llama-cli -m {final_path}/{path.name}")
     if arch in gguf_arch.TRANSFORMERS_READS:
