@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import tempfile
-from pathlib import Path
 from typing import Any, Optional
 
 from compress.io.exports import gguf_pretok
 
 
 def _spec(tokenizer: Any) -> tuple[Optional[dict], str]:
-    """``tokenizer.json`` as a dict (None for a slow tokenizer) and a directory-free reason when absent."""
+    """``tokenizer.json`` as a dict, or None and why (a slow tokenizer has none)."""
     backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
     if backend is None:
         return None, f"{type(tokenizer).__name__} has no tokenizer.json (a slow tokenizer)"
