@@ -161,7 +161,9 @@ def _restore_digit_split(tokenizer: Any, gguf_file: Path) -> None:
     """Put back the digit split transformers' GGUF tokenizer converter drops (SmolLM2's tokenizer has it).
 
     Without it " ½" is one pre-token where SmolLM2's own tokenizer and
-    llama.cpp give " " and "½" (ASCII digits come out the same either way).
+    llama.cpp give " " and "½" (llama.cpp's probe string, with its runs of
+    ASCII digits, tokenizes the same either way: SmolLM2's vocabulary has no
+    space-digit merges).
     """
     import gguf
     from tokenizers import pre_tokenizers
