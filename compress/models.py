@@ -125,8 +125,63 @@ def load_model(
             f"'{key}' is not a built-in model ({', '.join(BUILTINS)}), an existing path, "
             f"or a hub id of the form 'org/name'."
         )
+    gguf_file = _source_gguf(key, path)
+    _record_source(loaded.model, key, path, gguf_file)
+    if gguf_file is not None:
+        _restore_digit_split(loaded.tokenizer, gguf_file)
     model = loaded.model.to(device=device, dtype=dtype).eval()
     return LoadedModel(model, loaded.tokenizer)
+
+
+def _source_gguf(key: str, path: Path) -> Path | None:
+    """The GGUF file a model comes from (a built-in's, or the one given), if any."""
+    if key in BUILTINS:
+        b = BUILTINS[key]
+        return _package_dir(b) / b.gguf_file if b.gguf_file and not b.assemble else None
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if path.is_dir() and not (path / "config.json").is_file() and len(ggufs := sorted(path.glob("*.gguf"))) == 1:
+        return ggufs[0]
+    return None
+
+
+def _record_source(model: torch.nn.Module, key: str, path: Path, gguf_file: Path | None) -> None:
+    """The source model's name and licence, which GGUF exports write (general.*) instead of a directory's name."""
+    from compress.io.exports.gguf_meta import record_source
+
+    if gguf_file is not None:
+        record_source(model, gguf_file=gguf_file)
+    elif key in BUILTINS:
+        return
+    elif path.is_dir() and (path / "config.json").is_file() and not (path / "compress.json").is_file():
+        record_source(model, directory=path)  # a compress-lm checkpoint carries its source in config.json
+    elif not path.exists():
+        record_source(model, hub_id=key)
+
+
+# llama.cpp pre-tokenizers that split every digit apart before GPT-2's regex (its llama-vocab.cpp).
+_DIGIT_SPLIT_PRE = ("smollm", "starcoder", "refact", "codeshell")
+
+
+def _restore_digit_split(tokenizer: Any, gguf_file: Path) -> None:
+    """Put back the digit split transformers' GGUF tokenizer converter drops (SmolLM2's tokenizer has it).
+
+    Without it " ½" is one pre-token where SmolLM2's own tokenizer and
+    llama.cpp give " " and "½" (llama.cpp's probe string, with its runs of
+    ASCII digits, tokenizes the same either way: SmolLM2's vocabulary has no
+    space-digit merges).
+    """
+    import gguf
+    from tokenizers import pre_tokenizers
+
+    field = gguf.GGUFReader(str(gguf_file)).get_field("tokenizer.ggml.pre")
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if field is None or backend is None or str(field.contents()) not in _DIGIT_SPLIT_PRE:
+        return
+    pre = json.loads(backend.to_str()).get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel":
+        backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                         backend.pre_tokenizer])
 
 
 def _load_path(path: Path, trust_remote_code: bool, verify: bool = True) -> LoadedModel:

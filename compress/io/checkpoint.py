@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from compress.arch import UnsupportedModelError, adapter_for
-from compress.io import remote_code
+from compress.io import remote_code, stock_loaders
 from compress.io.atomic import atomic_directory, sha256_file
 from compress.io.integrity import check_listed, check_unlisted
 from compress.io.manifest import MANIFEST, CheckpointError, Manifest
@@ -88,6 +88,8 @@ def _write_config(model: nn.Module, directory: Path) -> None:
             (directory / f"{remote_code.MODULE}.py").write_text(remote_code.modeling_file(adapter, type(model).__name__))
             config.auto_map = {remote_code.auto_map_key(model): f"{remote_code.MODULE}.{remote_code.CLASS}"}
     config.save_pretrained(directory)
+    if quantized:  # stock layers would load it with random weights (see stock_loaders)
+        stock_loaders.refuse_stock_layers(directory)
 
 
 def _shard(tensors: dict[str, torch.Tensor], max_bytes: int) -> dict[str, dict[str, torch.Tensor]]:
@@ -174,7 +176,6 @@ def _check_files(directory: Path, manifest: Manifest, verify: bool) -> None:
 def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
     """The model with parameters on the meta device, pruned widths and QuantLinear modules in place."""
     from accelerate import init_empty_weights
-    from transformers import AutoConfig
 
     from compress.models import _model_class
 
@@ -183,7 +184,7 @@ def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
         raise CheckpointError(str(refused))
     widths = manifest.layer_widths
     try:
-        config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
+        config = stock_loaders.read_config(directory)
         if manifest.architectures and list(getattr(config, "architectures", None) or []) != manifest.architectures:
             raise CheckpointError(f"'{directory / MANIFEST}' field architectures {str(manifest.architectures)[:80]} differs "
                                   f"from config.json's; the checkpoint is inconsistent, save it again.")
@@ -271,7 +272,9 @@ def _tokenizer(directory: Path) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+        # the config as compress-lm reads it: a checkpoint with packed weights names a model type transformers lacks
+        config = stock_loaders.read_config(directory)
+        return AutoTokenizer.from_pretrained(directory, config=config, trust_remote_code=False)
     except Exception as err:  # noqa: BLE001 - transformers raises many types for bad tokenizer files
         if remote_code.is_remote_code_error(err):
             raise CheckpointError(str(remote_code.remote_code_refused(str(directory), "its tokenizer needs custom code"))) from None

@@ -136,6 +136,10 @@ def refusal(directory: Any, label: str) -> CompressError | None:
         data = json.loads((Path(directory) / "config.json").read_text())
     except (OSError, ValueError, RecursionError):
         return None
+    from compress.io.stock_loaders import is_ours
+
+    if is_ours(data):  # our own packed checkpoint: compress-lm reads its config itself and never runs the module
+        return None
     if isinstance(data, dict) and isinstance(data.get("auto_map"), dict) and data.get("model_type") not in CONFIG_MAPPING:
         return remote_code_refused(label, f"config.json names model_type {str(data.get('model_type'))[:40]!r}, which "
                                           f"transformers does not know, and code in the directory (auto_map)")

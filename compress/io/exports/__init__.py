@@ -97,6 +97,10 @@ def export(
     if gguf_type is not None:
         gguf_type = str(gguf_type).strip().lower()
     problems = export_problems(model, fmt, gguf_type=gguf_type)
+    if fmt == "gguf" and not problems:
+        from compress.io.exports.gguf_vocab import tokenizer_problems
+
+        problems = tokenizer_problems(tokenizer)
     if problems:
         raise ExportError(f"This model cannot be exported as {fmt}: " + "; ".join(problems) + ".")
     target = Path(output_dir).expanduser().resolve()

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from compress.arch import adapter_for
-from compress.io.exports import gguf_arch, gguf_blocks
+from compress.io.exports import gguf_arch, gguf_blocks, gguf_meta
 from compress.io.exports.base import Output
 from compress.io.exports.common import (
     Written,
@@ -140,6 +140,7 @@ def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, gg
             plan.expected[f"{hf_module}.{leaf}"] = enc.expected
         weights = item.in_features * item.out_features if isinstance(item, nn.Module) else item.numel()
         written.add("layers" if hf_module in layers and leaf == "weight" else "other", enc.array.nbytes, weights)
+    gguf_meta.add_general(writer, model, written.layer_weights + written.other_weights, arch, t)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file(progress=False)
@@ -150,8 +151,8 @@ def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, gg
                      f"{gguf_blocks.QK_TERNARY if t in _TERNARY_TYPES else gguf_blocks.QK}) and were stored as {kind}: "
                      f"{short_list(names_)}.")
     if arch == gguf_arch.PER_LAYER_ARCH:
-        notes.append("per-layer widths are written as llama.cpp's 'deci' architecture; the file was checked with "
-                     "gguf's reader, not with llama.cpp (llama-cpp-python is not installed here).")
+        notes.append("per-layer widths are written as llama.cpp's 'deci' architecture, which llama.cpp runs "
+                     "(compress-lm's tests compare it there); transformers' GGUF loader does not read it.")
     load = (f"transformers.AutoModelForCausalLM.from_pretrained({final_path!r}, gguf_file={path.name!r})"
             if arch in gguf_arch.TRANSFORMERS_READS else f"llama-cli -m {final_path}/{path.name}")
     if arch in gguf_arch.TRANSFORMERS_READS:
@@ -275,10 +276,6 @@ def _metadata(writer: Any, model: nn.Module, arch: str, widths: dict[str, Any], 
 
     config = model.config.get_text_config()
     per_layer = arch == gguf_arch.PER_LAYER_ARCH
-    # Not the bare model_type: transformers reads a llama file named exactly "mistral" as a Mistral its gguf
-    # version cannot map; Mistral without a sliding window is Llama, which it reads.
-    source = (getattr(config, "_name_or_path", "") or "").rstrip("/").split("/")[-1]
-    writer.add_name(f"{source or gguf_arch.model_type(model)} (compress-lm export)")
     writer.add_context_length(int(config.max_position_embeddings))
     writer.add_embedding_length(int(widths["hidden_size"]))
     writer.add_block_count(int(widths["num_layers"]))
