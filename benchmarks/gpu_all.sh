@@ -12,9 +12,9 @@
 #
 #   tune     benchmarks/kernels_tune.py --quick, one shape per call so that a cut-off keeps the
 #            calls done (6 minutes may not cover them all: the rest keep heuristic configs);
-#            winners merge into kernels/configs/<gpu>.json, which every later stage reads,
+#            winners merge into compress/kernels/configs/<gpu>.json, which every later stage reads,
 #            and a copy goes to the results folder
-#   kernels  benchmarks/kernels.py --quick: every shape at batch 1, 16 and 2048 against cuBLAS
+#   kernels  benchmarks/kernel_matmul.py --quick: every shape at batch 1, 16 and 2048 against cuBLAS
 #   model    benchmarks/model_decode.py: decode and prefill tokens/s of SmolLM2-135M and a
 #            1B-class model, dense bf16 vs int4 / ternary, CUDA graphs captured by hand
 #   pytest   pytest -m gpu on the test files that hold GPU tests
@@ -68,12 +68,11 @@ exec > >(tee -a "$OUT/gpu_all.log") 2>&1
 
 # --------------------------------------------------------------------------- importing this checkout
 
-# The installed package maps kernels/ to compress.kernels.  If this checkout is not what
-# `import compress` finds, a bootstrap module loads compress and compress.kernels from it
-# by path (no install, and no top-level `kernels` that would shadow Hugging Face's).
+# If this checkout is not what `import compress` finds, a bootstrap module loads compress
+# from it by path (no install; compress.kernels comes with it as a subpackage).
 BOOT_DIR=""
 installed="$(cd / && "$PY" -c "import os, compress.kernels as k; print(os.path.realpath(k.__file__))" 2>/dev/null)"
-if [[ "$installed" != "$REPO/kernels/__init__.py" ]]; then
+if [[ "$installed" != "$REPO/compress/kernels/__init__.py" ]]; then
     BOOT_DIR="$(mktemp -d)"
     trap 'rm -rf "$BOOT_DIR"' EXIT
     cat >"$BOOT_DIR/compress_checkout.py" <<'EOF'
@@ -92,7 +91,7 @@ def _load(name, folder):
 
 
 _repo = os.environ["COMPRESS_CHECKOUT"]
-_load("compress", os.path.join(_repo, "compress")).kernels = _load("compress.kernels", os.path.join(_repo, "kernels"))
+_load("compress", os.path.join(_repo, "compress"))
 EOF
     export COMPRESS_CHECKOUT="$REPO"
     echo "compress-lm is imported from this checkout ($REPO) through $BOOT_DIR/compress_checkout.py"
@@ -190,13 +189,13 @@ stage_tune() {
         rc=$?
         ((rc == 0 || rc == 124 || rc == 137)) || status=1  # a cut-off is the budget at work, not a failure
     done
-    local tuned="kernels/configs/$(gpu_slug).json"
+    local tuned="compress/kernels/configs/$(gpu_slug).json"
     [[ -f "$tuned" ]] && cp "$tuned" "$OUT/tuned-configs-$(basename "$tuned")" && echo "  tuned configs: $tuned"
     return $status
 }
 
 stage_kernels() {
-    run_capped "$(stage_cap kernels)" "${PY_SCRIPT[@]}" benchmarks/kernels.py --quick --out-dir "$OUT"
+    run_capped "$(stage_cap kernels)" "${PY_SCRIPT[@]}" benchmarks/kernel_matmul.py --quick --out-dir "$OUT"
 }
 
 stage_model() {

@@ -6,7 +6,7 @@
 For every (kernel, batch bucket, N, K, G) it times each candidate of
 ``compress.kernels.tuning.candidates`` with ``triton.testing.do_bench`` (L2
 flushed between calls), keeps the fastest one whose output matches the
-reference, and merges it into ``kernels/configs/<gpu-name>.json``, which
+reference, and merges it into ``compress/kernels/configs/<gpu-name>.json``, which
 ``tuning.get_config`` reads on first use.  Needs a CUDA GPU.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 512, 2048)
 
 def _bench_module():
     # benchmarks/ is not a package; load the sibling by path under a unique name.
-    spec = importlib.util.spec_from_file_location("compress_bench_kernels", Path(__file__).with_name("kernels.py"))
+    spec = importlib.util.spec_from_file_location("compress_bench_kernels", Path(__file__).with_name("kernel_matmul.py"))
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -90,13 +90,13 @@ def tune_one(
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="benchmarks/kernels_tune.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shapes", nargs="+", default=None, help="labels from benchmarks/kernels.py or NxK")
+    ap.add_argument("--shapes", nargs="+", default=None, help="labels from benchmarks/kernel_matmul.py or NxK")
     ap.add_argument("--batches", nargs="+", type=int, default=list(DEFAULT_BATCHES))
     ap.add_argument("--formats", nargs="+", default=["int4", "ternary", "ternary_a8"], choices=["int4", "ternary", "ternary_a8"])
     ap.add_argument("--group-sizes", nargs="+", type=int, default=[128], help="int4 group sizes to tune")
     ap.add_argument("--rep-ms", type=int, default=25, help="do_bench measuring time per candidate")
     ap.add_argument("--quick", action="store_true", help="at most 24 candidates per case, 10 ms each")
-    ap.add_argument("--out", type=Path, default=None, help="JSON to merge into (default kernels/configs/<gpu>.json)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON to merge into (default compress/kernels/configs/<gpu>.json)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/kernels_tune.py needs a CUDA GPU and none is visible here; run it on the GPU you tune for.", file=sys.stderr)

@@ -338,7 +338,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    script = {"kernels": "kernels", "model": "model_decode"}[args.what]
+    script = {"kernels": "kernel_matmul", "model": "model_decode"}[args.what]
     return _benchmark_script(script).main(args.args)
 
 

@@ -20,18 +20,18 @@ def _load(name: str):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
-@pytest.mark.parametrize("script", ["kernels", "kernels_tune"])
+@pytest.mark.parametrize("script", ["kernel_matmul", "kernels_tune"])
 def test_scripts_say_they_need_a_gpu(script, capsys, tmp_path):
     assert _load(script).main(["--out" if script == "kernels_tune" else "--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"benchmarks/{script}.py needs a CUDA GPU and none is visible here; " + (
-        "run it on a GPU machine." if script == "kernels" else "run it on the GPU you tune for."
+        "run it on a GPU machine." if script == "kernel_matmul" else "run it on the GPU you tune for."
     )
     assert list(tmp_path.iterdir()) == []  # no fake numbers written
 
 
 def test_benchmark_covers_the_issue_shapes_and_counts_bytes():
-    bench = _load("kernels")
+    bench = _load("kernel_matmul")
     assert {(4096, 4096), (8192, 8192), (576, 576), (576, 1536), (1536, 576), (49152, 576)} <= set(bench.SHAPES.values())
     assert bench.BATCHES == (1, 16, 2048)
     N, K = 4096, 4096
@@ -48,7 +48,7 @@ def test_benchmark_covers_the_issue_shapes_and_counts_bytes():
 
 def test_plot_writes_a_png_from_result_rows(tmp_path):
     pytest.importorskip("matplotlib")
-    bench = _load("kernels")
+    bench = _load("kernel_matmul")
     rows = [
         {"shape": shape, "M": M, "method": method, "us": us, "gbps": 1000.0 / us, "speedup": 10.0 / us}
         for shape in ("4096x4096", "smollm2-qo-576x576")

@@ -1,7 +1,7 @@
 """Kernel microbenchmark: packed int4 / ternary matmuls against torch fp16/bf16 (cuBLAS).
 
-    python benchmarks/kernels.py                      # every shape, batch 1 / 16 / 2048
-    python benchmarks/kernels.py --shapes 4096x4096 --batches 1 16 --quick
+    python benchmarks/kernel_matmul.py                      # every shape, batch 1 / 16 / 2048
+    python benchmarks/kernel_matmul.py --shapes 4096x4096 --batches 1 16 --quick
 
 Needs a CUDA GPU.  For every (shape N x K, batch M, method) it reports the
 kernel time, the achieved bandwidth (GB/s, logical bytes: packed weight +
@@ -285,7 +285,7 @@ def _parse_shape(text: str) -> tuple[str, tuple[int, int]]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="benchmarks/kernels.py", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="benchmarks/kernel_matmul.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), help="labels or NxK (out x in)")
     ap.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -296,7 +296,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--no-check", action="store_true", help="skip the correctness check against the reference")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
-        print("benchmarks/kernels.py needs a CUDA GPU and none is visible here; run it on a GPU machine.", file=sys.stderr)
+        print("benchmarks/kernel_matmul.py needs a CUDA GPU and none is visible here; run it on a GPU machine.", file=sys.stderr)
         return 2
 
     import triton
