@@ -8,11 +8,9 @@ reference when it does not.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -23,6 +21,7 @@ from tqdm.auto import tqdm
 from compress.arch import is_causal_lm
 from compress.data import TextSplits
 from compress.errors import CompressError, ConfigError
+from compress.reports import Report
 from compress.sizes import bytes_in_memory, bytes_on_disk, count_parameters
 
 _ROWS_PER_SLICE = 2048  # positions per log-softmax slice: bounds memory for big vocabularies
@@ -65,7 +64,7 @@ class ModelStats:
 
 
 @dataclass
-class EvalReport:
+class EvalReport(Report):
     model: ModelStats
     reference: ModelStats | None
     kl_to_reference: float | None
@@ -80,11 +79,6 @@ class EvalReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def save_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
 
     def table(self) -> str:
         """A plain-text table, model beside reference."""

@@ -1,4 +1,8 @@
-"""Writes that never leave a half-written checkpoint, and file hashes.
+"""Writes that never leave a half-written checkpoint or file, and file hashes.
+
+Every file the toolkit writes goes through ``write_file`` (or its text / JSON
+forms): a temporary file beside the target, renamed over it in one step, so
+readers see the old file or the whole new one.
 
 ``atomic_directory`` writes into a temporary directory beside the target and
 renames it into place at the end: readers see the old directory or the whole
@@ -10,14 +14,48 @@ output both before and after it is moved aside (``compress.io.outputs``).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from compress.io import tempdirs
 from compress.io.outputs import OutputError, check_location, check_replaceable
+
+
+def write_file(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it over ``path`` in one step.
+
+    The parent directory is created; the file gets the mode the umask gives new
+    files (``mkstemp`` would leave 0600).  On any error the temporary file is
+    removed and ``path`` is as it was.
+    """
+    path = Path(path).expanduser().absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~tempdirs.current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """``text`` into ``path`` atomically (``write_file``)."""
+    return write_file(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(path: str | Path, obj: Any, indent: int = 1) -> Path:
+    """``obj`` as JSON (non-JSON values through ``str``) into ``path`` atomically."""
+    return write_text(path, json.dumps(obj, indent=indent, default=str) + "\n")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

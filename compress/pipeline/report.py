@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compress.reports import Report
+
 REPORT_MD, REPORT_JSON, SIZE_PLOT = "report.md", "report.json", "size-vs-perplexity.png"
 _COLUMNS = ("stage", "params", "on disk", "bits/weight", "bits/weight layers", "perplexity", "KL", "top-1", "tokens/s", "time")
 
 
 @dataclass
-class RunReport:
+class RunReport(Report):
     """What a run did: the recipe, the model and text it ran on, every stage's record, the files it wrote."""
 
     recipe: dict[str, Any]
@@ -97,12 +99,9 @@ class RunReport:
         """report.md, report.json and the PNGs into ``directory``; the paths written."""
         directory = Path(directory)
         self.plots = make_plots(self, directory)
-        from compress.pipeline.rundir import write_json
+        from compress.io.atomic import write_json, write_text
 
-        md = directory / REPORT_MD
-        tmp = md.with_name(f".{md.name}.tmp")
-        tmp.write_text(self.markdown())
-        tmp.replace(md)
+        md = write_text(directory / REPORT_MD, self.markdown())
         return [md, write_json(directory / REPORT_JSON, self.to_dict()), *map(Path, self.plots.values())]
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import CompressError
+from compress.io.atomic import write_json
 from compress.io.manifest import MANIFEST
 
 RUN_FILE = "run.json"
@@ -37,15 +38,6 @@ class RunDirError(CompressError):
 def fingerprint(obj: Any) -> str:
     """A short sha256 of ``obj``'s canonical JSON."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def write_json(path: Path, obj: Any) -> Path:
-    """Write JSON so that readers see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def _is_within(path: Path, directory: Path) -> bool:

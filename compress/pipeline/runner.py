@@ -33,7 +33,8 @@ from compress.pipeline import exporting
 from compress.pipeline.preflight import PreflightReport, is_qat, preflight
 from compress.pipeline.recipe import Recipe, load_recipe
 from compress.pipeline.report import RunReport
-from compress.pipeline.rundir import RUN_FILE, RunDir, fingerprint, read_json, write_json
+from compress.io.atomic import write_json
+from compress.pipeline.rundir import RUN_FILE, RunDir, fingerprint, read_json
 from compress.pipeline.stages import Export, Prune, Quantize, Recover, Stage, stage_options
 from compress.io.outputs import check_location
 from compress.sizes import bytes_on_disk, count_parameters

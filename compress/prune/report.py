@@ -1,10 +1,11 @@
 """``PruneReport``: what pruning changed, as data, a table and (on request) a bar chart."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from compress.reports import Report
 
 
 @dataclass
@@ -43,7 +44,7 @@ class StageReport:
 
 
 @dataclass
-class PruneReport:
+class PruneReport(Report):
     method: str
     importance: str
     target_sparsity: float
@@ -67,11 +68,6 @@ class PruneReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "achieved_sparsity": self.achieved_sparsity}
-
-    def save_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
 
     def table(self) -> str:
         head = ["layer", "from", "heads", "kv heads", "MLP width", "s_l", "params kept"]

@@ -5,6 +5,8 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from compress.reports import Report
+
 
 @dataclass
 class ModuleRecord:
@@ -21,7 +23,7 @@ class ModuleRecord:
 
 
 @dataclass
-class QuantReport:
+class QuantReport(Report):
     """Modules converted and skipped, bits per weight from stored bytes, size before and after."""
 
     mode: str  # "packed" or "fake-quant"

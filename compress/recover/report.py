@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from compress.reports import Report
 
 
 @dataclass
-class RecoverReport:
+class RecoverReport(Report):
     objective: str
     steps: int  # optimiser steps done (including those before a resume)
     total_steps: int
@@ -35,11 +35,6 @@ class RecoverReport:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def save_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        return path
 
     def __str__(self) -> str:
         lines = [f"recovery ({self.objective}): {self.steps}/{self.total_steps} steps, {self.tokens:,} tokens, "

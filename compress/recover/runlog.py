@@ -1,8 +1,6 @@
 """What a run shows and keeps: the progress bar, the JSON log, the loss curve."""
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -33,12 +31,10 @@ class RunLog:
     def write(self) -> Path | None:
         if self.path is None:
             return None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        from compress.io.atomic import write_json
+
         doc = {**self.meta, "train": self.train, "evals": self.evals, "summary": self.summary}
-        tmp = self.path.with_name(f".{LOG}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        os.replace(tmp, self.path)  # readers never see half a file
-        return self.path
+        return write_json(self.path, doc)  # readers never see half a file
 
     def plot(self, path: Path) -> Path:
         """Training loss per step and held-out loss per evaluation, as a PNG."""

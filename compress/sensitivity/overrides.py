@@ -101,7 +101,7 @@ def write_override_map(
     protect: int | None = None,
 ) -> Path:
     """Write ``build_override_map(...)`` to ``path`` as YAML, with a header saying how it was made."""
-    from compress.sensitivity.report import write_atomic
+    from compress.io.atomic import write_text
 
     fmt = check_override_args(report.formats, target, keep, promote_to, protect)
     data = build_override_map(report, fmt, keep, promote_to, protect)
@@ -118,7 +118,7 @@ def write_override_map(
         "# read with compress.sensitivity.load_override_map(path) -> {'quantize': {...}, 'prune': {...}}",
     ]
     text = "\n".join(header) + "\n" + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=200)
-    return write_atomic(Path(path), lambda tmp: tmp.write_text(text))
+    return write_text(path, text)
 
 
 def load_override_map(path: str | Path) -> dict[str, dict[str, Any]]:

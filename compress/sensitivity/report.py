@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from compress.io.atomic import write_file, write_text
+from compress.reports import Report
 
 METRIC_MEANING = {
     "module-error": "relative error of the changed module's output, |X dW^T| / |X W^T| over all calibration tokens",
@@ -53,7 +54,7 @@ class LayerRow:
 
 
 @dataclass
-class SensitivityReport:
+class SensitivityReport(Report):
     """Per-module quantisation errors and per-layer pruning errors of one model."""
 
     model: str
@@ -134,7 +135,7 @@ class SensitivityReport:
         """The report as JSON text; also written (atomically) to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=2) + "\n"
         if path is not None:
-            write_atomic(Path(path), lambda tmp: tmp.write_text(text))
+            write_text(path, text)
         return text
 
     # -- pictures and override maps --------------------------------------------
@@ -142,7 +143,7 @@ class SensitivityReport:
         """A PNG: rows are layers; columns are modules under each format, then the pruning errors."""
         from compress.sensitivity.heatmap import draw_heatmap
 
-        return write_atomic(Path(path), lambda tmp: draw_heatmap(self, tmp))
+        return write_file(path, lambda tmp: draw_heatmap(self, tmp))
 
     def override_map(self, target: str | None = None, keep: float = 0.1, promote_to: str | None = None,
                      protect: int | None = None) -> dict[str, Any]:
@@ -157,22 +158,6 @@ class SensitivityReport:
         from compress.sensitivity.overrides import write_override_map
 
         return write_override_map(self, path, target, keep, promote_to, protect)
-
-
-def write_atomic(path: Path, write: Callable[[Path], Any]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it over ``path`` in one step."""
-    path = path.expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)  # readers never see half a file
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _num(x: float | None) -> str:
