@@ -70,8 +70,8 @@ def prune_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def one_shot(args, teacher, splits, held) -> dict[str, Any]:
     from dataclasses import replace
 
-    from compress.prune import PruneConfig, prune
-    from compress.recover import recover
+    from compress.api import prune, recover
+    from compress.prune import PruneConfig
 
     t0 = time.perf_counter()
     student = copy.deepcopy(teacher)
@@ -85,7 +85,8 @@ def one_shot(args, teacher, splits, held) -> dict[str, Any]:
 
 
 def staged(args, teacher, splits, held) -> dict[str, Any]:
-    from compress.prune import PruneConfig, prune
+    from compress.api import prune  # the verb: stages > 1 go to compress.staged
+    from compress.prune import PruneConfig
 
     t0 = time.perf_counter()
     student = copy.deepcopy(teacher)

@@ -26,7 +26,7 @@ _API = {
     "recover": "compress.api",
     "save": "compress.api",
     "load": "compress.api",
-    "run": "compress.api",
+    "run": "compress.pipeline",
     "export": "compress.io.exports",
 }
 

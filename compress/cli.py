@@ -309,9 +309,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(report.summary())
         report.raise_if_problems()
         return 0
-    from compress import api
+    from compress.pipeline import run
 
-    api.run(args.model, recipe, args.output, data=args.data, overwrite=args.force, progress=not args.quiet)
+    run(args.model, recipe, args.output, data=args.data, overwrite=args.force, progress=not args.quiet)
     return 0
 
 

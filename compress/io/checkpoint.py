@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from compress.arch import UnsupportedModelError, adapter_for
+from compress.arch.loading import LoadedModel, model_class
 from compress.io import remote_code, stock_loaders
 from compress.io.atomic import atomic_directory, sha256_file
 from compress.io.integrity import check_listed, check_unlisted
@@ -139,8 +140,6 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", verify: bool =
     ``verify=False``) and every tensor against the shapes the manifest
     implies; a checkpoint that fails is refused with the file and the reason.
     """
-    from compress.models import LoadedModel
-
     directory = Path(path).expanduser()
     if not directory.is_dir():
         raise CheckpointError(f"Checkpoint directory '{directory}' does not exist; give the directory compress.save wrote.")
@@ -177,8 +176,6 @@ def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
     """The model with parameters on the meta device, pruned widths and QuantLinear modules in place."""
     from accelerate import init_empty_weights
 
-    from compress.models import _model_class
-
     refused = remote_code.refusal(directory, str(directory))
     if refused is not None:
         raise CheckpointError(str(refused))
@@ -191,7 +188,7 @@ def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
         if widths:  # before building: a config claiming a million layers would take long to build
             _check_widths(directory, widths, getattr(config.get_text_config(), "num_hidden_layers", None))
         with init_empty_weights(include_buffers=False):  # buffers such as rotary tables are computed, not stored
-            cls = _model_class(config)
+            cls = model_class(config)
             model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
     except CheckpointError:
         raise

@@ -5,8 +5,8 @@
 
 Layout: ``config`` (PruneConfig), ``groups`` (which rows/columns belong
 together), ``scores`` (importance math), ``allocation`` (per-layer sparsity),
-``calibrate`` (hooks), ``surgery`` (slicing and config), ``pruner`` (the loop),
-``incremental`` (Adapt-Accel's prune/train stages), ``report``.
+``calibrate`` (hooks), ``surgery`` (slicing and config), ``pruner`` (the loop), ``report``.
+Pruning never trains: Adapt-Accel (prune and train in stages) is ``compress.staged``.
 """
 from compress.prune.config import IMPORTANCES, METHODS, PruneConfig
 from compress.prune.pruner import prune

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -104,10 +105,10 @@ class PruneConfig:
                 "then prune incrementally."
             )
         if self.recover is not None:
-            from compress.recover.config import RecoverConfig
-
             r = self.recover
-            if not isinstance(r, RecoverConfig):
+            # A RecoverConfig can only exist once its module is loaded, so pruning need not import recovery.
+            recover_config = getattr(sys.modules.get("compress.recover.config"), "RecoverConfig", None)
+            if recover_config is None or not isinstance(r, recover_config):
                 raise ConfigError(f"recover must be a compress.recover.RecoverConfig, got {type(r).__name__}.")
             if r.output_dir is not None or r.resume:
                 raise ConfigError(

@@ -61,18 +61,18 @@ def prune(
 
     ``data``: calibration token ids ``[n, seq_len]`` (or a ``TextSplits``, whose
     ``calibration`` split is used); needed by every setting but uniform
-    magnitude pruning without layer dropping.  With ``stages > 1`` it must be
-    a ``TextSplits``: its ``train`` split trains between stages and its
-    ``eval`` split measures each stage.
+    magnitude pruning without layer dropping.  ``stages > 1`` (prune and
+    train in turns) is ``compress.staged``'s, reached through ``compress.prune``.
     """
     cfg = resolve_config(config_or_sparsity, kwargs)
     adapter = adapter_for(model)
-    _check_model(adapter, cfg)
+    check_model(adapter, cfg)
     tokens = calibration_tokens(cfg, data, adapter)
     if cfg.stages > 1:
-        from compress.prune.incremental import prune_in_stages  # loads compress.recover: only when asked
-
-        return prune_in_stages(model, adapter, cfg, tokens, data)
+        raise ConfigError(
+            f"stages={cfg.stages} (Adapt-Accel) trains between pruning stages, which pruning alone does not do; "
+            "call compress.prune(model, config, data) or compress.staged.prune_in_stages instead."
+        )
     return prune_once(model, adapter, cfg, tokens)
 
 
@@ -86,7 +86,7 @@ def check_budget(model: nn.Module, adapter: Adapter, cfg: PruneConfig, tokens: t
     _Pruning(model, adapter, cfg, tokens).check_budget()
 
 
-def _check_model(adapter: Adapter, cfg: PruneConfig) -> None:
+def check_model(adapter: Adapter, cfg: PruneConfig) -> None:
     check_prunable(adapter)
     _check_protected(adapter.num_layers, cfg)
     if cfg.importance == "taylor" and adapter.lm_head is None:

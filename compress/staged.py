@@ -8,9 +8,9 @@ frozen copy of the unpruned model.  As in the released scripts, every stage
 starts a fresh optimiser, and one warm-up/stable/decay schedule runs across
 all stages: each stage's ``recover`` call runs its piece of it.
 
-This is the one place pruning calls training.  ``compress.recover`` is
-imported when a staged prune runs, not before, so ``compress.prune`` loads
-without it.
+It composes two capabilities, so it sits above both: ``compress.prune``
+(the API verb) sends ``stages > 1`` here, and neither ``compress.prune.*``
+nor ``compress.recover.*`` imports this module.
 """
 from __future__ import annotations
 
@@ -24,11 +24,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from compress.arch import Adapter
+from compress.arch import Adapter, adapter_for
 from compress.errors import CompressError
 from compress.prune.config import PruneConfig
-from compress.prune.pruner import check_budget, prune_once
+from compress.prune.pruner import calibration_tokens, check_budget, check_model, prune_once
 from compress.prune.report import LayerWidths, PruneReport, StageReport
+from compress.recover.config import RecoverConfig
+from compress.recover.loop import recover
 from compress.sizes import count_parameters
 
 
@@ -105,13 +107,17 @@ def shard_rows(n_rows: int, seq_len: int, budgets: Sequence[int]) -> list[torch.
 
 # -- the staged run -------------------------------------------------------------
 
+def prune_staged(model: nn.Module, config: PruneConfig, data: Any) -> PruneReport:
+    """Check ``model`` and ``config`` as a one-shot prune would, then ``prune_in_stages``."""
+    adapter = adapter_for(model)
+    check_model(adapter, config)
+    return prune_in_stages(model, adapter, config, calibration_tokens(config, data, adapter), data)
+
+
 def prune_in_stages(
     model: nn.Module, adapter: Adapter, cfg: PruneConfig, calibration: torch.Tensor | None, data: Any
 ) -> PruneReport:
     """Prune ``model`` in ``cfg.stages`` stages, training between them; the combined report."""
-    from compress.recover.config import RecoverConfig
-    from compress.recover.loop import recover
-
     train, held_out = _training_splits(data, adapter)
     check_budget(model, adapter, cfg, calibration)  # the whole plan, before any weight moves
     template = cfg.recover if cfg.recover is not None else RecoverConfig(eval_every=0, eval_sequences=16)

@@ -1,4 +1,4 @@
-"""Adapt-Accel's incremental mode: the schedule as numbers, and a staged run on a tiny model."""
+"""Adapt-Accel (compress.staged): the schedule as numbers, and a staged run on a tiny model."""
 import copy
 
 import pytest
@@ -8,9 +8,12 @@ from compress.arch import adapter_for
 from compress.data import TextConfig, TextSplits
 from compress.errors import CompressError
 from compress.eval import EvalConfig, evaluate
-from compress.prune import PruneConfig, StageReport, prune
+from compress.api import prune
+from compress.errors import ConfigError
+from compress.prune import PruneConfig, StageReport
+from compress.prune import prune as prune_only
 from compress.prune.groups import layer_groups
-from compress.prune.incremental import shard_rows, stage_schedules, stage_targets, stage_token_budgets
+from compress.staged import shard_rows, stage_schedules, stage_targets, stage_token_budgets
 from compress.recover import RecoverConfig
 from compress.recover.schedule import lr_factor
 from compress.sizes import count_parameters
@@ -120,3 +123,13 @@ def test_staged_pruning_checks_the_whole_budget_before_the_first_stage():
     with pytest.raises(CompressError, match="would remove every channel or kv group"):
         prune(model, 0.98, data=splits(), stages=2, stage_tokens=64, method="uniform", importance="magnitude", **FAST)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_pruning_alone_refuses_stages_and_names_the_verb_that_trains():
+    model = gqa_model()
+    with pytest.raises(ConfigError) as err:
+        prune_only(model, 0.3, data=calib(), stages=2, stage_tokens=64, **FAST)
+    assert str(err.value) == (
+        "stages=2 (Adapt-Accel) trains between pruning stages, which pruning alone does not do; "
+        "call compress.prune(model, config, data) or compress.staged.prune_in_stages instead."
+    )
