@@ -28,6 +28,16 @@ _API = {
     "load": "compress.api",
     "run": "compress.pipeline",
     "export": "compress.io.exports",
+    "PruneConfig": "compress.pruning",
+    "PruneReport": "compress.pruning",
+    "QuantConfig": "compress.quantization",
+    "QuantReport": "compress.quantization",
+    "RecoverConfig": "compress.recovery",
+    "RecoverReport": "compress.recovery",
+    "Recipe": "compress.pipeline",
+    "RunReport": "compress.pipeline",
+    "SensitivityConfig": "compress.sensitivity",
+    "measure_sensitivity": "compress.sensitivity",
 }
 
 __all__ = sorted(_API) + ["__version__"]

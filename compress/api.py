@@ -21,7 +21,7 @@ def _record(model: Any, step: dict[str, Any]) -> None:
 
 
 def prune(model: Any, config_or_sparsity: Any = None, data: Any = None, **kwargs: Any) -> Any:
-    """Structured pruning (Adapt-Pruner) in place; see ``compress.prune.prune``.
+    """Structured pruning (Adapt-Pruner) in place; see ``compress.pruning.prune``.
 
     With ``stages > 1`` it prunes and trains in turns (Adapt-Accel, ``compress.staged``):
     ``data`` must then be a ``TextSplits`` whose ``train`` split trains between
@@ -29,8 +29,8 @@ def prune(model: Any, config_or_sparsity: Any = None, data: Any = None, **kwargs
     """
     from dataclasses import asdict
 
-    from compress.prune import prune as prune_model
-    from compress.prune.pruner import resolve_config
+    from compress.pruning import prune as prune_model
+    from compress.pruning.pruner import resolve_config
 
     config = resolve_config(config_or_sparsity, kwargs)
     if config.stages > 1:  # Adapt-Accel composes pruning and recovery, so it lives above both
@@ -44,8 +44,8 @@ def prune(model: Any, config_or_sparsity: Any = None, data: Any = None, **kwargs
 
 
 def quantize(model: Any, config: Any = None, data: Any = None) -> Any:
-    """Ternary or int4 quantisation in place to packed modules; see ``compress.quant.quantize``."""
-    from compress.quant import quantize as quantize_model
+    """Ternary or int4 quantisation in place to packed modules; see ``compress.quantization.quantize``."""
+    from compress.quantization import quantize as quantize_model
 
     report = quantize_model(model, config, data)
     _record(model, {"step": "quantize", "config": report.config, "bits_per_weight": report.bits_per_weight})
@@ -53,8 +53,8 @@ def quantize(model: Any, config: Any = None, data: Any = None) -> Any:
 
 
 def recover(model: Any, teacher: Any = None, data: Any = None, config: Any = None, **kwargs: Any) -> Any:
-    """Recovery training (distillation, QAT, LoRA) in place; see ``compress.recover.loop.recover``."""
-    from compress.recover.loop import recover as recover_model
+    """Recovery training (distillation, QAT, LoRA) in place; see ``compress.recovery.loop.recover``."""
+    from compress.recovery.loop import recover as recover_model
 
     report = recover_model(model, teacher, data, config, **kwargs)
     _record(model, {"step": "recover", "objective": report.objective, "steps": report.steps, "tokens": report.tokens,

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="structured pruning (Adapt-Pruner): removes MLP channels and kv groups")
     _add_model(p)
-    from compress.prune.config import IMPORTANCES, METHODS, STAGE_SPLITS, PruneConfig
+    from compress.pruning.config import IMPORTANCES, METHODS, STAGE_SPLITS, PruneConfig
 
     option = _config_options(p, PruneConfig)  # defaults come from PruneConfig: one set for the CLI, API and recipes
     option("--sparsity", type=float, help="fraction of non-embedding parameters to remove")
@@ -233,14 +233,14 @@ def _compress_and_save(args: argparse.Namespace, needs_data: bool, step: Callabl
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from compress import api
-    from compress.prune import PruneConfig
+    from compress.pruning import PruneConfig
 
     given = _given(args, PruneConfig)
     given.setdefault("calib_seq_len", min(PruneConfig.calib_seq_len, args.seq_len))  # windows cut from --seq-len
     if "protect_layers" in given:
         given["protect_layers"] = tuple(given["protect_layers"])
     if given.get("stages", 1) > 1:  # the training between stages; held-out figures on 16 sequences before and after each
-        from compress.recover import RecoverConfig
+        from compress.recovery import RecoverConfig
 
         given["recover"] = RecoverConfig(lr=args.stage_lr, eval_every=0, eval_sequences=16)
     config = PruneConfig(progress=not args.quiet, **given)  # given holds --seed too
@@ -249,7 +249,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from compress import api
-    from compress.quant import QuantConfig
+    from compress.quantization import QuantConfig
 
     config = QuantConfig(method=args.method, group_size=args.group_size, symmetric=not args.asymmetric,
                          gptq=args.gptq, scale=args.scale, activations="a8" if args.a8 else "a16",
@@ -263,7 +263,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from compress import api
     from compress.data import TextConfig
     from compress.io.outputs import check_location, estimated_bytes
-    from compress.recover import RecoverConfig, is_main_process
+    from compress.recovery import RecoverConfig, is_main_process
 
     out = Path(args.output).expanduser().resolve()
     config = RecoverConfig(steps=args.steps, tokens=args.tokens, batch_size=args.batch_size, lr=args.lr,

@@ -9,8 +9,8 @@ starts a fresh optimiser, and one warm-up/stable/decay schedule runs across
 all stages: each stage's ``recover`` call runs its piece of it.
 
 It composes two capabilities, so it sits above both: ``compress.prune``
-(the API verb) sends ``stages > 1`` here, and neither ``compress.prune.*``
-nor ``compress.recover.*`` imports this module.
+(the API verb) sends ``stages > 1`` here, and neither ``compress.pruning.*``
+nor ``compress.recovery.*`` imports this module.
 """
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ from tqdm.auto import tqdm
 
 from compress.arch import Adapter, adapter_for
 from compress.errors import CompressError
-from compress.prune.config import PruneConfig
-from compress.prune.pruner import calibration_tokens, check_budget, check_model, prune_once
-from compress.prune.report import LayerWidths, PruneReport, StageReport
-from compress.recover.config import RecoverConfig
-from compress.recover.loop import recover
+from compress.pruning.config import PruneConfig
+from compress.pruning.pruner import calibration_tokens, check_budget, check_model, prune_once
+from compress.pruning.report import LayerWidths, PruneReport, StageReport
+from compress.recovery.config import RecoverConfig
+from compress.recovery.loop import recover
 from compress.sizes import count_parameters
 
 

@@ -2,7 +2,7 @@
 import dataclasses
 
 from compress.cli import _given, build_parser
-from compress.prune import PruneConfig
+from compress.pruning import PruneConfig
 
 # Fields reached another way: recover through --stage-lr, progress through --quiet.
 PRUNE_INDIRECT = {"recover", "progress"}

@@ -10,14 +10,14 @@ from compress.errors import CompressError
 from compress.eval import EvalConfig, evaluate
 from compress.api import prune
 from compress.errors import ConfigError
-from compress.prune import PruneConfig, StageReport
-from compress.prune import prune as prune_only
-from compress.prune.groups import layer_groups
+from compress.pruning import PruneConfig, StageReport
+from compress.pruning import prune as prune_only
+from compress.pruning.groups import layer_groups
 from compress.staged import shard_rows, stage_schedules, stage_targets, stage_token_budgets
-from compress.recover import RecoverConfig
-from compress.recover.schedule import lr_factor
+from compress.recovery import RecoverConfig
+from compress.recovery.schedule import lr_factor
 from compress.sizes import count_parameters
-from tests.prune.helpers import FAST, assert_generates_with_cache, calib, gqa_model
+from tests.pruning.helpers import FAST, assert_generates_with_cache, calib, gqa_model
 
 
 def test_stage_targets_fall_linearly_to_the_budget():

@@ -203,7 +203,7 @@ def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
         for i in range(adapter.num_layers):
             adapter.resize_layer(i, widths["num_heads"][i], widths["num_kv_heads"][i], widths["mlp_width"][i])
     if manifest.quantized_modules:
-        from compress.quant.linear import QuantLinear
+        from compress.quantization.linear import QuantLinear
     for name, spec in manifest.quantized_modules.items():
         spec = dict(spec)
         spec["scale_dtype"] = getattr(torch, spec.get("scale_dtype", "float16"))
