@@ -13,7 +13,7 @@ from typing import Optional, Union
 
 import torch
 
-from compress.kernels.formats import int4_num_groups
+from compress.kernels.formats import int4_num_groups, quantize_activations_int8
 from compress.quantization.config import QuantConfig
 
 TERNARY_EPS = 1e-5  # BitNet's clamp on the absmean scale
@@ -167,10 +167,9 @@ def fake_quantize(w: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
 def fake_quantize_activations(x: torch.Tensor) -> torch.Tensor:
     """8-bit absmax per token (BitNet): ``round(x * 127/max|x|) / (127/max|x|)``, no gradient.
 
-    The same arithmetic as ``compress.kernels.reference.quantize_activations_int8``.
+    The arithmetic of ``compress.kernels.formats.quantize_activations_int8`` (and of
+    transformers' ``ActQuant``), dequantised by dividing by the same ``inv``.
     """
     with torch.no_grad():
-        xf = x.to(torch.float32)
-        inv = 127.0 / xf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-5)
-        x_q = (xf * inv).round().clamp(-128, 127)
-        return (x_q * (1.0 / inv)).to(x.dtype)
+        x_q, inv = quantize_activations_int8(x)
+        return (x_q.to(torch.float32) / inv[:, None]).to(x.dtype).reshape(x.shape)
