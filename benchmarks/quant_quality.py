@@ -181,7 +181,8 @@ def build_rows(model: nn.Module, args: argparse.Namespace, calib: Optional[torch
         return [r.name for r in report.modules]
 
     print(f"[rows] int4 RTN g{G}", flush=True)
-    targets = ours(f"int4 RTN g{G}", QuantConfig(group_size=G, clip_search=args.clip_search, progress=False))
+    clip = getattr(args, "clip_search", True)
+    targets = ours(f"int4 RTN g{G}", QuantConfig(group_size=G, clip_search=clip, progress=False))
     if gptq_dir is not None:
         loaded, _ = compress.load(gptq_dir)
         run = json.loads((gptq_dir / "gptq_run.json").read_text())
@@ -194,14 +195,14 @@ def build_rows(model: nn.Module, args: argparse.Namespace, calib: Optional[torch
     elif calib is not None:
         print(f"[rows] int4 GPTQ g{G}", flush=True)
         ours(f"int4 GPTQ g{G}", QuantConfig(group_size=G, gptq=True, calibration_sequences=len(calib), damp=args.damp,
-                                            act_order=args.act_order, clip_search=args.clip_search, progress=True), calib)
+                                            act_order=args.act_order, clip_search=clip, progress=True), calib)
     if getattr(args, "ablate", False):
         ablations = [(f"int4 RTN g{G} no clip search", QuantConfig(group_size=G, clip_search=False, progress=False), None)]
         if calib is not None:
             gptq = dict(group_size=G, gptq=True, calibration_sequences=len(calib), damp=args.damp, progress=True)
             ablations += [
                 (f"int4 GPTQ g{G} no clip search", QuantConfig(**gptq, act_order=args.act_order, clip_search=False), calib),
-                (f"int4 GPTQ g{G} no act_order", QuantConfig(**gptq, act_order=False, clip_search=args.clip_search), calib),
+                (f"int4 GPTQ g{G} no act_order", QuantConfig(**gptq, act_order=False, clip_search=clip), calib),
             ]
         for label, cfg, data in ablations:
             print(f"[rows] {label}", flush=True)
