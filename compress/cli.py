@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64, 128 (a last partial group is fine) or -1 per channel (default 128)")
     p.add_argument("--asymmetric", action="store_true", help="int4 with zero points")
     p.add_argument("--gptq", action="store_true", help="int4 with GPTQ error compensation (uses --data)")
+    p.add_argument("--no-act-order", dest="act_order", action="store_false",
+                   help="GPTQ in plain column order instead of by decreasing input energy (act_order overfits less; on by default)")
+    p.add_argument("--no-clip-search", dest="clip_search", action="store_false",
+                   help="int4 group ranges from min/max alone, without searching shrink factors 1.0..0.8 (on by default)")
     p.add_argument("--calibration-sequences", type=int, default=128, metavar="N",
                    help="GPTQ reads at most N calibration sequences of --seq-len tokens (default 128)")
     p.add_argument("--scale", choices=["absmean", "absmedian"], default="absmean", help="ternary scale (default absmean, BitNet b1.58)")
@@ -258,7 +262,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     config = QuantConfig(method=args.method, group_size=args.group_size, symmetric=not args.asymmetric,
                          gptq=args.gptq, scale=args.scale, activations="a8" if args.a8 else "a16",
-                         calibration_sequences=args.calibration_sequences)
+                         calibration_sequences=args.calibration_sequences, act_order=args.act_order,
+                         clip_search=args.clip_search)
     bits = 2.2 if config.method == "ternary" else 4.5  # packed weights and their scales, rounded up
     return _compress_and_save(args, config.gptq, lambda model, data: api.quantize(model, config, data=data), bits)
 
