@@ -59,7 +59,7 @@ def main(argv=None) -> int:
 
     import compress
     from compress.data import UNSEEN_TEXT, TextConfig
-    from compress.quant import QuantConfig
+    from compress.quantization import QuantConfig
 
     bench = _bench()
     model, tokenizer = compress.load_model(args.model)

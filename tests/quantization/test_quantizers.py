@@ -148,7 +148,7 @@ def test_float_zero_points_reproduce_a_min_max_grid_exactly():
 # --------------------------------------------------------------------------- fp16 scales and clip search
 
 def test_stored_scales_round_to_nearest_not_up():
-    from compress.quant.quantizers import _stored
+    from compress.quantization.quantizers import _stored
 
     one_ulp = 2.0**-10  # fp16 spacing in [1, 2)
     x = torch.tensor([1 + one_ulp / 2, 1 + one_ulp / 2 + 2**-20, 1 + one_ulp / 4, 1 + 3 * one_ulp / 4])
@@ -192,7 +192,7 @@ def test_clip_search_never_raises_the_squared_error_and_clips_outliers(symmetric
 
 
 def test_clip_search_weighs_columns():
-    from compress.quant.quantizers import int4_params, int4_codes, int4_dequant
+    from compress.quantization.quantizers import int4_params, int4_codes, int4_dequant
 
     g = torch.Generator().manual_seed(8)
     w = torch.randn(64, 32, generator=g) * 0.05
