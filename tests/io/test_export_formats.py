@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from compress.io.exports import export
 from compress.quant import QuantConfig, quantize
 from tests.threads import one_torch_thread
-from tests.tiny import _DECODER_COMMON, tiny_model
+from tests.tiny import _DECODER_COMMON, as_stored, tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +92,7 @@ def test_bitnet_weights_unpack_with_transformers_own_unpacker(tmp_path):
 
 def _check_bitnet_weights(tmp_path, unpack_weights):
     model = ternary_llama()
-    export(model, None, tmp_path / "bn", "bitnet")
+    export(model, None, tmp_path / "bn", "bitnet", dtype="float32")  # the layout; 16-bit storage: test_storage
     state = load_file(tmp_path / "bn" / "model.safetensors")
     config = json.loads((tmp_path / "bn" / "config.json").read_text())["quantization_config"]
     assert config["quant_method"] == "bitnet" and config["linear_class"] == "bitlinear"
@@ -285,7 +285,7 @@ def test_native_export_is_compress_save(tmp_path, tokenizer):
     assert "compress.json" in report.sizes and "identical logits" in report.check
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
-        assert torch.equal(load(tmp_path / "n").model(input_ids=ids).logits, model(input_ids=ids).logits)
+        assert torch.equal(load(tmp_path / "n").model(input_ids=ids).logits, as_stored(model)(input_ids=ids).logits)
 
 
 def test_hf_export_writes_no_pickle_and_no_quantisation_config(tmp_path):

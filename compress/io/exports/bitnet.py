@@ -21,7 +21,6 @@ from torch import nn
 
 from compress.io.exports.base import Output
 from compress.io.exports.common import (
-    float_dtype,
     quantized_modules,
     short_list,
     state_without_packed,
@@ -85,8 +84,7 @@ def bitnet_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor
     return tensors
 
 
-def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str) -> Output:
-    dtype = float_dtype(model)
+def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, dtype: torch.dtype = torch.bfloat16) -> Output:
     written = write_model_files(model, tokenizer, directory, bitnet_state(model, dtype), dtype=dtype,
                                 quantization_config=quantization_config(model))
     notes = []
@@ -94,4 +92,4 @@ def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str) ->
     if a16:
         notes.append(f"{len(a16)} modules were quantised with 16-bit activations; transformers' BitLinear quantises "
                      f"activations to int8 per token, so outputs differ slightly (quantise with --a8 to match exactly).")
-    return Output(written, load_hint(model, final_path), notes, {"linear_class": "bitlinear"})
+    return Output(written, load_hint(model, final_path), notes, {"linear_class": "bitlinear", "dtype": str(dtype).removeprefix("torch.")})
