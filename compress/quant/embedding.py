@@ -252,6 +252,25 @@ def embedding_problems(model: nn.Module, kind: Optional[str], group_size: int) -
     return out
 
 
+def predicted_embeddings(model: nn.Module, kind: str, group_size: int = 32,
+                         scale_dtype: torch.dtype = torch.float16) -> None:
+    """Put empty (meta) quantised embedding modules where ``quantize_embeddings`` would: pre-flight checks of a skeleton."""
+    embed = model.get_input_embeddings()
+    if not isinstance(embed, nn.Embedding):
+        return
+    bits = 8 if kind == "int8" else 4
+    name_e = next(n for n, m in model.named_modules() if m is embed)
+    head_name, head = _head(model)
+    tied = head is not None and getattr(head, "weight", None) is embed.weight
+    q = QuantEmbedding(embed.num_embeddings, embed.embedding_dim, bits=bits, group_size=group_size,
+                       padding_idx=embed.padding_idx, scale_dtype=scale_dtype, device="meta")
+    model.set_submodule(name_e, q)
+    if isinstance(head, nn.Linear):
+        model.set_submodule(head_name, TiedQuantHead(q) if tied else QuantEmbedding(
+            head.out_features, head.in_features, bits=bits, group_size=group_size, scale_dtype=scale_dtype,
+            role="head", device="meta"))
+
+
 @torch.no_grad()
 def quantize_embeddings(model: nn.Module, kind: str, group_size: int = 32,
                         scale_dtype: torch.dtype = torch.float16) -> list[tuple[str, str, int]]:

@@ -212,3 +212,13 @@ def test_gguf_refuses_embedding_groups_its_blocks_cannot_hold(tmp_path):
     quantize(model, QuantConfig(group_size=32, embeddings="int4", embedding_group_size=16, progress=False))
     with pytest.raises(ExportError, match="groups of 16 .* GGUF's 32-weight blocks cannot hold; quantise the embeddings with embedding_group_size 32"):
         export(model, None, tmp_path / "g", "gguf")
+
+
+def test_parameter_counts_treat_quantised_embeddings_as_embeddings():
+    from compress.sizes import count_parameters
+
+    model = tiny_model("mistral")  # untied: embedding and head both counted in the total
+    before = count_parameters(model)
+    quantize_embeddings(model, "int4")
+    assert count_parameters(model) == before
+

@@ -72,7 +72,7 @@ def problems(model: nn.Module, gguf_type: Optional[str] = None) -> list[str]:
         if m.group_size % gguf_blocks.QK or m.embedding_dim % gguf_blocks.QK:
             out.append(f"{name} is quantised in groups of {m.group_size} along rows of {m.embedding_dim}, which GGUF's "
                        f"{gguf_blocks.QK}-weight blocks cannot hold; quantise the embeddings with embedding_group_size 32")
-        elif not gguf_blocks.exact_in_f16(m.scales):
+        elif not m.scales.is_meta and not gguf_blocks.exact_in_f16(m.scales):
             out.append(f"{name} has {str(m.scales.dtype).removeprefix('torch.')} scales that GGUF's float16 block scales "
                        f"would round; quantise with scale_dtype float16")
     t = gguf_type or default_type(model)
