@@ -44,7 +44,7 @@ ROWS = [
 
 def _models(name: str) -> tuple[dict[str, torch.nn.Module], Any]:
     import compress
-    from compress.quant import QuantConfig, quantize
+    from compress.quantization import QuantConfig, quantize
 
     model, tokenizer = compress.load_model(name)
     models = {"fp16": copy.deepcopy(model).half()}

@@ -62,7 +62,7 @@ def say(text: str) -> None:
 # --------------------------------------------------------------------------- rows
 
 def recover_config(args: argparse.Namespace, **extra: Any):
-    from compress.recover import RecoverConfig
+    from compress.recovery import RecoverConfig
 
     budget = dict(tokens=args.tokens) if args.tokens else dict(steps=args.steps)
     return RecoverConfig(**budget, batch_size=args.batch_size, lr=args.lr, schedule="wsd",
@@ -72,7 +72,7 @@ def recover_config(args: argparse.Namespace, **extra: Any):
 
 def distil(student: nn.Module, teacher: nn.Module, splits, args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     """The same recovery budget for every trained row: KL distillation from the fp32 model."""
-    from compress.recover import recover
+    from compress.recovery import recover
 
     t = time.perf_counter()
     report = recover(student, teacher, splits, recover_config(args, **extra))
@@ -124,7 +124,7 @@ def quantised_rows(fp32: nn.Module, splits, args: argparse.Namespace, quant_benc
 
 def ternary_qat_row(fp32: nn.Module, splits, args: argparse.Namespace) -> tuple[dict, dict]:
     """Ternary QAT with lambda warm-up and distillation from fp32, then packed: the same budget as the pruned rows."""
-    from compress.quant import QuantConfig, prepare_qat
+    from compress.quantization import QuantConfig, prepare_qat
 
     label = "ternary QAT + distillation (ours)"
     say(f"{label}")

@@ -60,7 +60,7 @@ def gptq_only(args: argparse.Namespace) -> dict[str, Any]:
     rss_runtime = process_memory_mib()  # interpreter + torch + transformers, before any model
     import compress
     from compress.data import TextConfig
-    from compress.quant import QuantConfig
+    from compress.quantization import QuantConfig
 
     rss_runtime = max(rss_runtime or 0.0, process_memory_mib() or 0.0)
     model, tokenizer = compress.load_model(args.model)
@@ -155,7 +155,7 @@ def build_rows(model: nn.Module, args: argparse.Namespace, calib: Optional[torch
                with_ternary: bool) -> tuple[dict[str, nn.Module], dict[str, dict]]:
     """Every compressed copy of ``model`` and what it stores (bits per quantised weight, how built)."""
     import compress
-    from compress.quant import QuantConfig
+    from compress.quantization import QuantConfig
 
     G = args.group_size
     fp32_bytes = sum(p.nbytes for p in model.parameters())

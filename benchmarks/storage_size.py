@@ -92,7 +92,7 @@ def _measure(reference: torch.nn.Module, models: dict[str, torch.nn.Module], ids
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import compress
-    from compress.quant import QuantConfig
+    from compress.quantization import QuantConfig
 
     start = time.perf_counter()
     original, tokenizer = compress.load_model(args.model)
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for label, quantised, dtype, embeddings, group in ROWS:
         model = copy.deepcopy(int4 if quantised else original)
         if embeddings:
-            from compress.quant.embedding import quantize_embeddings
+            from compress.quantization.embedding import quantize_embeddings
 
             quantize_embeddings(model, embeddings, group)
         path = work / label.replace(" ", "_").replace(",", "").replace("+", "plus")

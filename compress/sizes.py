@@ -40,7 +40,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         if callable(logical):
             n = int(logical())
             total += n
-            if not hasattr(m, "qdata"):  # quantised embeddings and heads (compress.quant.embedding) are embeddings
+            if not hasattr(m, "qdata"):  # quantised embeddings and heads (compress.quantization.embedding) are embeddings
                 non_emb += n
     return total, non_emb
 

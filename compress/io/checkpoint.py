@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from compress.arch import UnsupportedModelError, adapter_for
+from compress.arch.loading import LoadedModel, model_class
 from compress.io import remote_code, stock_loaders
 from compress.io.atomic import atomic_directory, sha256_file
 from compress.io.integrity import check_listed, check_unlisted
@@ -158,8 +159,6 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", verify: bool =
     (float32, as models compute on the CPU; None keeps the stored dtype);
     packed weights and their scales load as stored.
     """
-    from compress.models import LoadedModel
-
     directory = Path(path).expanduser()
     if not directory.is_dir():
         raise CheckpointError(f"Checkpoint directory '{directory}' does not exist; give the directory compress.save wrote.")
@@ -197,8 +196,6 @@ def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
     """The model with parameters on the meta device, pruned widths and QuantLinear modules in place."""
     from accelerate import init_empty_weights
 
-    from compress.models import _model_class
-
     refused = remote_code.refusal(directory, str(directory))
     if refused is not None:
         raise CheckpointError(str(refused))
@@ -211,7 +208,7 @@ def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
         if widths:  # before building: a config claiming a million layers would take long to build
             _check_widths(directory, widths, getattr(config.get_text_config(), "num_hidden_layers", None))
         with init_empty_weights(include_buffers=False):  # buffers such as rotary tables are computed, not stored
-            cls = _model_class(config)
+            cls = model_class(config)
             model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
     except CheckpointError:
         raise
@@ -226,7 +223,7 @@ def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
         for i in range(adapter.num_layers):
             adapter.resize_layer(i, widths["num_heads"][i], widths["num_kv_heads"][i], widths["mlp_width"][i])
     if manifest.quantized_modules:
-        from compress.quant.linear import QuantLinear
+        from compress.quantization.linear import QuantLinear
     if manifest.quantized_embeddings:
         _quantized_embeddings(model, directory, manifest)
     for name, spec in manifest.quantized_modules.items():
@@ -245,7 +242,7 @@ def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
 
 
 def _quantized_embeddings(model: nn.Module, directory: Path, manifest: Manifest) -> None:
-    from compress.quant.embedding import QuantEmbedding, TiedQuantHead
+    from compress.quantization.embedding import QuantEmbedding, TiedQuantHead
 
     for name, spec in manifest.quantized_embeddings.items():
         spec = dict(spec)

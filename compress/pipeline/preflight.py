@@ -25,13 +25,13 @@ from compress.pipeline import exporting
 from compress.pipeline.memory import MemoryEstimate, estimate, gib
 from compress.pipeline.recipe import Recipe
 from compress.pipeline.stages import Export, Prune, Quantize, Recover, Stage
-from compress.prune import allocation as alloc
-from compress.prune.groups import layer_groups
-from compress.prune.surgery import check_prunable, unknown_head_attrs
-from compress.quant.config import OUTPUT_HEAD, QuantConfig, QuantError
-from compress.quant.linear import QuantLinear
-from compress.quant.plan import make_plan, set_module
-from compress.quant.quantizers import effective_group_size
+from compress.pruning import allocation as alloc
+from compress.pruning.groups import layer_groups
+from compress.pruning.surgery import check_prunable, unknown_head_attrs
+from compress.quantization.config import OUTPUT_HEAD, QuantConfig, QuantError
+from compress.quantization.linear import QuantLinear
+from compress.quantization.plan import make_plan, set_module
+from compress.quantization.quantizers import effective_group_size
 from compress.sizes import count_parameters
 
 
@@ -218,7 +218,7 @@ def _check_quantize(cfg: QuantConfig, predicted: list[tuple[str, nn.Module]], ro
         for t in plan.targets:
             set_module(skeleton, t.name, _predicted_quant_linear(t.module, t.config))
         if cfg.embeddings is not None:
-            from compress.quant.embedding import embedding_problems, predicted_embeddings
+            from compress.quantization.embedding import embedding_problems, predicted_embeddings
 
             listed = embedding_problems(skeleton, cfg.embeddings, cfg.embedding_group_size)
             for p in listed:

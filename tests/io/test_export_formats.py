@@ -12,7 +12,7 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import load_file
 
 from compress.io.exports import export
-from compress.quant import QuantConfig, quantize
+from compress.quantization import QuantConfig, quantize
 from tests.threads import one_torch_thread
 from tests.tiny import _DECODER_COMMON, as_stored, tiny_model
 
@@ -51,8 +51,8 @@ def wide_ternary_llama():
 def pruned_llama():
     """A Llama whose layers keep different kv groups, query heads and MLP channels, as pruning leaves them."""
     from compress.arch import adapter_for
-    from compress.prune.surgery import prune_mlp, shrink_linear
-    from tests.prune.helpers import gqa_model
+    from compress.pruning.surgery import prune_mlp, shrink_linear
+    from tests.pruning.helpers import gqa_model
 
     model = gqa_model("llama", layers=3, heads=6, kv=3, inter=256)  # head_dim 16, two query heads per kv head
     adapter = adapter_for(model)

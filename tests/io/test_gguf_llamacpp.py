@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from compress.io.exports import export
-from compress.quant import QuantConfig, quantize
+from compress.quantization import QuantConfig, quantize
 from tests import llamacpp
 from tests.io.test_export_formats import pruned_llama
 from tests.io.test_gguf_tokenizer import _bpe

@@ -6,7 +6,7 @@ import sys
 import torch
 
 from compress.io import load, save
-from compress.quant import QuantConfig, quantize
+from compress.quantization import QuantConfig, quantize
 from tests.tiny import as_stored, tiny_model, tiny_tokenizer
 
 IDS = [[5, 17, 42, 99, 7, 3]]

@@ -10,7 +10,7 @@ from compress.io import CheckpointError, load, save
 from compress.io.exports import ExportError, export
 from compress.io.manifest import MANIFEST
 from compress.io.storage import StorageError, cast_state, stored_dtype
-from compress.quant import QuantConfig, quantize
+from compress.quantization import QuantConfig, quantize
 from tests.tiny import as_stored, tiny_model
 
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])

@@ -18,8 +18,8 @@ def no_calibration(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("calibration ran before the pre-flight check stopped the run")
 
-    monkeypatch.setattr("compress.prune.pruner.calibrate", refuse)
-    monkeypatch.setattr("compress.quant.apply.quantize_sequential", refuse)
+    monkeypatch.setattr("compress.pruning.pruner.calibrate", refuse)
+    monkeypatch.setattr("compress.quantization.apply.quantize_sequential", refuse)
 
 
 def _splits(seq_len=32):

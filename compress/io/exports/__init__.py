@@ -59,7 +59,7 @@ def export_problems(model: nn.Module, format: str, *, gguf_type: Optional[str] =
                 f"compress.load_model and compress.load return"]
     if fmt == "native":
         return []
-    from compress.quant.qat import FakeQuantLinear
+    from compress.quantization.qat import FakeQuantLinear
 
     fake = [n for n, m in model.named_modules() if isinstance(m, FakeQuantLinear)]
     if fake:  # their float latent weights are not what the model computes

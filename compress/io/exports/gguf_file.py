@@ -7,7 +7,7 @@ rounding; ``tq2_0`` / ``tq1_0`` for ternary models (2.06 / 1.69 bits per
 weight, rows must be multiples of 256; a row that is not falls back to an
 exact Q4_0 and the report says which).  Embeddings and an untied output head
 are F16 (Q8_0 under ``q8_0``; BF16 or F32 with ``dtype``); norms and biases F32.
-Quantised embeddings and output heads (``compress.quant.embedding``) are
+Quantised embeddings and output heads (``compress.quantization.embedding``) are
 written from their codes: int8 rows as Q8_0, int4 groups as Q4_0 (groups
 that are multiples of 32 along the row, float16 scales), without a second
 rounding.

@@ -30,8 +30,8 @@ from compress.io.exports.common import (
 from compress.io.exports.hf import load_hint
 from compress.io.exports.int4_rules import int4_modules, int4_problems, pack_nibbles_along_rows, zero_points
 from compress.kernels.formats import unpack_int4
-from compress.quant.quantizers import Int4Weights
-from compress.quant.quantizers import dequantize as dequantize_codes
+from compress.quantization.quantizers import Int4Weights
+from compress.quantization.quantizers import dequantize as dequantize_codes
 
 WORD_OUT = 32  # AutoGPTQ allocates qzeros as out // 32 * 4 words
 
