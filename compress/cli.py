@@ -26,14 +26,20 @@ def _add_data(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the private generator that splits the text (default 0)")
 
 
+STORAGE_DTYPES = ["bfloat16", "float16", "float32"]
+
+
 def _add_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="output checkpoint directory (reopen with compress.load)")
     p.add_argument("--force", action="store_true", help="replace the output directory if it exists")
+    p.add_argument("--dtype", choices=STORAGE_DTYPES,
+                   help="dtype the checkpoint stores float tensors in (default bfloat16; compress.load computes in float32)")
 
 
-def _add_runtime(p: argparse.ArgumentParser) -> None:
+def _add_runtime(p: argparse.ArgumentParser, dtype: bool = True) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype (default float32)")
+    if dtype:
+        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype (default float32)")
 
 
 def _config_options(p: argparse.ArgumentParser, cls: type) -> Callable[..., None]:
@@ -116,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPTQ reads at most N calibration sequences of --seq-len tokens (default 128)")
     p.add_argument("--scale", choices=["absmean", "absmedian"], default="absmean", help="ternary scale (default absmean, BitNet b1.58)")
     p.add_argument("--a8", action="store_true", help="ternary with 8-bit activations (W1.58A8)")
+    p.add_argument("--embeddings", choices=["int8", "int4", "none"],
+                   help="also quantise the input embedding and output head (a tied pair once): int8 per row or int4 "
+                        "groups (default none: kept in --dtype)")
+    p.add_argument("--embedding-group-size", type=int, metavar="G",
+                   help="int4 embedding group size along the row, a power of two (default 32, GGUF's Q4_0 block)")
     _add_data(p, "calibration text for GPTQ")
     _add_output(p)
     p.set_defaults(func=cmd_quantize)
@@ -169,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace the output directory if it exists")
     p.add_argument("--no-verify", action="store_true",
                    help="skip loading the result with a loader that is not compress-lm's and comparing logits")
-    _add_runtime(p)
+    p.add_argument("--dtype", choices=STORAGE_DTYPES,
+                   help="dtype float tensors are stored in (default: bfloat16; float16 for gptq and gguf)")
+    _add_runtime(p, dtype=False)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("run", help="a whole recipe (prune, recover, quantize, export) with a pre-flight check and a report; resumable")
@@ -236,7 +249,7 @@ def _compress_and_save(args: argparse.Namespace, needs_data: bool, step: Callabl
     _check_output(args, estimated_bytes(model, linear_bits))  # the free space, now that the size is known
     data = compress.load_text(args.data, tokenizer, TextConfig(seq_len=args.seq_len, seed=args.seed)) if needs_data else None
     print(step(model, data).table())
-    print(f"checkpoint written to {compress.save(model, args.output, tokenizer, overwrite=args.force)}")
+    print(f"checkpoint written to {compress.save(model, args.output, tokenizer, overwrite=args.force, dtype=args.dtype)}")
     return 0
 
 
@@ -260,10 +273,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from compress import api
     from compress.quantization import QuantConfig
 
+    embedding = {"embeddings": None if args.embeddings == "none" else args.embeddings} if args.embeddings else {}
+    if args.embedding_group_size is not None:
+        embedding["embedding_group_size"] = args.embedding_group_size
     config = QuantConfig(method=args.method, group_size=args.group_size, symmetric=not args.asymmetric,
                          gptq=args.gptq, scale=args.scale, activations="a8" if args.a8 else "a16",
                          calibration_sequences=args.calibration_sequences, act_order=args.act_order,
-                         clip_search=args.clip_search)
+                         clip_search=args.clip_search, **embedding)
     bits = 2.2 if config.method == "ternary" else 4.5  # packed weights and their scales, rounded up
     return _compress_and_save(args, config.gptq, lambda model, data: api.quantize(model, config, data=data), bits)
 
@@ -292,7 +308,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     report = api.recover(model, teacher, data, config)
     if is_main_process():  # under torchrun only rank 0 writes
         print(report)
-        print(f"checkpoint written to {compress.save(model, out, tokenizer, overwrite=args.force or args.resume)}")
+        print(f"checkpoint written to {compress.save(model, out, tokenizer, overwrite=args.force or args.resume, dtype=args.dtype)}")
     return 0
 
 
@@ -366,13 +382,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     device = check_device(args.device)
     _check_output(args)
-    model, tokenizer = compress.load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
+    from compress.io.storage import stored_dtype
+
+    stored = stored_dtype(args.dtype, args.format)
+    model, tokenizer = compress.load_model(args.model, device=device)
     needed = estimated_bytes(model)
     if args.format == "hf":  # packed weights come out as floats
-        needed = max(needed, count_parameters(model)[0] * torch.finfo(getattr(torch, args.dtype)).bits // 8)
+        needed = max(needed, count_parameters(model)[0] * torch.finfo(stored).bits // 8)
     _check_output(args, needed)
     report = export(model, tokenizer, args.output, args.format, overwrite=args.force, gguf_type=args.gguf_type,
-                    verify=not args.no_verify)
+                    verify=not args.no_verify, dtype=stored)
     print(report.table())
     return 0
 

@@ -217,6 +217,17 @@ def _check_quantize(cfg: QuantConfig, predicted: list[tuple[str, nn.Module]], ro
             continue
         for t in plan.targets:
             set_module(skeleton, t.name, _predicted_quant_linear(t.module, t.config))
+        if cfg.embeddings is not None:
+            from compress.quantization.embedding import embedding_problems, predicted_embeddings
+
+            listed = embedding_problems(skeleton, cfg.embeddings, cfg.embedding_group_size)
+            for p in listed:
+                if p not in seen:
+                    seen.add(p)
+                    problems.append(f"{where} (embeddings {cfg.embeddings}){label}: {p}")
+            if listed:
+                continue
+            predicted_embeddings(skeleton, cfg.embeddings, cfg.embedding_group_size, cfg.torch_scale_dtype)
         quantised.append((label, skeleton))
     return quantised
 
@@ -233,7 +244,8 @@ def _predicted_quant_linear(lin: nn.Module, cfg: QuantConfig) -> QuantLinear:
 
 
 def _note_tied(cfg: QuantConfig, adapter: Adapter | None, notes: list[str]) -> None:
-    if adapter is not None and adapter.tied_embeddings and OUTPUT_HEAD not in cfg.modules_to_not_convert:
+    if adapter is not None and adapter.tied_embeddings and OUTPUT_HEAD not in cfg.modules_to_not_convert \
+            and cfg.embeddings is None:
         notes.append("the output head is tied to the input embeddings, so it stays in full precision "
                      "(quantising it would untie them and store the matrix twice).")
 

@@ -339,7 +339,8 @@ def _note_run(model: nn.Module, r: _Run, i: int) -> None:
 def _save(model: nn.Module, r: _Run, i: int, stage: Stage) -> Path:
     from compress.io import save
 
-    return save(model, r.dirs.stage_dir(i, stage.kind), r.tokenizer, overwrite=True)
+    # float32: a resumed run continues from exactly the weights the stage left (the final export picks its own dtype)
+    return save(model, r.dirs.stage_dir(i, stage.kind), r.tokenizer, overwrite=True, dtype="float32")
 
 
 # -- measuring -----------------------------------------------------------------

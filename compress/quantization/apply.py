@@ -36,6 +36,12 @@ def quantize(model: nn.Module, config: ConfigLike = None, data: Any = None) -> Q
     has_qat = any(isinstance(m, FakeQuantLinear) for m in model.modules())
     cfg = resolve_config(config)
     plan = make_plan(model, cfg, qat_only=config is None and has_qat)
+    if cfg.embeddings is not None:  # before any weight changes
+        from compress.quantization.embedding import embedding_problems
+
+        problems = embedding_problems(model, cfg.embeddings, cfg.embedding_group_size)
+        if problems:
+            raise QuantError("Cannot quantise the embeddings: " + "; ".join(problems) + ".")
     gptq_targets = [t for t in plan.targets if t.config.gptq and not t.from_qat]
     ids = _calibration_ids(data) if gptq_targets else None
     notes: list[str] = []
@@ -66,11 +72,19 @@ def quantize(model: nn.Module, config: ConfigLike = None, data: Any = None) -> Q
         rest = plan.targets
     for t in tqdm(rest, desc="quantise", unit="module", disable=not cfg.progress or len(rest) < 8):
         convert(t, None)
-    if not plan.targets:
+    if cfg.embeddings is not None:
+        from compress.quantization.embedding import quantize_embeddings
+
+        for name, label, nbytes in quantize_embeddings(model, cfg.embeddings, cfg.embedding_group_size,
+                                                       cfg.torch_scale_dtype):
+            m = model.get_submodule(name)
+            records.append(ModuleRecord(name, (m.out_features, m.in_features) if hasattr(m, "out_features")
+                                        else (m.num_embeddings, m.embedding_dim), label, nbytes))
+    if not plan.targets and cfg.embeddings is None:
         warnings.warn("compress.quantize found no linear module to quantise; the model is unchanged.", stacklevel=2)
     return QuantReport(
         mode="packed",
-        config=cfg.label() if not (config is None and has_qat) else "as trained (QAT)",
+        config=(cfg.label() + (f" + {cfg.embeddings} embeddings" if cfg.embeddings else "")) if not (config is None and has_qat) else "as trained (QAT)",
         modules=records,
         skipped=plan.skipped,
         params_before=params_before,

@@ -21,6 +21,7 @@ TERNARY_SCALES = ("absmean", "absmedian")
 ACTIVATIONS = ("a16", "a8")
 SCALE_DTYPES = ("float16", "bfloat16", "float32")
 ZERO_POINTS = ("integer", "float")
+EMBEDDING_FORMATS = ("int8", "int4")  # see compress.quantization.embedding
 # The pseudo-name for the model's output head, whatever its path is.
 OUTPUT_HEAD = "lm_head"
 
@@ -57,7 +58,9 @@ class QuantConfig:
 
     ``modules_to_not_convert`` holds names or regexes of modules to keep in
     full precision; ``"lm_head"`` stands for the model's output head whatever
-    its path.  Embeddings are never converted.  ``overrides`` maps a name or
+    its path.  ``embeddings`` quantises the input embedding and the output
+    head (tied: once, they stay tied) as ``"int8"`` (per row) or ``"int4"``
+    (groups of ``embedding_group_size`` along the row); None keeps them.  ``overrides`` maps a name or
     regex to a config, a shorthand, a dict of field changes, or None (keep);
     the first matching key wins.  A name matches a key when it equals it,
     ends with ``"." + key``, or ``re.fullmatch``-es it.
@@ -82,6 +85,8 @@ class QuantConfig:
     calibration_sequences: Optional[int] = 128  # GPTQ uses at most this many calibration sequences (None: all)
     # storage and targeting
     scale_dtype: str = "float16"
+    embeddings: Optional[str] = None
+    embedding_group_size: int = 32
     modules_to_not_convert: tuple[str, ...] = (OUTPUT_HEAD,)
     overrides: Mapping[str, Any] = field(default_factory=dict)
     progress: bool = True
@@ -92,6 +97,13 @@ class QuantConfig:
         _choice("activations", self.activations, ACTIVATIONS)
         _choice("scale_dtype", self.scale_dtype, SCALE_DTYPES)
         _choice("zero_point", self.zero_point, ZERO_POINTS)
+        if self.embeddings is not None and self.embeddings not in EMBEDDING_FORMATS:
+            raise ConfigError(f"embeddings must be one of {', '.join(map(repr, EMBEDDING_FORMATS))} or None, "
+                              f"got {self.embeddings!r}.")
+        eg = self.embedding_group_size
+        if not isinstance(eg, int) or isinstance(eg, bool) or eg < 2 or eg & (eg - 1):
+            raise ConfigError(f"embedding_group_size must be a power of two >= 2 (32 by default, GGUF's Q4_0 block), "
+                              f"got {eg!r}.")
         g = self.group_size
         if not isinstance(g, int) or isinstance(g, bool) or (g != -1 and (g < 16 or g & (g - 1))):
             raise ConfigError(
