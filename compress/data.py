@@ -500,7 +500,7 @@ def evaluation_domains(
     """Held-out token sequences per domain, for ``compress.eval.evaluate_domains``.
 
     - the calibration text's held-out split (named after it: shakespeare, generated, mix, a file);
-    - the built-in Shakespeare held-out split, when the calibration text is not it;
+    - the built-in Shakespeare held-out split, when the calibration text is generated (or a mix with it);
     - the unseen built-in "news" text (all of it, in a seeded order), when the calibration text does not hold it;
     - ``extra``: the user's own evaluation text (all of it), as "your text".
 
@@ -512,7 +512,7 @@ def evaluation_domains(
     label = source_label(calibration)
     out = {label: splits.eval}
     used = _mix_sources(calibration)
-    if label != BUILTIN_TEXT:
+    if GENERATED_TEXT in used and label != BUILTIN_TEXT:  # the model's own text: also the old literary domain
         out[BUILTIN_TEXT] = load_text(BUILTIN_TEXT, tokenizer, config).eval
     if UNSEEN_TEXT not in used:
         out[UNSEEN_TEXT] = eval_only_sequences(UNSEEN_TEXT, tokenizer, config)
@@ -527,3 +527,24 @@ def _name(source: Any) -> str:
     if _is_dataset(source):
         return "the dataset"
     return ", ".join(str(s) for s in source)
+
+
+# -- the default -----------------------------------------------------------------
+
+# What calibration and distillation read when the user gives no text, for a model
+# that can generate; decided by benchmarks/data_sources.py (README, "Data").
+DEFAULT_SOURCE: Any = GENERATED_TEXT
+
+
+def default_source(model: Any = None) -> Any:
+    """The text used when none is given: ``DEFAULT_SOURCE`` for a causal LM with an LM head, else the built-in plays
+    (encoders cannot generate)."""
+    if model is None:
+        return BUILTIN_TEXT
+    from compress.generated import GenerationError, check_can_generate
+
+    try:
+        check_can_generate(model)
+    except GenerationError:
+        return BUILTIN_TEXT
+    return DEFAULT_SOURCE

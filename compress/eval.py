@@ -329,7 +329,7 @@ class DomainsReport(Report):
             "",
         ]
         label = {"next-token": "perplexity", "masked-lm": "masked-LM perplexity"}.get(first.objective, "")
-        header = ["domain", *(["model " + label, "reference " + label, "ratio", "KL (nats/token)", "top-1"] if has_ref and label
+        header = ["domain", *(["model " + label, "reference " + label, "ratio", "KL to reference", "top-1"] if has_ref and label
                               else [label] if label else ["embedding cosine"])]
         rows = []
         for d in domains:
