@@ -16,6 +16,7 @@ other text.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -278,6 +279,7 @@ def _generate_batch(model: nn.Module, prompts: dict[str, Any], kind: str, config
     """One batch of samples from one kind of start; each row's new token ids (chat rows: with the forced headers)."""
     B = config.batch_size
     prompt = torch.tensor(prompts[kind], dtype=torch.long).repeat(B, 1)
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     out = model(input_ids=prompt.to(device), use_cache=True)
     past, logits = out.past_key_values, out.logits[:, -1].float().cpu()
     # chat rows keep their template prefix: calibration then sees the template as the model will
@@ -313,7 +315,7 @@ def _generate_batch(model: nn.Module, prompts: dict[str, Any], kind: str, config
         n_new += int((~done).sum())
         if bool(done.all()) or step == config.sample_len - 1:
             break
-        out = model(input_ids=tokens.view(B, 1).to(device), past_key_values=past, use_cache=True)
+        out = model(input_ids=tokens.view(B, 1).to(device), use_cache=True, **{cache_kw: past})
         past, logits = out.past_key_values, out.logits[:, -1].float().cpu()
         nxt = _sample(logits, config, gen)
     return rows, n_new
