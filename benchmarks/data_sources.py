@@ -17,6 +17,9 @@ original is measured in the same run.  JSON + PNG in benchmarks/results/.
 
     python benchmarks/data_sources.py                        # the CPU budget of `make demo`
     python benchmarks/data_sources.py --steps 64 --eval-seqs 32 --device cuda
+    # arms in parallel processes, then one result (each process measures the original; they must agree):
+    python benchmarks/data_sources.py --sources mix --out /tmp/mix.json
+    python benchmarks/data_sources.py --merge a.json b.json /tmp/mix.json
 """
 from __future__ import annotations
 
@@ -109,6 +112,31 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def merge(paths: list[str], out: str) -> int:
+    """One result from several runs of this script with the same settings, each measuring the original."""
+    from compress.io.atomic import write_json
+
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    first = parts[0]
+    keep = {k: v for k, v in first["settings"].items() if k not in ("sources", "out", "merge", "quiet")}
+    for p, part in zip(paths, parts):
+        settings = {k: v for k, v in part["settings"].items() if k not in ("sources", "out", "merge", "quiet")}
+        if settings != keep:
+            raise SystemExit(f"{p} was run with other settings ({settings}) than {paths[0]} ({keep}).")
+        for d, v in part["original"].items():
+            if abs(v["perplexity"] - first["original"][d]["perplexity"]) > 1e-6 * v["perplexity"]:
+                raise SystemExit(f"{p} measured the original differently on {d}: the runs are not comparable.")
+    rows = [r for part in parts for r in part["rows"]]
+    result = {**first, "rows": rows, "merged_from": [{"command": part["command"], "date": part["date"],
+                                                       "machine": part["machine"]} for part in parts]}
+    result["command"] = " && ".join(part["command"] for part in parts)
+    result["winner"] = min(rows, key=lambda r: r["domains"]["news"]["ratio"])["source"]
+    write_json(out, result)
+    png = plot(result, Path(out).with_suffix(".png"))
+    say(f"winner on the unseen domain: {result['winner']}; wrote {out} and {png}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES))
@@ -124,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", default=str(RESULTS_DIR / f"{NAME}.json"))
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="join the rows of partial results (same settings) into --out")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
 
     import compress
     from compress.data import TextConfig, eval_only_sequences, load_text

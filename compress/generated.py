@@ -234,6 +234,7 @@ def generate_texts(model: nn.Module, tokenizer: Any, config: GenerateConfig) -> 
     gen = torch.Generator().manual_seed(config.seed)
     prompts = _start_prompts(tokenizer)
     starts = [s for s in config.starts if prompts.get(s) is not None] or ["bos"]
+    prefix = {k: _text(tokenizer, prompts[k], k).strip() for k in starts}
     ends = _end_ids(tokenizer, model)
     vocab = model.get_output_embeddings().weight.shape[0]
     was_training = model.training
@@ -252,7 +253,9 @@ def generate_texts(model: nn.Module, tokenizer: Any, config: GenerateConfig) -> 
             generated += n_new
             for ids in rows:
                 text = _text(tokenizer, ids, kind).strip()
-                key = " ".join(text.lower().split())[:200]
+                # near-duplicates: the same first 200 characters of what the model wrote (a chat prefix is the same in all)
+                body = text[len(prefix[kind]):] if kind == "chat" and text.startswith(prefix[kind]) else text
+                key = " ".join(body.lower().split())[:200]
                 if len(ids) < config.min_tokens or not key or key in seen:
                     dropped += 1
                     continue
