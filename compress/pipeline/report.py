@@ -81,7 +81,7 @@ class RunReport(Report):
         ev = self.original.get("eval") or {}
         lines = [fmt(rows[0]), "  ".join("-" * w for w in widths), *map(fmt, rows[1:])]
         per = ev.get("domains") or {"": ev}
-        lines.append(f"(held-out: " + "; ".join(f"{d + ' ' if d else ''}{v.get('sequences', '?')} sequences x {v.get('seq_len', '?')} tokens"
+        lines.append("(held-out: " + "; ".join(f"{d + ' ' if d else ''}{v.get('sequences', '?')} sequences x {v.get('seq_len', '?')} tokens"
                                                 for d, v in per.items())
                      + f"; KL and top-1 agreement against the original; tokens/s of the forward pass on {self.machine.get('device', '?')})")
         ratio = self.headline_ratio()

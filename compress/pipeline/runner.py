@@ -35,7 +35,7 @@ from compress.pipeline.recipe import Recipe, load_recipe
 from compress.pipeline.report import RunReport
 from compress.io.atomic import write_json
 from compress.pipeline.rundir import RUN_FILE, RunDir, fingerprint, read_json
-from compress.pipeline.stages import Export, Prune, Quantize, Recover, Stage, stage_options
+from compress.pipeline.stages import Export, Prune, Quantize, Recover, Stage, StageContext, stage_options
 from compress.io.outputs import check_location
 from compress.sizes import bytes_on_disk, count_parameters
 
@@ -318,29 +318,9 @@ def _stage_input(r: _Run, i: int) -> nn.Module:
 
 def _apply(r: _Run, i: int, stage: Stage, model: nn.Module) -> tuple[dict[str, Any], str]:
     """Carry out one model-changing stage in place; its report as a dict and as text."""
-    from compress import api
-
-    if isinstance(stage, Prune):
-        report = api.prune(model, stage.config, data=r.splits)
-        return report.to_dict(), report.table()
-    if isinstance(stage, Quantize):
-        if is_qat(r.recipe.stages, i):
-            from compress.quantization import prepare_qat
-
-            report = prepare_qat(model, stage.config)
-        else:
-            ids = r.splits.calibration[: stage.calibration_sequences] if stage.config.gptq else None
-            report = api.quantize(model, stage.config, data=ids)
-        return report.to_dict(), report.table()
-    assert isinstance(stage, Recover)
-    train_dir = r.dirs.train_state(i, stage.kind, r.fingerprints[i])
-    config = dataclasses.replace(stage.config, output_dir=str(train_dir), resume=True)
-    eval_data = r.splits.eval if stage.wants_heldout else None
-    report = api.recover(model, r.original, r.splits.train, config, eval_data=eval_data)
-    if report.resumed_from is not None:
-        r.log(f"    resumed from the training checkpoint at step {report.resumed_from}")
-    report.checkpoint = None  # the run deletes the training checkpoints once the stage is saved
-    return report.to_dict(), str(report)
+    context = StageContext(splits=r.splits, original=r.original, qat=is_qat(r.recipe.stages, i),
+                           train_dir=lambda: r.dirs.train_state(i, stage.kind, r.fingerprints[i]), log=r.log)
+    return stage.apply(model, context)
 
 
 def _note_run(model: nn.Module, r: _Run, i: int) -> None:
