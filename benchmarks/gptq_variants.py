@@ -40,7 +40,7 @@ def _bench():
 @contextmanager
 def _scales_rounded_up(on: bool):
     """Store scales rounded up to their dtype (the old ``_stored``) while quantising, if ``on``."""
-    from compress.quant import quantizers
+    from compress.quantization import quantizers
 
     nearest = quantizers._stored
 
