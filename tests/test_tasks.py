@@ -199,12 +199,13 @@ def test_evaluate_with_tasks_needs_the_tokenizer():
 @pytest.mark.slow
 @needs_lm_eval
 def test_smollm2_local_tasks_against_its_int4_self():
+    """The real model, packed, through lm-eval; the original in the reference column."""
     model, tok = compress.load_model("smollm2-135m")
     original, _ = compress.load_model("smollm2-135m")
     compress.quantize(model, QuantConfig(method="int4", group_size=128, progress=False))
     scores = _by_key(run_tasks(model, tok, "compress_mc,compress_news_rolling",
-                               TaskConfig(include_path=str(TASKS_DIR), limit=24), reference=original))
+                               TaskConfig(include_path=str(TASKS_DIR), limit=8, batch_size=8), reference=original))
     mc = scores[("compress_mc", "acc")]
-    assert mc.samples == 24 and mc.reference >= 0.5  # SmolLM2 answers most of these easy questions
+    assert mc.samples == 8 and mc.reference >= 0.5  # SmolLM2 answers most of these easy questions
     wp = scores[("compress_news_rolling", "word_perplexity")]
-    assert 1 < wp.reference < wp.model * 1.5 and wp.model < wp.reference * 1.5
+    assert wp.samples == 8 and 1 < wp.reference < wp.model < wp.reference * 1.5  # int4 costs a little
