@@ -20,6 +20,7 @@ _API = {
     "evaluate": "compress.eval",
     "EvalConfig": "compress.eval",
     "EvalReport": "compress.eval",
+    "TaskConfig": "compress.tasks",
     "adapter_for": "compress.arch",
     "prune": "compress.api",
     "quantize": "compress.api",

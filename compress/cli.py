@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="perplexity, KL to a reference, size and speed on held-out text")
     _add_model(p)
-    _add_data(p, "text to evaluate on (its held-out split is used)")
+    _add_data(p, "text to evaluate on (its held-out split is used; 'shakespeare' or 'news' name the built-in texts)")
     _add_runtime(p)
     p.add_argument("--reference", metavar="MODEL", help="compare with this model: KL divergence and top-1 agreement")
     p.add_argument("--max-sequences", type=int, default=32, help="held-out sequences to evaluate (default 32)")
@@ -392,7 +392,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     reference = None
     if args.reference:
         reference, _ = compress.load_model(args.reference, dtype=dtype, device=device)
-    data = compress.load_text(args.data, tokenizer, text_cfg) if args.tasks is None or args.data else None
+    source = args.data
+    if source and len(source) == 1 and source[0] in ("shakespeare", "news") and not Path(source[0]).exists():
+        source = source[0]  # a built-in text by name (compress.load_text accepts both)
+    data = compress.load_text(source, tokenizer, text_cfg) if args.tasks is None or args.data else None
     report = compress.evaluate(model, data, reference, eval_cfg, name=args.model, reference_name=args.reference or "reference",
                                tasks=runner, tokenizer=tokenizer)
     print(report.table())

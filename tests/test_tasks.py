@@ -209,3 +209,18 @@ def test_smollm2_local_tasks_against_its_int4_self():
     assert mc.samples == 8 and mc.reference >= 0.5  # SmolLM2 answers most of these easy questions
     wp = scores[("compress_news_rolling", "word_perplexity")]
     assert wp.samples == 8 and 1 < wp.reference < wp.model < wp.reference * 1.5  # int4 costs a little
+
+
+def test_cli_eval_reads_the_built_in_news_text_by_name(tiny_dir, monkeypatch, capsys):
+    import compress.data
+
+    seen = []
+    real = compress.data.load_text
+
+    def spy(source, tokenizer, config=None):
+        seen.append(source)
+        return real(source, tokenizer, config)
+
+    monkeypatch.setattr(compress, "load_text", spy)
+    assert main(["eval", str(tiny_dir), "--data", "news", "--seq-len", "16", "--max-sequences", "1"]) == 0
+    assert seen == ["news"] and "perplexity" in capsys.readouterr().out
