@@ -25,13 +25,13 @@ from compress.pipeline import exporting
 from compress.pipeline.memory import MemoryEstimate, estimate, gib
 from compress.pipeline.recipe import Recipe
 from compress.pipeline.stages import Export, Prune, Quantize, Recover, Stage
-from compress.prune import allocation as alloc
-from compress.prune.groups import layer_groups
-from compress.prune.surgery import check_prunable, unknown_head_attrs
-from compress.quant.config import OUTPUT_HEAD, QuantConfig, QuantError
-from compress.quant.linear import QuantLinear
-from compress.quant.plan import make_plan, set_module
-from compress.quant.quantizers import effective_group_size
+from compress.pruning import allocation as alloc
+from compress.pruning.groups import layer_groups
+from compress.pruning.surgery import check_prunable, unknown_head_attrs
+from compress.quantization.config import OUTPUT_HEAD, QuantConfig, QuantError
+from compress.quantization.linear import QuantLinear
+from compress.quantization.plan import make_plan, set_module
+from compress.quantization.quantizers import effective_group_size
 from compress.sizes import count_parameters
 
 
@@ -217,6 +217,17 @@ def _check_quantize(cfg: QuantConfig, predicted: list[tuple[str, nn.Module]], ro
             continue
         for t in plan.targets:
             set_module(skeleton, t.name, _predicted_quant_linear(t.module, t.config))
+        if cfg.embeddings is not None:
+            from compress.quantization.embedding import embedding_problems, predicted_embeddings
+
+            listed = embedding_problems(skeleton, cfg.embeddings, cfg.embedding_group_size)
+            for p in listed:
+                if p not in seen:
+                    seen.add(p)
+                    problems.append(f"{where} (embeddings {cfg.embeddings}){label}: {p}")
+            if listed:
+                continue
+            predicted_embeddings(skeleton, cfg.embeddings, cfg.embedding_group_size, cfg.torch_scale_dtype)
         quantised.append((label, skeleton))
     return quantised
 
@@ -233,7 +244,8 @@ def _predicted_quant_linear(lin: nn.Module, cfg: QuantConfig) -> QuantLinear:
 
 
 def _note_tied(cfg: QuantConfig, adapter: Adapter | None, notes: list[str]) -> None:
-    if adapter is not None and adapter.tied_embeddings and OUTPUT_HEAD not in cfg.modules_to_not_convert:
+    if adapter is not None and adapter.tied_embeddings and OUTPUT_HEAD not in cfg.modules_to_not_convert \
+            and cfg.embeddings is None:
         notes.append("the output head is tied to the input embeddings, so it stays in full precision "
                      "(quantising it would untie them and store the matrix twice).")
 

@@ -175,7 +175,7 @@ def make_plots(report: RunReport, directory: Path) -> dict[str, str]:
 
 
 def _prune_plot(result: dict[str, Any], path: Path) -> Path:
-    from compress.prune.report import LayerWidths, PruneReport
+    from compress.pruning.report import LayerWidths, PruneReport
 
     names = {f.name for f in dataclasses.fields(PruneReport)}
     layer_names = {f.name for f in dataclasses.fields(LayerWidths)}
@@ -185,7 +185,7 @@ def _prune_plot(result: dict[str, Any], path: Path) -> Path:
 
 
 def _loss_plot(result: dict[str, Any], path: Path) -> Path:
-    from compress.recover.runlog import RunLog
+    from compress.recovery.runlog import RunLog
 
     log = RunLog(None, {"objective": result.get("objective", "recovery")})
     log.train, log.evals = list(result.get("train") or []), list(result.get("evals") or [])

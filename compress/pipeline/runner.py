@@ -208,7 +208,7 @@ def _original(model: Any, tokenizer: Any, recipe: Recipe, device: torch.device) 
 
 def _base(recipe: Recipe, original: nn.Module, splits: TextSplits, name: str, builtin_text: bool) -> dict[str, Any]:
     """What every stage's fingerprint starts from: the model's weights and the text's tokens."""
-    from compress.recover.state import model_fingerprint
+    from compress.recovery.state import model_fingerprint
 
     try:
         family = adapter_for(original).spec.family
@@ -294,7 +294,7 @@ def _stage_input(r: _Run, i: int) -> nn.Module:
             continue
         model = load(r.dirs.stage_dir(j, prev.kind), device=r.device).model
         if is_qat(r.recipe.stages, j):  # saved in float; the fake quantisation is put back, as it was trained
-            from compress.quant import prepare_qat
+            from compress.quantization import prepare_qat
 
             prepare_qat(model, prev.config)
         return model
@@ -310,7 +310,7 @@ def _apply(r: _Run, i: int, stage: Stage, model: nn.Module) -> tuple[dict[str, A
         return report.to_dict(), report.table()
     if isinstance(stage, Quantize):
         if is_qat(r.recipe.stages, i):
-            from compress.quant import prepare_qat
+            from compress.quantization import prepare_qat
 
             report = prepare_qat(model, stage.config)
         else:
@@ -339,7 +339,8 @@ def _note_run(model: nn.Module, r: _Run, i: int) -> None:
 def _save(model: nn.Module, r: _Run, i: int, stage: Stage) -> Path:
     from compress.io import save
 
-    return save(model, r.dirs.stage_dir(i, stage.kind), r.tokenizer, overwrite=True)
+    # float32: a resumed run continues from exactly the weights the stage left (the final export picks its own dtype)
+    return save(model, r.dirs.stage_dir(i, stage.kind), r.tokenizer, overwrite=True, dtype="float32")
 
 
 # -- measuring -----------------------------------------------------------------
@@ -395,7 +396,7 @@ def _evaluate_saved(r: _Run, i: int, record: dict[str, Any]) -> dict[str, Any]:
     r.log(f"evaluating stage {i + 1} ({stage.kind}) from its checkpoint")
     model = load(r.dirs.stage_dir(i, stage.kind), device=r.device).model
     if record.get("qat"):
-        from compress.quant import prepare_qat
+        from compress.quantization import prepare_qat
 
         prepare_qat(model, stage.config)
     record = _with_eval(r, record, model)

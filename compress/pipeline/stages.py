@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Union
 
 from compress.errors import ConfigError, quote, shorten
-from compress.prune.config import PruneConfig
-from compress.quant.config import SHORTHANDS, QuantConfig, resolve_config
-from compress.recover.config import RESUME_EXEMPT, RecoverConfig
+from compress.pruning.config import PruneConfig
+from compress.quantization.config import SHORTHANDS, QuantConfig, resolve_config
+from compress.recovery.config import RESUME_EXEMPT, RecoverConfig
 
 STAGE_KINDS = ("prune", "recover", "quantize", "export")
 NATIVE = "native"

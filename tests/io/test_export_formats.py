@@ -12,9 +12,9 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import load_file
 
 from compress.io.exports import export
-from compress.quant import QuantConfig, quantize
+from compress.quantization import QuantConfig, quantize
 from tests.threads import one_torch_thread
-from tests.tiny import _DECODER_COMMON, tiny_model
+from tests.tiny import _DECODER_COMMON, as_stored, tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -51,8 +51,8 @@ def wide_ternary_llama():
 def pruned_llama():
     """A Llama whose layers keep different kv groups, query heads and MLP channels, as pruning leaves them."""
     from compress.arch import adapter_for
-    from compress.prune.surgery import prune_mlp, shrink_linear
-    from tests.prune.helpers import gqa_model
+    from compress.pruning.surgery import prune_mlp, shrink_linear
+    from tests.pruning.helpers import gqa_model
 
     model = gqa_model("llama", layers=3, heads=6, kv=3, inter=256)  # head_dim 16, two query heads per kv head
     adapter = adapter_for(model)
@@ -98,7 +98,7 @@ def test_bitnet_weights_unpack_with_transformers_own_unpacker(tmp_path):
 
 def _check_bitnet_weights(tmp_path, unpack_weights):
     model = ternary_llama()
-    export(model, None, tmp_path / "bn", "bitnet")
+    export(model, None, tmp_path / "bn", "bitnet", dtype="float32")  # the layout; 16-bit storage: test_storage
     state = load_file(tmp_path / "bn" / "model.safetensors")
     config = json.loads((tmp_path / "bn" / "config.json").read_text())["quantization_config"]
     assert config["quant_method"] == "bitnet" and config["linear_class"] == "bitlinear"
@@ -121,7 +121,7 @@ def test_bitnet_a8_export_in_stock_transformers_gives_our_logits(tmp_path):
     config = LlamaConfig(**{**_DECODER_COMMON, "num_hidden_layers": 6, "intermediate_size": 128})  # deeper: flips compound
     model = AutoModelForCausalLM.from_config(config).float().eval()
     quantize(model, QuantConfig(method="ternary", activations="a8", progress=False))
-    export(model, None, tmp_path / "bn", "bitnet")
+    export(model, None, tmp_path / "bn", "bitnet", dtype=torch.float32)  # the arithmetic, not the storage rounding
     ids = torch.randint(0, config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
     torch.compiler.set_stance("force_eager")  # BitLinear's torch.compile: the same ops, without a CPU compile
     try:
@@ -144,7 +144,7 @@ def test_bitnet_a16_export_states_the_gap_stock_transformers_shows(tmp_path):
     from compress.io.exports.verify import sample_ids
 
     model = ternary_llama("a16")
-    report = export(model, None, tmp_path / "bn", "bitnet")
+    report = export(model, None, tmp_path / "bn", "bitnet", dtype=torch.float32)  # the gap of the activations alone
     gap = report.details["a16_logit_gap"]
     [note] = [n for n in report.notes if "16-bit activations" in n]
     assert f"{gap:.1%}" in note and "--a8" in note and f"note: {note}" in report.summary()
@@ -344,7 +344,7 @@ def test_native_export_is_compress_save(tmp_path, tokenizer):
     assert "compress.json" in report.sizes and "identical logits" in report.check
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
-        assert torch.equal(load(tmp_path / "n").model(input_ids=ids).logits, model(input_ids=ids).logits)
+        assert torch.equal(load(tmp_path / "n").model(input_ids=ids).logits, as_stored(model)(input_ids=ids).logits)
 
 
 def test_hf_export_writes_no_pickle_and_no_quantisation_config(tmp_path):

@@ -24,7 +24,6 @@ from torch import nn
 
 from compress.io.exports.base import Output
 from compress.io.exports.common import (
-    float_dtype,
     quantized_modules,
     short_list,
     state_without_packed,
@@ -88,18 +87,17 @@ def bitnet_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor
     return tensors
 
 
-def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str) -> Output:
-    dtype = float_dtype(model)
+def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, dtype: torch.dtype = torch.bfloat16) -> Output:
     written = write_model_files(model, tokenizer, directory, bitnet_state(model, dtype), dtype=dtype,
                                 quantization_config=quantization_config(model))
     notes = []
-    details: dict[str, Any] = {"linear_class": "bitlinear"}
+    details: dict[str, Any] = {"linear_class": "bitlinear", "dtype": str(dtype).removeprefix("torch.")}
     a16 = [m for m in quantized_modules(model).values() if m.activations != "a8"]
     if a16:
         gap = activation_gap(model, tokenizer, a16)
         details["a16_logit_gap"] = gap
         notes.append(f"{len(a16)} modules were quantised with 16-bit activations, but transformers' BitLinear quantises "
-                     f"activations to int8 per token: the export's logits differ from this model's by {gap:.1%} "
+                     f"activations to int8 per token: that alone makes the export's logits differ from this model's by {gap:.1%} "
                      f"(relative norm on a short sample); quantise with --a8 to match exactly.")
     return Output(written, load_hint(model, final_path), notes, details)
 
