@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     from compress.data import TextConfig
     from compress.io.exports import export
     from compress.io.exports.common import quantized_modules
-    from compress.quant import QuantConfig
+    from compress.quantization import QuantConfig
     from transformers import AutoModelForCausalLM
 
     seq_len = int(argv[0]) if argv else 128

@@ -15,7 +15,7 @@ from torch import nn
 import compress
 from compress.cli import main
 from compress.errors import CompressError
-from compress.quant import QuantConfig
+from compress.quantization import QuantConfig
 from compress.tasks import TaskConfig, TaskError, TaskRunner, run_tasks, split_task_names
 from tests.threads import one_torch_thread
 from tests.tiny import tiny_model
