@@ -24,6 +24,7 @@ _API = {
     "GenerateConfig": "compress.generated",
     "EvalConfig": "compress.eval",
     "EvalReport": "compress.eval",
+    "TaskConfig": "compress.tasks",
     "adapter_for": "compress.arch",
     "prune": "compress.api",
     "quantize": "compress.api",

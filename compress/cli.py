@@ -468,8 +468,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     reference = None
     if args.reference:
         reference, _ = compress.load_model(args.reference, dtype=dtype, device=device)
+    source = args.data
+    if source and len(source) == 1 and source[0] in ("shakespeare", "news") and not Path(source[0]).exists():
+        source = source[0]  # a built-in text by name (compress.load_text accepts both)
     if runner is not None:  # lm-eval tasks, with perplexity on --data when it is given
-        data = compress.load_text(args.data, tokenizer, text_cfg) if args.data else None
+        data = compress.load_text(source, tokenizer, text_cfg) if source else None
         report = compress.evaluate(model, data, reference, eval_cfg, name=args.model,
                                    reference_name=args.reference or "reference", tasks=runner, tokenizer=tokenizer)
     else:
@@ -479,7 +482,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         generate = GenerateConfig(tokens=args.generate_tokens) if args.generate_tokens else None
         # generated text comes from the uncompressed model: the reference when there is one
-        domains = evaluation_domains(tokenizer, args.data, text_cfg, extra=args.eval_data,
+        domains = evaluation_domains(tokenizer, source, text_cfg, extra=args.eval_data,
                                      model=reference if reference is not None else model, generate=generate)
         report = evaluate_domains(model, domains, reference, eval_cfg, name=args.model,
                                   reference_name=args.reference or "reference")

@@ -12,7 +12,10 @@ compute, within ``TOLERANCE`` times the largest |logit|.  What is expected:
   division by the stored ``1/gamma``) on our weights.  With activations
   quantised, a one-ulp difference flips a rounding and grows through the
   layers, so the reference does the same operations, not merely the same
-  maths; what the file must get right (codes, packing, scales) still shows;
+  maths; what the file must get right (codes, packing, scales) still shows.
+  compress-lm's own A8 modules compute the same operations
+  (``compress.kernels.formats.a8_rescale``), so for an ``a8`` model this is
+  the model itself, and the "from the model as it was" figure is 0 in float32;
 - gguf: the model with each float tensor rounded as the file stores it
   (F16, or Q8_0 through gguf's quantiser); int4 and ternary tensors are
   stored exactly, so their check is against our own dequantised weights.
