@@ -24,8 +24,11 @@ class PruneConfig:
     ``method="adapt"`` gives each layer its own sparsity from its importance
     (Adapt-Pruner); ``"uniform"`` gives every layer the same.  ``importance``
     ranks the channels and kv groups inside a layer.  ``step`` is the
-    Adapt-Pruner sub-step (Delta) and ``amplitude`` its A; both default to the
-    released scripts' 0.02.  ``drop_layers`` removes that many whole layers
+    Adapt-Pruner sub-step (Delta), 0.1, and ``amplitude`` its A, 0.02 as in
+    the released scripts (whose step, 0.02, with 128 calibration windows makes
+    a 20% prune of SmolLM2-135M take over an hour on 2 CPU cores, against
+    about 20 s for these defaults, with no measured loss of quality: see the
+    README's "Pruning defaults").  ``drop_layers`` removes that many whole layers
     (the least important by the same layer score) before width pruning.
     ``protect_layers`` lists decoder layers (indices in the model as given)
     that keep their full width and are never dropped; the other layers carry
@@ -53,10 +56,10 @@ class PruneConfig:
     drop_layers: int = 0
     protect_layers: tuple[int, ...] = ()
     amplitude: float = 0.02
-    step: float = 0.02
-    calib_samples: int = 128
+    step: float = 0.1
+    calib_samples: int = 16
     calib_seq_len: int | None = 64
-    batch_size: int = 16
+    batch_size: int = 8
     seed: int = 0
     stages: int = 1
     stage_tokens: int | None = None

@@ -38,9 +38,10 @@ def test_each_field_is_validated_with_a_clear_message(field, value, message):
         PruneConfig(**{field: value})
 
 
-def test_defaults_follow_the_released_adapt_pruner_scripts():
-    cfg = PruneConfig()
-    assert (cfg.method, cfg.importance, cfg.step, cfg.amplitude, cfg.round_to) == ("adapt", "taylor", 0.02, 0.02, 8)
+def test_defaults_are_the_measured_fast_ones():
+    cfg = PruneConfig()  # amplitude as in the released scripts; step and calibration as the README measures
+    assert (cfg.method, cfg.importance, cfg.step, cfg.amplitude, cfg.round_to) == ("adapt", "taylor", 0.1, 0.02, 8)
+    assert (cfg.calib_samples, cfg.calib_seq_len, cfg.batch_size) == (16, 64, 8)
     assert cfg.needs_data
     assert not PruneConfig(method="uniform", importance="magnitude").needs_data
     assert PruneConfig(method="uniform", importance="magnitude", drop_layers=1).needs_data
