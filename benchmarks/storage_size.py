@@ -154,23 +154,36 @@ def table(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
+    """Three bar charts sharing the rows: weights on disk, then KL to the original on each text."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     texts = list(result["original_perplexity"])
-    fig, axes = plt.subplots(1, len(texts), figsize=(6 * len(texts), 4.5), squeeze=False)
-    for ax, text in zip(axes[0], texts):
-        for row in result["rows"]:
-            x, y = row["weights_bytes"] / MIB, row["quality"][text]["kl"]
-            ax.scatter([x], [max(y, 1e-6)], marker="o" if row["layers"] == "float" else "s")
-            ax.annotate(row["label"], (x, max(y, 1e-6)), fontsize=7, xytext=(4, 2), textcoords="offset points")
-        ax.set_xlabel("weights on disk (MiB)")
-        ax.set_ylabel("KL to the original (nats/token)")
-        ax.set_yscale("log")
-        ax.set_title(f"{result['model']}: {text}")
-        ax.grid(alpha=0.3)
+    labels = [r["label"] for r in result["rows"]]
+    y = range(len(labels))
+    fig, axes = plt.subplots(1, 1 + len(texts), figsize=(4.2 * (1 + len(texts)), 0.45 * len(labels) + 1.6), sharey=True)
+    colours = ["tab:gray" if r["layers"] == "float" else "tab:blue" if not r["embeddings"] else "tab:orange"
+               for r in result["rows"]]
+    sizes = [r["weights_bytes"] / MIB for r in result["rows"]]
+    axes[0].barh(y, sizes, color=colours)
+    for i, v in enumerate(sizes):
+        axes[0].text(v, i, f" {v:.1f}", va="center", fontsize=8)
+    axes[0].set_xlabel("weights on disk (MiB)")
+    axes[0].set_yticks(list(y), labels, fontsize=8)
+    axes[0].invert_yaxis()
+    for ax, text in zip(axes[1:], texts):
+        kl = [r["quality"][text]["kl"] for r in result["rows"]]
+        ax.barh(y, kl, color=colours)
+        for i, v in enumerate(kl):
+            ax.text(v, i, f" {v:.4f}", va="center", fontsize=8)
+        ax.set_xlabel(f"KL to the original, {text} (nats/token)")
+    for ax in axes:
+        ax.grid(axis="x", alpha=0.3)
+        ax.margins(x=0.25)
+    fig.suptitle(f"{result['model']}: checkpoint size and quality ({result['windows']} x {result['seq_len']} tokens per text)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
