@@ -250,3 +250,12 @@ def test_an_embedding_subclass_with_its_own_lookup_is_refused():
     model.model.embed_tokens = Odd(320, 64)
     with pytest.raises(QuantError, match="the input embedding is a Odd, whose lookup is not a plain nn.Embedding's"):
         quantize_embeddings(model, "int8")
+
+
+def test_the_adapter_still_sees_a_quantised_tied_pair_as_tied():
+    from compress.arch import adapter_for
+
+    tied, untied = tiny_model("llama"), tiny_model("mistral")
+    for model in (tied, untied):
+        quantize_embeddings(model, "int8")
+    assert adapter_for(tied).tied_embeddings and not adapter_for(untied).tied_embeddings
