@@ -109,7 +109,7 @@ def pruned_rows(fp32: nn.Module, splits, args: argparse.Namespace, prune_bench: 
 
 def quantised_rows(fp32: nn.Module, splits, args: argparse.Namespace, quant_bench: ModuleType) -> tuple[dict, dict]:
     """int4 (ours: GPTQ, RTN) and the 4-bit peers, post-training; ternary post-training."""
-    qargs = argparse.Namespace(group_size=args.group_size, damp=args.damp, act_order=args.act_order)
+    qargs = argparse.Namespace(group_size=args.group_size, damp=args.damp, act_order=args.act_order, clip_search=True)
     models, info = quant_bench.build_rows(fp32, qargs, splits.calibration[: args.calib_seqs], None, with_ternary=True)
     info.pop("fp32", None)
     models.pop("ternary absmedian", None)  # absmean is BitNet's; the quant benchmark has both
@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-step", type=float, default=0.05, help="Adapt-Pruner sub-step (the paper's 0.02 takes 15 recalibrations)")
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--damp", type=float, default=0.01)
-    p.add_argument("--act-order", action="store_true")
+    p.add_argument("--no-act-order", dest="act_order", action="store_false", help="GPTQ in plain column order")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny budgets for a CI check (numbers are noisy)")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)

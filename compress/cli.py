@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sequences", type=int, default=32, help="held-out sequences to evaluate (default 32)")
     p.add_argument("--batch-size", type=int, default=4, help="sequences per forward pass (default 4)")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
+    p.add_argument("--tasks", metavar="T1,T2", help="also run these lm-evaluation-harness tasks on the model as it is "
+                   "(needs pip install 'compress-lm[tasks]'); with --tasks, perplexity runs only when --data is given")
+    p.add_argument("--include-path", metavar="DIR", help="a directory of lm-eval task YAML files (e.g. tests/lmeval_tasks)")
+    p.add_argument("--limit", type=int, metavar="N", help="lm-eval documents per task (default: all)")
+    p.add_argument("--num-fewshot", type=int, metavar="K", help="lm-eval few-shot examples (default: each task's own)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("prune", help="structured pruning (Adapt-Pruner): removes MLP channels and kv groups")
@@ -109,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64, 128 (a last partial group is fine) or -1 per channel (default 128)")
     p.add_argument("--asymmetric", action="store_true", help="int4 with zero points")
     p.add_argument("--gptq", action="store_true", help="int4 with GPTQ error compensation (uses --data)")
+    p.add_argument("--no-act-order", dest="act_order", action="store_false",
+                   help="GPTQ in plain column order instead of by decreasing input energy (act_order overfits less; on by default)")
+    p.add_argument("--no-clip-search", dest="clip_search", action="store_false",
+                   help="int4 group ranges from min/max alone, without searching shrink factors 1.0..0.8 (on by default)")
     p.add_argument("--calibration-sequences", type=int, default=128, metavar="N",
                    help="GPTQ reads at most N calibration sequences of --seq-len tokens (default 128)")
     p.add_argument("--scale", choices=["absmean", "absmedian"], default="absmean", help="ternary scale (default absmean, BitNet b1.58)")
@@ -269,7 +278,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         embedding["embedding_group_size"] = args.embedding_group_size
     config = QuantConfig(method=args.method, group_size=args.group_size, symmetric=not args.asymmetric,
                          gptq=args.gptq, scale=args.scale, activations="a8" if args.a8 else "a16",
-                         calibration_sequences=args.calibration_sequences, **embedding)
+                         calibration_sequences=args.calibration_sequences, act_order=args.act_order,
+                         clip_search=args.clip_search, **embedding)
     bits = 2.2 if config.method == "ternary" else 4.5  # packed weights and their scales, rounded up
     return _compress_and_save(args, config.gptq, lambda model, data: api.quantize(model, config, data=data), bits)
 
@@ -418,6 +428,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     text_cfg = TextConfig(seq_len=args.seq_len, seed=args.seed)
     dtype = getattr(torch, args.dtype)
+    task_cfg = runner = None
+    if args.tasks is None and (args.include_path or args.limit is not None or args.num_fewshot is not None):
+        raise CompressError("--include-path, --limit and --num-fewshot apply to lm-eval tasks; add --tasks T1,T2.")
+    if args.tasks is not None:
+        from compress.tasks import TaskConfig, TaskRunner
+
+        task_cfg = TaskConfig(include_path=args.include_path, limit=args.limit, num_fewshot=args.num_fewshot,
+                              batch_size=args.batch_size, seed=args.seed)
+        runner = TaskRunner(args.tasks, task_cfg)  # lm-eval installed, names known, data readable: before loading any model
     model, tokenizer = compress.load_model(args.model, dtype=dtype, device=device)
     eval_cfg = EvalConfig(
         batch_size=args.batch_size,
@@ -427,8 +446,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     reference = None
     if args.reference:
         reference, _ = compress.load_model(args.reference, dtype=dtype, device=device)
-    data = compress.load_text(args.data, tokenizer, text_cfg)
-    report = compress.evaluate(model, data, reference, eval_cfg, name=args.model, reference_name=args.reference or "reference")
+    data = compress.load_text(args.data, tokenizer, text_cfg) if args.tasks is None or args.data else None
+    report = compress.evaluate(model, data, reference, eval_cfg, name=args.model, reference_name=args.reference or "reference",
+                               tasks=runner, tokenizer=tokenizer)
     print(report.table())
     if args.json:
         print(f"report written to {report.save_json(_parent_made(args.json))}")

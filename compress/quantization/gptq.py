@@ -9,7 +9,9 @@ quantised (through the Cholesky factor of H^-1), in blocks for speed.
 Group parameters use the updated weights at each group's first column, as the
 reference implementation does.  With ``act_order`` they are fixed up front
 from the original weights ("static groups"), so the packed layout needs no
-column permutation.
+column permutation.  With ``clip_search`` each group's range is the shrink of
+its min-max range with the least squared rounding error, each column weighted
+by its Hessian diagonal.
 """
 from __future__ import annotations
 
@@ -83,6 +85,9 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, overwri
     dead = H.diagonal() == 0  # inputs that were always zero carry no information
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
+    # The clip search weighs a column's rounding error by its input energy (undamped Hessian diagonal).
+    hdiag = H.diagonal().clone() if cfg.clip_search else None
+    search = {"clip_search": cfg.clip_search}
 
     n_groups, dev = num_groups(K, G), W.device
     float_zero = cfg.zero_point == "float"
@@ -92,7 +97,9 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, overwri
     if cfg.act_order or G == K:
         # static groups: parameters from the weights before any compensation
         for g in range(n_groups):
-            scales[g], z = int4_params(W[:, g * G:(g + 1) * G], cfg.symmetric, dtype, float_zero)
+            cols = slice(g * G, (g + 1) * G)
+            scales[g], z = int4_params(W[:, cols], cfg.symmetric, dtype, float_zero, **search,
+                                       weight=None if hdiag is None else hdiag[cols])
             if zeros is not None:
                 zeros[g] = z
     if cfg.act_order:
@@ -110,7 +117,7 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, overwri
     # blocks hold whole groups so a group's columns are all up to date when its parameters are found
     B = cfg.block_size if static else G * max(1, cfg.block_size // G)
     with _one_cpu_thread(dev):
-        _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, (cfg.symmetric, dtype, float_zero))
+        _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, (cfg.symmetric, dtype, float_zero), hdiag)
 
     codes = codes.t()
     if perm is not None:
@@ -138,8 +145,11 @@ def _one_cpu_thread(device: torch.device):
         torch.set_num_threads(before)
 
 
-def _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, param_args) -> None:
-    """Quantise the rows of ``Wt`` (weight columns) in order, compensating each error (fills codes/scales/zeros)."""
+def _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, param_args, hdiag=None) -> None:
+    """Quantise the rows of ``Wt`` (weight columns) in order, compensating each error (fills codes/scales/zeros).
+
+    ``hdiag``: per-column weights of the clip search for groups found here (None: no search).
+    """
     K = Wt.shape[0]
     for i1 in range(0, K, B):
         i2 = min(i1 + B, K)
@@ -149,7 +159,8 @@ def _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, param_a
         for i in range(i2 - i1):
             col, g = i1 + i, group_of[i1 + i]
             if not static and col % G == 0:
-                scales[g], z = int4_params(W1[i:i + G].t(), *param_args)
+                scales[g], z = int4_params(W1[i:i + G].t(), *param_args, clip_search=hdiag is not None,
+                                           weight=None if hdiag is None else hdiag[col:col + G])
                 if zeros is not None:
                     zeros[g] = z
             z = None if zeros is None else zeros[g]

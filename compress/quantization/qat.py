@@ -20,7 +20,7 @@ from torch import nn
 
 from compress.errors import ConfigError
 from compress.quantization.config import QuantConfig
-from compress.kernels.reference import quantize_activations_int8
+from compress.kernels.formats import a8_rescale, a8_weight_scale, quantize_activations_int8
 from compress.quantization.quantizers import fake_quantize, fake_quantize_activations, quantize_ternary
 
 
@@ -37,20 +37,20 @@ class _TernaryA8(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        x_q, x_scale = quantize_activations_int8(x)
+        x_q, inv = quantize_activations_int8(x)
         acc = x_q.to(torch.float32) @ codes.t()
-        y = acc * x_scale[:, None] * scale[None, :]
-        ctx.save_for_backward(x_q, x_scale, codes, scale)
+        y = a8_rescale(acc, inv, a8_weight_scale(scale, codes.shape[0]))
+        ctx.save_for_backward(x_q, inv, codes, scale)
         ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
         return y.to(x.dtype).reshape(*x.shape[:-1], codes.shape[0])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x_q, x_scale, codes, scale = ctx.saved_tensors
+        x_q, inv, codes, scale = ctx.saved_tensors
         g = grad.reshape(-1, codes.shape[0]).to(torch.float32)
         w_q = codes * scale[:, None]
         grad_x = (g @ w_q).to(ctx.x_dtype).reshape(*grad.shape[:-1], codes.shape[1])
-        grad_w = (g.t() @ (x_q.to(torch.float32) * x_scale[:, None])).to(ctx.w_dtype)
+        grad_w = (g.t() @ (x_q.to(torch.float32) / inv[:, None])).to(ctx.w_dtype)
         return grad_x, grad_w, None, None
 
 

@@ -13,7 +13,7 @@ from typing import Optional, Union
 
 import torch
 
-from compress.kernels.formats import int4_num_groups
+from compress.kernels.formats import int4_num_groups, quantize_activations_int8
 from compress.quantization.config import QuantConfig
 
 TERNARY_EPS = 1e-5  # BitNet's clamp on the absmean scale
@@ -47,11 +47,23 @@ Quantised = Union[Int4Weights, TernaryWeights]
 
 
 def _stored(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``x`` rounded *up* to the storage dtype (so the largest weight is never clipped), as float32."""
+    """``x`` rounded to the *nearest* value of the storage dtype (ties to even), as float32.
+
+    Rounding up instead would keep the largest weight of a group just inside the
+    grid, but it stretches every step of the group: on weights that already lie
+    on a 4-bit grid (SmolLM2 is dequantised from GGUF Q4_1) it flips the codes
+    that sit on rounding ties.  A scale rounded down by at most half an fp16 ulp
+    leaves the extreme weight at most that far outside, where the clamp of
+    :func:`int4_codes` catches it.
+    """
     x = x.to(torch.float32).clamp(min=torch.finfo(dtype).tiny)
-    y = x.to(dtype)
-    y = torch.where(y.to(torch.float32) < x, torch.nextafter(y, torch.full_like(y, float("inf"))), y)
-    return y.to(torch.float32)
+    return x.to(dtype).to(torch.float32)
+
+
+# Clip (scale) search: each group's range is shrunk by these factors and the
+# one with the least (weighted) squared rounding error is kept.  1.0 is the
+# plain min-max range, so the search never does worse on that error.
+CLIP_FACTORS = tuple(1.0 - 0.02 * i for i in range(11))  # 1.00, 0.98, ..., 0.80
 
 
 def effective_group_size(cfg: QuantConfig, in_features: int) -> int:
@@ -78,8 +90,30 @@ def quantize_ternary(w: torch.Tensor, cfg: QuantConfig) -> TernaryWeights:
 
 # --------------------------------------------------------------------------- int4
 
+def _int4_range_params(
+    w: torch.Tensor, symmetric: bool, dtype: torch.dtype, float_zero: bool, shrink: float = 1.0
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Scale and zero point per row of ``w[N, G]`` for its range shrunk by ``shrink`` (see :func:`int4_params`)."""
+    if symmetric:
+        return _stored(w.abs().amax(dim=1) * shrink / 7.5, dtype), None
+    lo, hi = w.amin(dim=1), w.amax(dim=1)
+    if not float_zero:
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    lo, hi = lo * shrink, hi * shrink
+    scale = _stored((hi - lo) / INT4_MAX, dtype)
+    zero = -lo / scale
+    zero = zero.to(dtype).to(torch.float32) if float_zero else zero.round().clamp(0, INT4_MAX)
+    return scale, zero
+
+
 def int4_params(
-    w: torch.Tensor, symmetric: bool, dtype: torch.dtype, float_zero: bool = False
+    w: torch.Tensor,
+    symmetric: bool,
+    dtype: torch.dtype,
+    float_zero: bool = False,
+    *,
+    clip_search: bool = False,
+    weight: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Scale and zero point per row of ``w[N, G]`` (one group), as float32 ``[N]`` (zero None if symmetric).
 
@@ -88,17 +122,32 @@ def int4_params(
     range [min(w, 0), max(w, 0)] in 15 steps with the zero point rounded to a
     code, or with ``float_zero`` the exact range [min, max] and a fractional
     zero point (stored in ``dtype``), as GGUF's Q4_1 does.
+
+    ``clip_search``: try the range shrunk by each of ``CLIP_FACTORS`` and keep,
+    per row, the one whose rounding error ``sum_k c_k (w - q(w))^2`` is least,
+    with ``c = weight`` (``[G]`` per column or ``[N, G]``; GPTQ passes its
+    Hessian diagonal, RTN zeros for padding; None: all 1).
+    Clipping a few outliers buys a finer step for all the other weights.
     """
     w = w.detach().to(torch.float32)
-    if symmetric:
-        return _stored(w.abs().amax(dim=1) / 7.5, dtype), None
-    lo, hi = w.amin(dim=1), w.amax(dim=1)
-    if not float_zero:
-        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
-    scale = _stored((hi - lo) / INT4_MAX, dtype)
-    zero = -lo / scale
-    zero = zero.to(dtype).to(torch.float32) if float_zero else zero.round().clamp(0, INT4_MAX)
-    return scale, zero
+    best_scale, best_zero = _int4_range_params(w, symmetric, dtype, float_zero)
+    if not clip_search:
+        return best_scale, best_zero
+    c = None if weight is None else weight.to(torch.float32)
+    best_err = None
+    for shrink in CLIP_FACTORS:
+        scale, zero = (best_scale, best_zero) if best_err is None else _int4_range_params(w, symmetric, dtype, float_zero, shrink)
+        d = int4_dequant(int4_codes(w, scale, zero), scale, zero).sub_(w).square_()
+        err = (d if c is None else d.mul_(c)).sum(dim=1)
+        if best_err is None:
+            best_err = err
+            continue
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_scale = torch.where(better, scale, best_scale)
+        if zero is not None:
+            best_zero = torch.where(better, zero, best_zero)
+    return best_scale, best_zero
 
 
 def int4_codes(w: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor]) -> torch.Tensor:
@@ -121,7 +170,7 @@ def num_groups(in_features: int, group_size: int) -> int:
 
 
 def quantize_int4(w: torch.Tensor, cfg: QuantConfig) -> Int4Weights:
-    """Round-to-nearest int4 in groups of ``cfg.group_size`` inputs."""
+    """Round-to-nearest int4 in groups of ``cfg.group_size`` inputs (each group's range searched when ``cfg.clip_search``)."""
     N, K = w.shape
     G = effective_group_size(cfg, K)
     n = num_groups(K, G)
@@ -129,7 +178,13 @@ def quantize_int4(w: torch.Tensor, cfg: QuantConfig) -> Int4Weights:
     wf = w.detach().to(torch.float32)
     wp = torch.cat([wf, wf[:, -(K % G or G):][:, :1].expand(N, n * G - K)], dim=1)
     flat = wp.reshape(N, n, G).transpose(0, 1).reshape(-1, G)  # [n*N, G]
-    scale, zero = int4_params(flat, cfg.symmetric, cfg.torch_scale_dtype, cfg.zero_point == "float")
+    pad_weight = None
+    if cfg.clip_search and n * G > K:  # the padding copies must not count in the search
+        pad_weight = torch.ones(n, N, G, device=wf.device)
+        pad_weight[-1, :, K - (n - 1) * G:] = 0
+        pad_weight = pad_weight.reshape(-1, G)
+    scale, zero = int4_params(flat, cfg.symmetric, cfg.torch_scale_dtype, cfg.zero_point == "float",
+                              clip_search=cfg.clip_search, weight=pad_weight)
     codes = int4_codes(flat, scale, zero).reshape(n, N, G).transpose(0, 1).reshape(N, n * G)[:, :K]
     dtype = cfg.torch_scale_dtype
     return Int4Weights(
@@ -167,10 +222,9 @@ def fake_quantize(w: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
 def fake_quantize_activations(x: torch.Tensor) -> torch.Tensor:
     """8-bit absmax per token (BitNet): ``round(x * 127/max|x|) / (127/max|x|)``, no gradient.
 
-    The same arithmetic as ``compress.kernels.reference.quantize_activations_int8``.
+    The arithmetic of ``compress.kernels.formats.quantize_activations_int8`` (and of
+    transformers' ``ActQuant``), dequantised by dividing by the same ``inv``.
     """
     with torch.no_grad():
-        xf = x.to(torch.float32)
-        inv = 127.0 / xf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-5)
-        x_q = (xf * inv).round().clamp(-128, 127)
-        return (x_q * (1.0 / inv)).to(x.dtype)
+        x_q, inv = quantize_activations_int8(x)
+        return (x_q.to(torch.float32) / inv[:, None]).to(x.dtype).reshape(x.shape)

@@ -70,6 +70,12 @@ def pruned_llama():
     return model
 
 
+def _modules(model):
+    from compress.io.exports.common import quantized_modules
+
+    return list(quantized_modules(model).values())
+
+
 def _weights(model):
     from compress.io.exports.common import quantized_modules
 
@@ -102,6 +108,59 @@ def _check_bitnet_weights(tmp_path, unpack_weights):
         assert packed.dtype == torch.uint8 and packed.shape == (w.shape[0] // 4, w.shape[1])
         ternary = unpack_weights(packed, dtype=torch.float32)
         assert torch.allclose(ternary / scale.float(), w, rtol=1e-6, atol=0)  # BitLinear divides by weight_scale
+
+
+def test_bitnet_a8_export_in_stock_transformers_gives_our_logits(tmp_path):
+    """A ternary --a8 model exported as bitnet and run by transformers' own BitLinear computes what
+    compress-lm evaluated: same activation quantisation, same rescale order, so the same bits in
+    float32 (the order acc * (1/inv) * gamma differed in the last bit, which the next layer's int8
+    rounding grew to a 2.4% logit gap on SmolLM2-135M)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(1)
+    config = LlamaConfig(**{**_DECODER_COMMON, "num_hidden_layers": 6, "intermediate_size": 128})  # deeper: flips compound
+    model = AutoModelForCausalLM.from_config(config).float().eval()
+    quantize(model, QuantConfig(method="ternary", activations="a8", progress=False))
+    export(model, None, tmp_path / "bn", "bitnet")
+    ids = torch.randint(0, config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
+    torch.compiler.set_stance("force_eager")  # BitLinear's torch.compile: the same ops, without a CPU compile
+    try:
+        theirs_model = AutoModelForCausalLM.from_pretrained(tmp_path / "bn", dtype=torch.float32).eval()
+        assert type(theirs_model.model.layers[0].mlp.down_proj).__name__ == "BitLinear"
+        with torch.no_grad():
+            theirs = theirs_model(input_ids=ids).logits
+    finally:
+        torch.compiler.set_stance("default")
+    with torch.no_grad():
+        ours = model(input_ids=ids).logits
+    assert (ours - theirs).abs().max() <= 1e-6 * ours.abs().max()
+
+
+def test_bitnet_a16_export_states_the_gap_stock_transformers_shows(tmp_path):
+    """16-bit activations cannot be stored in BitLinear: the export says by how much its logits differ,
+    and that figure is what transformers' own BitLinear gives on the same ids."""
+    from transformers import AutoModelForCausalLM
+
+    from compress.io.exports.verify import sample_ids
+
+    model = ternary_llama("a16")
+    report = export(model, None, tmp_path / "bn", "bitnet")
+    gap = report.details["a16_logit_gap"]
+    [note] = [n for n in report.notes if "16-bit activations" in n]
+    assert f"{gap:.1%}" in note and "--a8" in note and f"note: {note}" in report.summary()
+    assert all(m.activations == "a16" for m in _modules(model))  # measured, then put back
+    ids, _ = sample_ids(model, None)
+    torch.compiler.set_stance("force_eager")
+    try:
+        theirs_model = AutoModelForCausalLM.from_pretrained(tmp_path / "bn", dtype=torch.float32).eval()
+        with torch.no_grad():
+            theirs = theirs_model(input_ids=ids).logits
+    finally:
+        torch.compiler.set_stance("default")
+    with torch.no_grad():
+        ours = model(input_ids=ids).logits
+    actual = float((theirs - ours).norm() / ours.norm())
+    assert actual > 1e-3 and abs(gap - actual) <= 1e-5 * actual + 1e-7
 
 
 def test_bitnet_pack_matches_the_documented_example():

@@ -76,3 +76,12 @@ def test_labels():
     assert QuantConfig(group_size=-1, symmetric=False, gptq=True).label() == "int4 per-channel asym gptq"
     assert resolve_config("ternary-a8").label() == "ternary absmean per-tensor a8"
     assert QuantConfig(symmetric=False, zero_point="float").label() == "int4 g128 asym-float-zero rtn"
+
+
+def test_int4_defaults_are_act_order_and_clip_search():
+    cfg = QuantConfig()
+    assert cfg.act_order and cfg.clip_search and cfg.damp == 0.01
+    # the clip search changes stored values: configs that differ in it do not quantise alike
+    assert cfg.quantiser_key() != QuantConfig(clip_search=False).quantiser_key()
+    assert QuantConfig.from_dict(QuantConfig(act_order=False, clip_search=False).to_dict()) == QuantConfig(
+        act_order=False, clip_search=False)

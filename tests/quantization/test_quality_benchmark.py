@@ -71,3 +71,28 @@ def test_paired_comparison_is_signed_and_bounded(bench):
     assert p["mean_diff"] == pytest.approx(-0.75)
     assert p["ci95"][0] <= -0.75 <= p["ci95"][1] < 0
     assert p["fraction_a_lower"] == 1.0
+
+
+def test_the_causal_part_measures_both_domains_against_fp32_in_one_run(bench, monkeypatch):
+    import argparse
+
+    from tests.tiny import tiny_tokenizer
+
+    monkeypatch.setattr(compress, "load_model", lambda name: (tiny_model("llama"), tiny_tokenizer()))
+    # bitsandbytes needs whole 64-blocks per row, which the tiny layers do not have: a stand-in row
+    monkeypatch.setattr(bench, "nf4_linear", lambda lin: (copy.deepcopy(lin), lin.weight.numel() // 2))
+    args = argparse.Namespace(model="tiny", seq_len=16, eval_seqs=3, calib_seqs=4, batch_size=2, group_size=32,
+                              damp=0.01, act_order=True, clip_search=True, ablate=True, skip_ternary=True)
+    out = bench.causal_part(args, None)
+    assert out["domains"] == ["shakespeare", "news"]
+    rows = out["rows"]
+    assert {"int4 GPTQ g32", "int4 RTN g32 no clip search", "int4 GPTQ g32 no act_order"} <= set(rows)
+    for label, row in rows.items():
+        if label == "fp32":
+            assert all(d["ppl_ratio_to_fp32"] == 1.0 and d["kl_to_fp32"] == 0 for d in row["domains"].values())
+            continue
+        shak, news = row["domains"]["shakespeare"], row["domains"]["news"]
+        assert row["perplexity"] == shak["perplexity"] and shak["perplexity"] != news["perplexity"]
+        assert news["ppl_ratio_to_fp32"] == pytest.approx(news["perplexity"] / rows["fp32"]["domains"]["news"]["perplexity"])
+    text = bench.table({"causal": out})
+    assert "news ppl (x fp32)" in text and text.count("\n") == len(rows) + 2
