@@ -144,7 +144,7 @@ def test_bitnet_a16_export_states_the_gap_stock_transformers_shows(tmp_path):
     from compress.io.exports.verify import sample_ids
 
     model = ternary_llama("a16")
-    report = export(model, None, tmp_path / "bn", "bitnet", dtype="float32")  # the activation gap alone
+    report = export(model, None, tmp_path / "bn", "bitnet", dtype=torch.float32)  # the gap of the activations alone
     gap = report.details["a16_logit_gap"]
     [note] = [n for n in report.notes if "16-bit activations" in n]
     assert f"{gap:.1%}" in note and "--a8" in note and f"note: {note}" in report.summary()

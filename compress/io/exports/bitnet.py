@@ -99,7 +99,7 @@ def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, dt
         gap = activation_gap(model, tokenizer, a16)
         details["a16_logit_gap"] = gap
         notes.append(f"{len(a16)} modules were quantised with 16-bit activations, but transformers' BitLinear quantises "
-                     f"activations to int8 per token: the export's logits differ from this model's by {gap:.1%} "
+                     f"activations to int8 per token: that alone makes the export's logits differ from this model's by {gap:.1%} "
                      f"(relative norm on a short sample); quantise with --a8 to match exactly.")
     return Output(written, load_hint(model, final_path), notes, details)
 
