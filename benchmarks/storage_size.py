@@ -2,7 +2,7 @@
 
 One run loads SmolLM2-135M (float32; the original, measured in the same
 run) and quantises its decoder-layer linears to int4 round-to-nearest g128
-(symmetric, float16 scales).  That model is saved with ``compress.save`` as:
+(symmetric, float16 scales, QuantConfig's defaults otherwise: clip search on).  That model is saved with ``compress.save`` as:
 
     int4 g128, float32 storage            (what compress-lm wrote before 16-bit storage)
     int4 g128, bfloat16 storage           (the default now)
@@ -99,7 +99,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     original.eval()
     texts = _texts(tokenizer, args.windows, args.seq_len)
     int4 = copy.deepcopy(original)
-    compress.quantize(int4, QuantConfig(method="int4", group_size=128, progress=False))
+    layer_cfg = QuantConfig(method="int4", group_size=128, progress=False)
+    compress.quantize(int4, layer_cfg)
+    layer_label = layer_cfg.label() + (" clip-search" if getattr(layer_cfg, "clip_search", False) else "")
     rows, models = [], {}
     for label, quantised, dtype, embeddings, group in ROWS:
         model = copy.deepcopy(int4 if quantised else original)
@@ -113,7 +115,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         total = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
         del model
         models[label] = compress.load(path).model.eval()
-        rows.append({"label": label, "layers": "int4 g128 rtn" if quantised else "float", "dtype": dtype,
+        rows.append({"label": label, "layers": layer_label if quantised else "float", "dtype": dtype,
                      "embeddings": None if not embeddings else (embeddings if embeddings == "int8" else f"int4 g{group}"),
                      "weights_bytes": weights, "directory_bytes": total})
         print(f"{label:<26} {weights / MIB:7.1f} MiB weights, {total / MIB:7.1f} MiB directory", flush=True)
