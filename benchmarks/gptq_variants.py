@@ -5,7 +5,9 @@ Decides defaults by measurement: each ``--variant NAME:FIELD=VALUE,...`` is a
 calibration tokens unless ``gptq=False``), quantised in this process and
 evaluated on the held-out Shakespeare split and the unseen "news" split
 (``--eval-seqs`` sequences each), with the fp32 model measured alongside.
-``calib=N`` in a variant overrides the calibration sequence count.  Results
+``calib=N`` in a variant overrides the calibration sequence count;
+``round_up=true`` stores scales rounded *up* to fp16 (the quantiser before
+issue 18), to measure rounding to nearest against it.  Results
 are appended to the JSON after every variant, so an interrupted run keeps
 what it measured.
 
@@ -20,6 +22,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -32,6 +35,27 @@ def _bench():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@contextmanager
+def _scales_rounded_up(on: bool):
+    """Store scales rounded up to their dtype (the old ``_stored``) while quantising, if ``on``."""
+    from compress.quantization import quantizers
+
+    nearest = quantizers._stored
+
+    def up(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        x = x.to(torch.float32).clamp(min=torch.finfo(dtype).tiny)
+        y = x.to(dtype)
+        y = torch.where(y.to(torch.float32) < x, torch.nextafter(y, torch.full_like(y, float("inf"))), y)
+        return y.to(torch.float32)
+
+    if on:
+        quantizers._stored = up
+    try:
+        yield
+    finally:
+        quantizers._stored = nearest
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -76,15 +100,17 @@ def main(argv=None) -> int:
     for text in args.variant:
         name, fields = parse_variant(text)
         calib_n = fields.pop("calib", args.calib_seqs)
+        round_up = fields.pop("round_up", False)
         fields = {"group_size": args.group_size, "gptq": True, "progress": False, **fields}
         cfg = QuantConfig(calibration_sequences=calib_n, **fields)
         m = copy.deepcopy(model)
         print(f"[variant] {name}: {cfg.label()} {fields} calib {calib_n}", flush=True)
         start = time.perf_counter()
-        compress.quantize(m, cfg, data=splits.calibration[:calib_n] if cfg.gptq else None)
+        with _scales_rounded_up(round_up):
+            compress.quantize(m, cfg, data=splits.calibration[:calib_n] if cfg.gptq else None)
         seconds = time.perf_counter() - start
         m.eval()
-        row = {"fields": fields, "calibration_sequences": calib_n, "quantise_seconds": seconds, "domains": {}}
+        row = {"fields": fields, "scales_rounded_up": round_up, "calibration_sequences": calib_n, "quantise_seconds": seconds, "domains": {}}
         for domain, ids in held.items():
             r = bench.compare_causal(model, {name: m}, ids, args.batch_size)
             row["domains"][domain] = {"fp32_perplexity": r["fp32"]["perplexity"], "perplexity": r[name]["perplexity"],

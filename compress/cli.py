@@ -20,8 +20,13 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="built-in name (smollm2-135m, gemma3-270m, minilm-l6), HF directory, .gguf file or hub id")
 
 
-def _add_data(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--data", nargs="+", metavar="FILE", help=f"{what}: text/Markdown/.jsonl files or directories (default: the built-in Shakespeare corpus)")
+def _add_data(p: argparse.ArgumentParser, what: str, default: str | None = None) -> None:
+    default = default or ("text the model writes itself ('generated', cached; encoders: the built-in Shakespeare)")
+    p.add_argument("--data", nargs="+", metavar="FILE",
+                   help=f"{what}: text/Markdown/.jsonl files or directories, a named text (generated, shakespeare), "
+                        f"or a mix with shares, e.g. generated=0.5 notes/=0.5 (default: {default})")
+    p.add_argument("--generate-tokens", type=int, default=None, metavar="N",
+                   help="tokens of generated text to write (and cache) when the data is 'generated' (default 8192)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (default 512)")
     p.add_argument("--seed", type=int, default=0, help="seed of the private generator that splits the text (default 0)")
 
@@ -68,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="perplexity, KL to a reference, size and speed on held-out text")
     _add_model(p)
-    _add_data(p, "text to evaluate on (its held-out split is used)")
+    _add_data(p, "the calibration domain to evaluate on (its held-out split is used)", "the built-in Shakespeare")
+    p.add_argument("--eval-data", nargs="+", metavar="FILE", help="also evaluate on your own text (all of it): a third column")
     _add_runtime(p)
     p.add_argument("--reference", metavar="MODEL", help="compare with this model: KL divergence and top-1 agreement")
     p.add_argument("--max-sequences", type=int, default=32, help="held-out sequences to evaluate (default 32)")
@@ -188,7 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="a whole recipe (prune, recover, quantize, export) with a pre-flight check and a report; resumable")
     p.add_argument("--recipe", default="default", help="recipe YAML file or built-in recipe (default, small-fast, smallest; `--recipe list` shows them)")
     p.add_argument("--model", help="override the recipe's model (built-in name, HF directory, .gguf file or hub id)")
-    p.add_argument("--data", nargs="+", metavar="FILE", help="override the recipe's text: text/Markdown/.jsonl files or directories")
+    p.add_argument("--data", nargs="+", metavar="FILE",
+                   help="override the recipe's text: text/Markdown/.jsonl files or directories, a named text (generated, "
+                        "shakespeare) or a mix with shares, e.g. generated=0.5 notes/=0.5")
+    p.add_argument("--eval-data", nargs="+", metavar="FILE", help="also evaluate every stage on your own text: a third domain")
     p.add_argument("-o", "--output", help="run directory (default runs/<recipe name>); the same command again resumes there")
     p.add_argument("--force", action="store_true", help="replace a run directory that holds another model's or text's run")
     p.add_argument("--check", action="store_true", help="only load the model and text and run the pre-flight check")
@@ -238,16 +247,27 @@ def _parent_made(path: str) -> str:
     return path
 
 
+def _load_data(args: argparse.Namespace, tokenizer, writer):
+    """The command's text: --data, or the default (text ``writer``, the uncompressed model, generates itself)."""
+    import compress
+    from compress.data import TextConfig, default_source
+    from compress.generated import GenerateConfig
+
+    generate = GenerateConfig(tokens=args.generate_tokens) if args.generate_tokens else None
+    source = args.data if args.data else default_source(writer)
+    return compress.load_text(source, tokenizer, TextConfig(seq_len=args.seq_len, seed=args.seed), model=writer,
+                              generate=generate)
+
+
 def _compress_and_save(args: argparse.Namespace, needs_data: bool, step: Callable, linear_bits: float | None = None) -> int:
     """Load MODEL (and text when ``needs_data``), run ``step(model, data)`` in place, print its report, save."""
     import compress
-    from compress.data import TextConfig
     from compress.io.outputs import estimated_bytes
 
     _check_output(args)
     model, tokenizer = compress.load_model(args.model)
     _check_output(args, estimated_bytes(model, linear_bits))  # the free space, now that the size is known
-    data = compress.load_text(args.data, tokenizer, TextConfig(seq_len=args.seq_len, seed=args.seed)) if needs_data else None
+    data = _load_data(args, tokenizer, model) if needs_data else None
     print(step(model, data).table())
     print(f"checkpoint written to {compress.save(model, args.output, tokenizer, overwrite=args.force, dtype=args.dtype)}")
     return 0
@@ -287,7 +307,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_recover(args: argparse.Namespace) -> int:
     import compress
     from compress import api
-    from compress.data import TextConfig
     from compress.io.outputs import check_location, estimated_bytes
     from compress.recovery import RecoverConfig, is_main_process
 
@@ -304,7 +323,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     else:
         _check_output(args, needed)
     teacher = compress.load_model(args.teacher).model if args.teacher else None
-    data = compress.load_text(args.data, tokenizer, TextConfig(seq_len=args.seq_len, seed=args.seed))
+    data = _load_data(args, tokenizer, teacher if teacher is not None else model)
     report = api.recover(model, teacher, data, config)
     if is_main_process():  # under torchrun only rank 0 writes
         print(report)
@@ -316,7 +335,6 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     import torch
 
     import compress
-    from compress.data import TextConfig
     from compress.sensitivity import SensitivityConfig, measure_sensitivity
     from compress.sensitivity.overrides import check_override_args
 
@@ -331,7 +349,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         check_override_args(config.formats, args.target, args.keep, args.promote_to, args.protect)
     device = check_device(args.device)
     model, tokenizer = compress.load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
-    data = compress.load_text(args.data, tokenizer, TextConfig(seq_len=args.seq_len, seed=args.seed))
+    data = _load_data(args, tokenizer, model)
     report = measure_sensitivity(model, data, config, name=args.model)
     print(report.table(top=args.top, rank_by=args.target if args.overrides else None))
     print(f"heat map written to {report.heatmap(_parent_made(args.heatmap))}")
@@ -367,6 +385,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     from compress.pipeline import run
 
+    if args.eval_data:
+        import dataclasses
+
+        recipe = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, data=tuple(args.eval_data)))
     run(args.model, recipe, args.output, data=args.data, overwrite=args.force, progress=not args.quiet)
     return 0
 
@@ -446,9 +468,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     reference = None
     if args.reference:
         reference, _ = compress.load_model(args.reference, dtype=dtype, device=device)
-    data = compress.load_text(args.data, tokenizer, text_cfg) if args.tasks is None or args.data else None
-    report = compress.evaluate(model, data, reference, eval_cfg, name=args.model, reference_name=args.reference or "reference",
-                               tasks=runner, tokenizer=tokenizer)
+    if runner is not None:  # lm-eval tasks, with perplexity on --data when it is given
+        data = compress.load_text(args.data, tokenizer, text_cfg) if args.data else None
+        report = compress.evaluate(model, data, reference, eval_cfg, name=args.model,
+                                   reference_name=args.reference or "reference", tasks=runner, tokenizer=tokenizer)
+    else:
+        from compress.data import evaluation_domains
+        from compress.eval import evaluate_domains
+        from compress.generated import GenerateConfig
+
+        generate = GenerateConfig(tokens=args.generate_tokens) if args.generate_tokens else None
+        # generated text comes from the uncompressed model: the reference when there is one
+        domains = evaluation_domains(tokenizer, args.data, text_cfg, extra=args.eval_data,
+                                     model=reference if reference is not None else model, generate=generate)
+        report = evaluate_domains(model, domains, reference, eval_cfg, name=args.model,
+                                  reference_name=args.reference or "reference")
     print(report.table())
     if args.json:
         print(f"report written to {report.save_json(_parent_made(args.json))}")

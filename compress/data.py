@@ -27,6 +27,9 @@ BUILTIN_TEXT = "shakespeare"
 # A second built-in text of another kind, for evaluation only: modern news prose
 # that no calibration or training in the toolkit uses by default.
 UNSEEN_TEXT = "news"
+# Text the model itself writes (compress.generated); needs load_text(..., model=).
+GENERATED_TEXT = "generated"
+NAMED_TEXTS = (BUILTIN_TEXT, UNSEEN_TEXT, GENERATED_TEXT)
 
 Source = str | os.PathLike | Sequence[str | os.PathLike] | Any
 
@@ -307,38 +310,215 @@ def split_sequences(seqs: torch.Tensor, config: TextConfig) -> tuple[torch.Tenso
     return seqs[cal_idx], seqs[train_idx], seqs[eval_idx]
 
 
+def heldout_rows(n: int, config: TextConfig) -> torch.Tensor:
+    """Which of ``n`` rows ``split_sequences`` puts in the held-out split."""
+    gen = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(n, generator=gen)
+    n_eval = min(max(1, round(n * config.eval_fraction)), max(n - 2, 0))
+    return order[:n_eval]
+
+
 def load_text(
     source: Source = None,
     tokenizer: Any = None,
     config: TextConfig | None = None,
+    *,
+    model: Any = None,
+    generate: Any = None,
 ) -> TextSplits:
     """Read, tokenise, chunk and split text.
 
     ``source`` is None (the built-in corpus), a path or list of paths (text,
     Markdown, .jsonl files, directories of them, or a saved ``datasets``
-    directory), or a ``datasets.Dataset``.  ``tokenizer`` is required.
+    directory), a ``datasets.Dataset``, one of the named texts
+    ``"shakespeare"``, ``"news"`` or ``"generated"`` (text ``model`` writes
+    itself, see ``compress.generated``; ``generate`` is its
+    ``GenerateConfig``), or a mix: a list holding a named text
+    (``["generated", "notes/"]``, equal shares) or entries with shares
+    (``{"generated": 0.7, "notes/": 0.3}``, or ``"notes/=0.3"`` strings), whose
+    shares of the tokens must sum to 1.  ``tokenizer`` is required.
     """
     config = config or TextConfig()
     if tokenizer is None:
         raise TextError("load_text needs the model's tokenizer; pass tokenizer= (load_model returns one).")
-    docs = read_documents(source, config.text_field)
-    if not any(text.strip() for _, text in docs):
-        where = "the built-in corpus" if source is None else f"'{_name(source)}'"
-        raise TextError(f"No text found in {where}: it is empty; give files that contain text.")
-    ids = tokenize_documents(docs, tokenizer, config.max_tokens)
+    if isinstance(source, (list, tuple)) and len(source) == 1 and str(source[0]) in NAMED_TEXTS:
+        source = str(source[0])
+    parts = mix_parts(source)
     bos = sequence_bos(tokenizer, config.bos)
-    if bos is None:
-        seqs = chunk_tokens(ids, config.seq_len)
+    if parts is None:
+        docs = _documents(source, config, tokenizer, model, generate)
+        if not any(text.strip() for _, text in docs):
+            where = "the built-in corpus" if source is None else f"'{_name(source)}'"
+            raise TextError(f"No text found in {where}: it is empty; give files that contain text.")
+        ids = tokenize_documents(docs, tokenizer, config.max_tokens)
+        seqs = _sequences(ids, config.seq_len, bos)
+        names = [name for name, _ in docs]
     else:
-        body = chunk_tokens(ids, config.seq_len - 1)
-        seqs = torch.cat([torch.full((len(body), 1), bos, dtype=body.dtype), body], dim=1)
+        ids, seqs, names = _mix(parts, tokenizer, config, model, generate, bos)
     cal, train, ev = split_sequences(seqs, config)
     digest = hashlib.sha256()
     digest.update(json.dumps([config.seq_len, config.seed, config.eval_fraction, config.calibration_fraction]).encode())
     if bos is not None:  # (absent for tokenizers without one, so their fingerprints are what they were)
         digest.update(json.dumps(["bos", bos]).encode())
+    if parts is not None:
+        digest.update(json.dumps(["mix", [[str(n), s] for n, s in parts]]).encode())
     digest.update(ids.numpy().tobytes())
-    return TextSplits(cal, train, ev, config, [name for name, _ in docs], digest.hexdigest()[:16])
+    return TextSplits(cal, train, ev, config, names, digest.hexdigest()[:16])
+
+
+def _sequences(ids: torch.Tensor, seq_len: int, bos: int | None) -> torch.Tensor:
+    if bos is None:
+        return chunk_tokens(ids, seq_len)
+    body = chunk_tokens(ids, seq_len - 1)
+    return torch.cat([torch.full((len(body), 1), bos, dtype=body.dtype), body], dim=1)
+
+
+def _documents(source: Any, config: TextConfig, tokenizer: Any, model: Any, generate: Any) -> list[tuple[str, str]]:
+    if isinstance(source, str) and source == GENERATED_TEXT:
+        from compress.generated import generated_documents
+
+        return generated_documents(model, tokenizer, generate)
+    return read_documents(source, config.text_field)
+
+
+# -- mixes ---------------------------------------------------------------------
+
+def _share_of(entry: str) -> tuple[str, float | None]:
+    """``"notes/=0.3"`` -> ("notes/", 0.3); an entry without a numeric share after its last '=' is a plain name."""
+    name, sep, tail = entry.rpartition("=")
+    if sep and name:
+        try:
+            return name, float(tail)
+        except ValueError:
+            pass
+    return entry, None
+
+
+def mix_parts(source: Any) -> list[tuple[Any, float]] | None:
+    """A mix's ``(source, share)`` parts, or None when ``source`` is one text (or plain files read as one).
+
+    A list is a mix when it names a built-in or generated text or gives any
+    share; a mapping always is.  Without shares every part gets an equal one.
+    """
+    if isinstance(source, dict):
+        entries = [(k, v) for k, v in source.items()]
+    elif isinstance(source, (list, tuple)) and source and all(isinstance(s, (str, os.PathLike)) for s in source):
+        entries = [_share_of(str(s)) for s in source]
+        named = any(n in NAMED_TEXTS for n, _ in entries)
+        if not any(v is not None for _, v in entries) and not (named and len(entries) > 1):
+            return None
+    else:
+        return None
+    given = [v for _, v in entries if v is not None]
+    if given and len(given) != len(entries):
+        missing = [str(n) for n, v in entries if v is None]
+        raise TextError(f"The data mix gives shares for some texts but not for {', '.join(missing)}; "
+                        f"give a share for every text (e.g. generated=0.7 notes/=0.3) or for none.")
+    names = [str(n) for n, _ in entries]
+    if len(set(names)) != len(names):
+        raise TextError(f"The data mix names the same text twice ({', '.join(names)}); name each text once.")
+    for n, v in entries:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < float(v) <= 1):
+            raise TextError(f"The share of '{n}' in the data mix is {v!r}; each share must be a number above 0 and at most 1.")
+    if given:
+        total = sum(float(v) for v in given)
+        if abs(total - 1.0) > 0.01:
+            raise TextError(f"The shares of the data mix sum to {total:g}, not 1; make them add up to 1 "
+                            f"(e.g. generated=0.7 notes/=0.3).")
+        return [(n, float(v) / total) for n, v in entries]
+    return [(n, 1.0 / len(entries)) for n, _ in entries]
+
+
+def _mix(parts: list[tuple[Any, float]], tokenizer: Any, config: TextConfig, model: Any, generate: Any,
+         bos: int | None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Each part's tokens cut to its share (the scarcest part sets the total), chunked apart, then joined."""
+    token_parts, names = [], []
+    for source, _ in parts:
+        docs = _documents(source, config, tokenizer, model, generate)
+        ids = tokenize_documents(docs, tokenizer)
+        if ids.numel() == 0:
+            raise TextError(f"The text '{source}' in the data mix is empty; put text in it or leave it out of the mix.")
+        token_parts.append(ids)
+        names.extend(name for name, _ in docs)
+    total = min(ids.numel() / share for ids, (_, share) in zip(token_parts, parts))
+    if config.max_tokens is not None:
+        total = min(total, config.max_tokens)
+    cut = [ids[: max(1, int(total * share))] for ids, (_, share) in zip(token_parts, parts)]
+    seqs = [_sequences(ids, config.seq_len, bos) for ids in cut]
+    for k, (source, _) in enumerate(parts):
+        if source in (BUILTIN_TEXT, UNSEEN_TEXT):  # a built-in text's own held-out split stays held out of a mix
+            full = len(_sequences(token_parts[k], config.seq_len, bos))
+            held = set(heldout_rows(full, config).tolist())
+            keep = [i for i in range(len(seqs[k])) if i not in held]
+            seqs[k] = seqs[k][keep]
+    for (source, share), s in zip(parts, seqs):
+        if len(s) == 0:
+            raise TextError(f"The text '{source}' gives less than one sequence of {config.seq_len} tokens at its share "
+                            f"{share:.2f} of the mix; give more text or raise its share.")
+    return torch.cat(cut), torch.cat(seqs), names
+
+
+def source_label(source: Any) -> str:
+    """A short name for a text source in reports: shakespeare, news, generated, a file's name, or "mix"."""
+    if source is None:
+        return BUILTIN_TEXT
+    if isinstance(source, (list, tuple)) and len(source) == 1:
+        source = source[0]
+    if isinstance(source, (str, os.PathLike)):
+        s = str(source)
+        return s if s in NAMED_TEXTS else (Path(s).name or s)
+    if _is_dataset(source):
+        return "dataset"
+    return "mix" if mix_parts(source) is not None else "your text"
+
+
+def _mix_sources(source: Any) -> list[str]:
+    parts = mix_parts(source) if not isinstance(source, str) else None
+    if parts is not None:
+        return [str(n) for n, _ in parts]
+    if isinstance(source, (list, tuple)) and len(source) == 1:
+        source = source[0]
+    return [BUILTIN_TEXT if source is None else str(source)] if isinstance(source, (str, os.PathLike)) or source is None else []
+
+
+def eval_only_sequences(source: Source, tokenizer: Any, config: TextConfig) -> torch.Tensor:
+    """Every sequence of a text used only for evaluation: its held-out split first, then the rest, in a seeded order."""
+    splits = load_text(source, tokenizer, config)
+    return torch.cat([splits.eval, splits.calibration, splits.train])
+
+
+def evaluation_domains(
+    tokenizer: Any,
+    calibration: Source = None,
+    config: TextConfig | None = None,
+    *,
+    splits: TextSplits | None = None,
+    extra: Source = None,
+    model: Any = None,
+    generate: Any = None,
+) -> dict[str, torch.Tensor]:
+    """Held-out token sequences per domain, for ``compress.eval.evaluate_domains``.
+
+    - the calibration text's held-out split (named after it: shakespeare, generated, mix, a file);
+    - the built-in Shakespeare held-out split, when the calibration text is generated (or a mix with it);
+    - the unseen built-in "news" text (all of it, in a seeded order), when the calibration text does not hold it;
+    - ``extra``: the user's own evaluation text (all of it), as "your text".
+
+    ``splits``: the calibration text already loaded (else it is loaded from ``calibration``).
+    """
+    config = config or TextConfig()
+    if splits is None:
+        splits = load_text(calibration, tokenizer, config, model=model, generate=generate)
+    label = source_label(calibration)
+    out = {label: splits.eval}
+    used = _mix_sources(calibration)
+    if GENERATED_TEXT in used and label != BUILTIN_TEXT:  # the model's own text: also the old literary domain
+        out[BUILTIN_TEXT] = load_text(BUILTIN_TEXT, tokenizer, config).eval
+    if UNSEEN_TEXT not in used:
+        out[UNSEEN_TEXT] = eval_only_sequences(UNSEEN_TEXT, tokenizer, config)
+    if extra is not None:
+        out["your text" if "your text" not in out else "your eval text"] = eval_only_sequences(extra, tokenizer, config)
+    return out
 
 
 def _name(source: Any) -> str:
@@ -347,3 +527,24 @@ def _name(source: Any) -> str:
     if _is_dataset(source):
         return "the dataset"
     return ", ".join(str(s) for s in source)
+
+
+# -- the default -----------------------------------------------------------------
+
+# What calibration and distillation read when the user gives no text, for a model
+# that can generate; decided by benchmarks/data_sources.py (README, "Data").
+DEFAULT_SOURCE: Any = GENERATED_TEXT
+
+
+def default_source(model: Any = None) -> Any:
+    """The text used when none is given: ``DEFAULT_SOURCE`` for a causal LM with an LM head, else the built-in plays
+    (encoders cannot generate)."""
+    if model is None:
+        return BUILTIN_TEXT
+    from compress.generated import GenerationError, check_can_generate
+
+    try:
+        check_can_generate(model)
+    except GenerationError:
+        return BUILTIN_TEXT
+    return DEFAULT_SOURCE

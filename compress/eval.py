@@ -323,3 +323,91 @@ def _model_stats(model: nn.Module, name: str, tokens: int, seconds: float, loss:
         loss=loss,
         perplexity=math.exp(loss) if loss is not None else None,
     )
+
+
+# -- several domains -------------------------------------------------------------
+
+@dataclass
+class DomainsReport(Report):
+    """One ``EvalReport`` per text domain: the calibration domain's held-out split, the unseen built-in text, the user's.
+
+    ``unseen`` names the domain the headline ratio (model perplexity / reference
+    perplexity) is taken on: text no calibration or training used.
+    """
+
+    reports: dict[str, EvalReport]
+    unseen: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"unseen": self.unseen, "headline_ratio": self.headline_ratio(),
+                "domains": {k: r.to_dict() for k, r in self.reports.items()}}
+
+    def ratio(self, domain: str) -> float | None:
+        r = self.reports[domain]
+        if r.reference is None or r.model.perplexity is None or not r.reference.perplexity:
+            return None
+        return r.model.perplexity / r.reference.perplexity
+
+    def headline_ratio(self) -> float | None:
+        return self.ratio(self.unseen) if self.unseen in self.reports else None
+
+    def table(self) -> str:
+        """Size and speed once, then perplexity, KL and top-1 per domain (one column each)."""
+        first = next(iter(self.reports.values()))
+        domains = list(self.reports)
+        has_ref = first.reference is not None
+        cols = [first.model] + ([first.reference] if has_ref else [])
+        lines = [f"{'':28s}" + "".join(f"{c.name[:22]:>24s}" for c in cols)]
+        lines += [
+            f"{'parameters':28s}" + "".join(f"{c.params_total / 1e6:>22.2f} M" for c in cols),
+            f"{'weights in memory':28s}" + "".join(f"{_mib(c.bytes_in_memory):>24s}" for c in cols),
+            f"{'checkpoint (safetensors)':28s}" + "".join(f"{_mib(c.bytes_on_disk):>24s}" for c in cols),
+            f"{'tokens/s (' + first.device + ')':28s}" + "".join(f"{c.tokens_per_second:>24,.0f}" for c in cols),
+            "",
+        ]
+        label = {"next-token": "perplexity", "masked-lm": "masked-LM perplexity"}.get(first.objective, "")
+        header = ["domain", *(["model " + label, "reference " + label, "ratio", "KL to reference", "top-1"] if has_ref and label
+                              else [label] if label else ["embedding cosine"])]
+        rows = []
+        for d in domains:
+            r = self.reports[d]
+            name = d + (" (unseen)" if d == self.unseen else "")
+            if r.objective == "embedding":
+                rows.append([name, _num(r.embedding_cosine)])
+            elif has_ref:
+                ratio = self.ratio(d)
+                rows.append([name, _num(r.model.perplexity), _num(r.reference.perplexity),
+                             "-" if ratio is None else f"{ratio:.3f}x", _num(r.kl_to_reference), _num(r.top1_agreement)])
+            else:
+                rows.append([name, _num(r.model.perplexity)])
+        widths = [max(len(x[i]) for x in [header, *rows]) for i in range(len(header))]
+        fmt = lambda r: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
+        lines += [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)]
+        lines.append("(" + "; ".join(f"{d}: {r.sequences} held-out sequences x {r.seq_len} tokens" for d, r in self.reports.items())
+                     + f"; objective: {first.objective})")
+        if self.unseen in self.reports and has_ref:
+            lines.append(f"headline: perplexity {self.headline_ratio():.3f}x the reference's on {self.unseen}, "
+                         f"text no calibration or training saw")
+        return "\n".join(lines + [n for r in self.reports.values() for n in r.notes])
+
+
+def evaluate_domains(
+    model: nn.Module,
+    domains: "dict[str, TextSplits | torch.Tensor]",
+    reference: nn.Module | None = None,
+    config: EvalConfig | None = None,
+    *,
+    unseen: str | None = "news",
+    name: str = "model",
+    reference_name: str = "reference",
+) -> DomainsReport:
+    """``evaluate`` on each of ``domains`` (name -> TextSplits, whose held-out part is used, or token ids).
+
+    Build ``domains`` with ``compress.data.evaluation_domains``: the calibration
+    text's held-out split, the unseen built-in "news" text, and the user's own.
+    """
+    if not domains:
+        raise EvalError("evaluate_domains() got no domains; give a mapping of name -> text, e.g. from compress.data.evaluation_domains.")
+    reports = {d: evaluate(model, data, reference, config, name=name, reference_name=reference_name)
+               for d, data in domains.items()}
+    return DomainsReport(reports, unseen if unseen in reports else None)

@@ -14,9 +14,30 @@ def test_eval_against_itself(tiny_dir, text_file, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "perplexity" in printed and "KL to reference" in printed
+    assert "sonnet.txt" in printed and "news (unseen)" in printed  # the text's held-out split and the unseen domain
     report = json.loads(out.read_text())
-    assert report["kl_to_reference"] == pytest.approx(0.0, abs=1e-6)
-    assert report["top1_agreement"] == 1.0 and report["sequences"] == 3
+    assert report["unseen"] == "news" and report["headline_ratio"] == pytest.approx(1.0)
+    for domain in ("sonnet.txt", "news"):
+        r = report["domains"][domain]
+        assert r["kl_to_reference"] == pytest.approx(0.0, abs=1e-6)
+        assert r["top1_agreement"] == 1.0 and r["sequences"] == 3
+
+
+def test_eval_data_adds_a_third_domain(tiny_dir, text_file, tmp_path, capsys):
+    mine = tmp_path / "mine.txt"
+    mine.write_text("A plain modern sentence about trains, rain and tea. " * 40)
+    out = tmp_path / "r.json"
+    assert main(["eval", str(tiny_dir), "--data", str(text_file), "--eval-data", str(mine), "--seq-len", "16",
+                 "--max-sequences", "2", "--json", str(out)]) == 0
+    assert list(json.loads(out.read_text())["domains"]) == ["sonnet.txt", "news", "your text"]
+    assert "your text" in capsys.readouterr().out
+
+
+def test_eval_data_that_is_empty_exits_2(tiny_dir, text_file, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert main(["eval", str(tiny_dir), "--eval-data", str(empty), "--seq-len", "16"]) == 2
+    assert "empty" in capsys.readouterr().err
 
 
 def test_eval_without_reference(tiny_dir, text_file, capsys):

@@ -2,9 +2,12 @@
 
     name: my-recipe
     model: smollm2-135m            # built-in name, HF directory, .gguf file or hub id
-    data: null                     # null = the built-in text; or a list of files / directories
+    data: null                     # null = the default text (see compress.data.default_source); or files /
+                                   # directories, a named text (generated, shakespeare), or a mix with shares:
+                                   # {generated: 0.5, notes/: 0.5}
+    generate: {tokens: 8192}       # optional: how "generated" text is written (compress.generated.GenerateConfig)
     text: {seq_len: 256, seed: 0}  # TextConfig fields
-    eval: {sequences: 16, batch_size: 4}
+    eval: {sequences: 16, batch_size: 4, data: [my-eval.txt]}   # data: your own evaluation text, a third domain
     override_map: sensitivity.yaml # optional: `compress-lm sensitivity --overrides`' map, merged into the stages
     stages:
       - prune: {sparsity: 0.2, round_to: 64}
@@ -25,7 +28,8 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from compress.data import TextConfig
-from compress.errors import ConfigError, quote, shorten
+from compress.generated import GenerateConfig
+from compress.errors import CompressError, ConfigError, quote, shorten
 from compress.models import DEFAULT_MODEL
 from compress.pipeline.stages import (
     Export,
@@ -34,23 +38,36 @@ from compress.pipeline.stages import (
     RecipeError,
     Stage,
     StageLike,
+    _plain,
     build_config,
     as_stage,
     stage_options,
 )
 
 DTYPES = ("float32", "bfloat16", "float16")
-_TOP_KEYS = ("name", "description", "model", "data", "text", "eval", "device", "dtype", "override_map", "stages")
+_TOP_KEYS = ("name", "description", "model", "data", "generate", "text", "eval", "device", "dtype", "override_map", "stages")
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How every stage is measured: the first ``sequences`` held-out sequences, ``batch_size`` at a time."""
+    """How every stage is measured: the first ``sequences`` held-out sequences of each domain, ``batch_size`` at a time.
+
+    The domains: the calibration text's held-out split, the built-in Shakespeare
+    text (when the calibration text is another), the unseen built-in "news" text,
+    and ``data``: the user's own evaluation files, if given.
+    """
 
     sequences: int = 16
     batch_size: int = 4
+    data: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.data, (str, Path)):
+            object.__setattr__(self, "data", (str(self.data),))
+        elif self.data is not None:
+            if not isinstance(self.data, (list, tuple)) or not self.data:
+                raise ConfigError(f"eval data must be a list of text files or directories, got {quote(self.data)}.")
+            object.__setattr__(self, "data", tuple(str(d) for d in self.data))
         for name in ("sequences", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -74,6 +91,7 @@ class Recipe:
     stages: tuple[Stage, ...]
     model: str = DEFAULT_MODEL
     data: tuple[str, ...] | None = None
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
     text: TextConfig = field(default_factory=lambda: TextConfig(seq_len=256))
     eval: EvalSettings = field(default_factory=EvalSettings)
     device: str | None = None
@@ -91,8 +109,17 @@ class Recipe:
         object.__setattr__(self, "stages", stages)
         if isinstance(self.data, (str, Path)):
             object.__setattr__(self, "data", (str(self.data),))
+        elif isinstance(self.data, Mapping):  # a mix with shares: {generated: 0.7, notes/: 0.3}
+            object.__setattr__(self, "data", tuple(f"{k}={v}" for k, v in self.data.items()))
         elif self.data is not None:
             object.__setattr__(self, "data", tuple(str(d) for d in self.data))
+        if self.data is not None:
+            from compress.data import mix_parts
+
+            try:
+                mix_parts(list(self.data))  # shares that do not add up: said before anything loads
+            except CompressError as err:
+                raise RecipeError(f"In the recipe's data: {err}") from None
         if self.dtype not in DTYPES:
             raise RecipeError(f"dtype must be one of {', '.join(DTYPES)}, got {quote(self.dtype)}.")
         if not isinstance(self.model, str) or not self.model:
@@ -112,8 +139,9 @@ class Recipe:
             "description": self.description,
             "model": self.model,
             "data": list(self.data) if self.data is not None else None,
+            "generate": _plain({k: v for k, v in dataclasses.asdict(self.generate).items() if k != "progress"}),
             "text": dataclasses.asdict(self.text),
-            "eval": dataclasses.asdict(self.eval),
+            "eval": _plain(dataclasses.asdict(self.eval)),
             "device": self.device,
             "dtype": self.dtype,
             "override_map": self.override_map,
@@ -136,10 +164,12 @@ class Recipe:
         if "stages" not in d:
             raise RecipeError(f"{where} has no stages; add a list such as stages: [{{quantize: int4}}].")
         check_shape(d, where)
-        kw: dict[str, Any] = {k: v for k, v in d.items() if k not in ("text", "eval") and v is not None}
+        kw: dict[str, Any] = {k: v for k, v in d.items() if k not in ("text", "eval", "generate") and v is not None}
         try:
             if d.get("text") is not None:
                 kw["text"] = build_config(TextConfig, _mapping(d["text"], "text"), f"the text section of {where}")
+            if d.get("generate") is not None:
+                kw["generate"] = build_config(GenerateConfig, _mapping(d["generate"], "generate"), f"the generate section of {where}")
             if d.get("eval") is not None:
                 kw["eval"] = build_config(EvalSettings, _mapping(d["eval"], "eval"), f"the eval section of {where}")
             return cls(**kw)

@@ -14,7 +14,8 @@ from typing import Any
 from compress.reports import Report
 
 REPORT_MD, REPORT_JSON, SIZE_PLOT = "report.md", "report.json", "size-vs-perplexity.png"
-_COLUMNS = ("stage", "params", "on disk", "bits/weight", "bits/weight layers", "perplexity", "KL", "top-1", "tokens/s", "time")
+_SIZE_COLUMNS = ("stage", "params", "on disk", "bits/weight", "bits/weight layers")
+_COLUMNS = (*_SIZE_COLUMNS, "perplexity", "KL", "top-1", "tokens/s", "time")  # a report without domains (older runs)
 
 
 @dataclass
@@ -36,32 +37,68 @@ class RunReport(Report):
     notes: list[str] = field(default_factory=list)
 
     # -- rows ----------------------------------------------------------------
+    def domains(self) -> list[str]:
+        """The evaluation domains, calibration domain first (none for a run written before there were several)."""
+        return list(((self.original.get("eval") or {}).get("domains") or {}))
+
+    def unseen(self) -> str | None:
+        return (self.original.get("eval") or {}).get("unseen")
+
+    def columns(self) -> list[str]:
+        domains, unseen = self.domains(), self.unseen()
+        if not domains:
+            return list(_COLUMNS)
+        cols = [*_SIZE_COLUMNS, *[f"ppl {d}" for d in domains]]
+        if unseen:
+            cols.append(f"x original ({unseen})")
+        head = unseen or domains[0]
+        return [*cols, f"KL {head}", f"top-1 {head}", f"KL {domains[0]}", "tokens/s", "time"]
+
     def rows(self) -> list[list[str]]:
-        rows = [_row(f"original ({self.model.get('name', 'model')})", self.original, reference=True)]
+        domains, unseen = self.domains(), self.unseen()
+        rows = [_row(f"original ({self.model.get('name', 'model')})", self.original, reference=True, domains=domains,
+                     unseen=unseen, original=self.original)]
         for rec in self.stages:
             if rec["kind"] == "export":
                 continue
             name = f"{rec['index']}. {rec['label']}" + (" (fake-quant, QAT next)" if rec.get("qat") else "")
-            rows.append(_row(name, rec, reference=False))
+            rows.append(_row(name, rec, reference=False, domains=domains, unseen=unseen, original=self.original))
         return rows
 
+    def headline_ratio(self) -> float | None:
+        """The final stage's perplexity over the original's on the unseen domain (text no calibration or training saw)."""
+        unseen = self.unseen()
+        final = [r for r in self.stages if r["kind"] != "export" and not r.get("qat")]
+        if not unseen or not final:
+            return None
+        return _ratio(final[-1], self.original, unseen)
+
     def table(self) -> str:
-        rows = [list(_COLUMNS), *self.rows()]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
+        columns = self.columns()
+        rows = [columns, *self.rows()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
         fmt = lambda r: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
         ev = self.original.get("eval") or {}
         lines = [fmt(rows[0]), "  ".join("-" * w for w in widths), *map(fmt, rows[1:])]
-        lines.append(f"(held-out: {ev.get('sequences', '?')} sequences x {ev.get('seq_len', '?')} tokens; KL and top-1 "
-                     f"agreement against the original; tokens/s of the forward pass on {self.machine.get('device', '?')})")
+        per = ev.get("domains") or {"": ev}
+        lines.append("(held-out: " + "; ".join(f"{d + ' ' if d else ''}{v.get('sequences', '?')} sequences x {v.get('seq_len', '?')} tokens"
+                                                for d, v in per.items())
+                     + f"; KL and top-1 agreement against the original; tokens/s of the forward pass on {self.machine.get('device', '?')})")
+        ratio = self.headline_ratio()
+        if ratio is not None:
+            lines.append(f"headline: the final model's perplexity is {ratio:.2f}x the original's on {self.unseen()}, "
+                         f"text no calibration or training of this run saw")
         return "\n".join(lines)
 
     # -- files ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "unseen": self.unseen(), "headline_ratio": self.headline_ratio()}
 
     def markdown(self) -> str:
         out = Path(self.output_dir)
         rows = self.rows()
+        columns = self.columns()
+        ratio = self.headline_ratio()
         lines = [
             f"# compress-lm run: {self.recipe.get('name', 'recipe')}",
             "",
@@ -70,13 +107,17 @@ class RunReport(Report):
             f"`{self.data.get('calibration_sha256', '')[:16]}`), on {self.machine.get('summary', '?')}; "
             f"{self.seconds / 60:.1f} minutes in this process.",
             "",
-            "| " + " | ".join(_COLUMNS) + " |",
-            "|" + "|".join(["---"] + ["---:"] * (len(_COLUMNS) - 1)) + "|",
+            *([f"**Headline: the final model's perplexity is {ratio:.2f}x the original's on {self.unseen()}**, "
+               f"text no calibration or training of this run saw.", ""] if ratio is not None else []),
+            "| " + " | ".join(columns) + " |",
+            "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|",
             *["| " + " | ".join(r) + " |" for r in rows],
             "",
             "Bits per weight: bytes of the weights file x 8 / parameters (tied tensors once; embeddings included); "
             "`layers`: the same inside the decoder layers only.  Perplexity, KL(original || stage) in nats per token "
-            "and top-1 agreement on held-out sequences the run never trained or calibrated on.",
+            "and top-1 agreement on held-out sequences the run never trained or calibrated on, per domain: "
+            + ", ".join(f"`{d}`" for d in self.domains()) + (f" (`{self.unseen()}` is a built-in text no calibration or "
+                                                             f"training uses by default)" if self.unseen() else "") + ".",
         ]
         for name, path in self.plots.items():
             lines += ["", f"## {name}", "", f"![{name}]({_rel(path, out)})"]
@@ -105,20 +146,35 @@ class RunReport(Report):
         return [md, write_json(directory / REPORT_JSON, self.to_dict()), *map(Path, self.plots.values())]
 
 
-def _row(name: str, rec: dict[str, Any], reference: bool) -> list[str]:
+def _ratio(rec: dict[str, Any], original: dict[str, Any], domain: str) -> float | None:
+    a = ((rec.get("eval") or {}).get("domains") or {}).get(domain, {}).get("perplexity")
+    b = ((original.get("eval") or {}).get("domains") or {}).get(domain, {}).get("perplexity")
+    return a / b if a is not None and b else None
+
+
+def _row(name: str, rec: dict[str, Any], reference: bool, domains: list[str] | None = None, unseen: str | None = None,
+         original: dict[str, Any] | None = None) -> list[str]:
     size, ev = rec.get("size") or {}, rec.get("eval") or {}
-    return [
+    head = [
         name,
         _m(size.get("params")),
         _mib(size.get("disk_bytes")),
         _f(size.get("bits_per_weight"), 2),
         _f(size.get("bits_per_weight_layers"), 2),
-        _f(ev.get("perplexity"), 2),
-        "-" if reference else _f(ev.get("kl"), 4),
-        "-" if reference else _f(ev.get("top1"), 3),
-        _f(ev.get("tokens_per_second"), 0),
-        "-" if reference else f"{rec.get('seconds', 0):.0f} s",
     ]
+    tail = [_f(ev.get("tokens_per_second"), 0), "-" if reference else f"{rec.get('seconds', 0):.0f} s"]
+    if not domains:
+        return [*head, _f(ev.get("perplexity"), 2), "-" if reference else _f(ev.get("kl"), 4),
+                "-" if reference else _f(ev.get("top1"), 3), *tail]
+    per = ev.get("domains") or {}
+    cells = [_f(per.get(d, {}).get("perplexity"), 2) for d in domains]
+    if unseen:
+        cells.append("1.00" if reference else _f(_ratio(rec, original or {}, unseen), 2))
+    h = per.get(unseen or domains[0], {})
+    cal = per.get(domains[0], {})
+    cells += ["-" if reference else _f(h.get("kl"), 4), "-" if reference else _f(h.get("top1"), 3),
+              "-" if reference else _f(cal.get("kl"), 4)]
+    return [*head, *cells, *tail]
 
 
 def _m(n: int | None) -> str:
@@ -143,6 +199,9 @@ def _rel(path: str, root: Path) -> str:
 def _sources(data: dict[str, Any]) -> str:
     sources = data.get("sources") or []
     if data.get("builtin"):
+        label = data.get("label")
+        if label and label != "shakespeare":
+            return f"the default text (`{label}`)"
         return "the built-in text (Shakespeare's plays)"
     return ", ".join(f"`{s}`" for s in sources[:3]) + (" ..." if len(sources) > 3 else "") if sources else "given as tokens"
 
@@ -201,24 +260,31 @@ def _size_plot(report: RunReport, path: Path) -> Path:
     points = [("original", report.original)] + [
         (f"{r['index']}. {r['kind']}", r) for r in report.stages if r["kind"] != "export" and not r.get("qat")
     ]
-    xs, ys, labels = [], [], []
-    for label, rec in points:
-        size, ev = rec.get("size") or {}, rec.get("eval") or {}
-        if size.get("disk_bytes") and ev.get("perplexity") is not None:
-            xs.append(size["disk_bytes"] / 2**20)
-            ys.append(ev["perplexity"])
-            labels.append(label)
+    domains = report.domains() or [None]
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    if xs:
-        ax.plot(xs[1:], ys[1:], "o-", color="tab:blue", label="stages of the run")
-        ax.plot(xs[:1], ys[:1], "*", color="tab:red", markersize=14, label="original")
+    for k, domain in enumerate(domains):
+        xs, ys, labels = [], [], []
+        for label, rec in points:
+            size, ev = rec.get("size") or {}, rec.get("eval") or {}
+            ppl = ev.get("perplexity") if domain is None else (ev.get("domains") or {}).get(domain, {}).get("perplexity")
+            if size.get("disk_bytes") and ppl is not None:
+                xs.append(size["disk_bytes"] / 2**20)
+                ys.append(ppl)
+                labels.append(label)
+        if not xs:
+            continue
+        color = f"C{k}"
+        name = domain or "held-out"
+        ax.plot(xs[1:], ys[1:], "o-", color=color, label=f"stages, {name}" + (" (unseen)" if domain == report.unseen() else ""))
+        ax.plot(xs[:1], ys[:1], "*", color=color, markersize=14, label=f"original, {name}")
         for x, y, label in zip(xs, ys, labels):
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7)
     ax.set_xlabel("weights on disk (MiB)")
     ax.set_ylabel("held-out perplexity")
+    ax.set_yscale("log")
     ax.set_title(f"{report.model.get('name', 'model')}: {report.recipe.get('name', 'recipe')}")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

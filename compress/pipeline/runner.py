@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from compress.arch import UnsupportedModelError, adapter_for
-from compress.data import TextSplits, load_text
+from compress.data import UNSEEN_TEXT, TextSplits, default_source, eval_only_sequences, evaluation_domains, load_text
 from compress.errors import CompressError
 from compress.eval import EvalConfig, evaluate
 from compress.machine import cpu_name
@@ -35,7 +35,7 @@ from compress.pipeline.recipe import Recipe, load_recipe
 from compress.pipeline.report import RunReport
 from compress.io.atomic import write_json
 from compress.pipeline.rundir import RUN_FILE, RunDir, fingerprint, read_json
-from compress.pipeline.stages import Export, Prune, Quantize, Recover, Stage, stage_options
+from compress.pipeline.stages import Export, Prune, Quantize, Recover, Stage, StageContext, stage_options
 from compress.io.outputs import check_location
 from compress.sizes import bytes_on_disk, count_parameters
 
@@ -56,6 +56,8 @@ class _Run:
     eval_key: str
     data_info: dict[str, Any]
     progress: bool
+    domains: dict[str, torch.Tensor]
+    calibration_domain: str
 
 
 def run(
@@ -87,7 +89,7 @@ def run(
     log(f"compress-lm run: recipe {recipe.name!r} on {recipe.model if not isinstance(model, nn.Module) else type(model).__name__}"
         f" -> {dirs.root}")
     dirs.check_location()  # a file, under a file or not writable: say so before loading anything
-    original, tokenizer, name, splits, device, check = _load_and_check(model, recipe, tokenizer, data)
+    original, tokenizer, name, splits, domains, device, check = _load_and_check(model, recipe, tokenizer, data)
     log(check.summary())
     check.raise_if_problems()
     # every stage's checkpoint and every export, each at most the original's size (hf exports of it included)
@@ -95,14 +97,18 @@ def run(
         len(s.formats) for s in recipe.stages if isinstance(s, Export))))
 
     base = _base(recipe, original, splits, name, builtin_text=recipe.data is None and not isinstance(data, TextSplits))
+    base["data"]["label"] = next(iter(domains))
     dirs.prepare(base, overwrite, _input_paths(model, recipe))
     write_json(dirs.root / RUN_FILE, {"base_fingerprint": base["fingerprint"], **base, "recipe": recipe.to_dict()})
     fingerprints = _stage_fingerprints(recipe, base["fingerprint"])
     keep = [d for i, s in enumerate(recipe.stages) for d in (dirs.stage_dir(i, s.kind), dirs.train_dir(i, s.kind))]
     for gone in dirs.remove_stale(keep):
         log(f"removed {gone}: it belongs to no stage of this recipe")
-    eval_key = fingerprint({"eval": dataclasses.asdict(recipe.eval), "data": splits.fingerprint, "reference": base["model"]["fingerprint"]})
-    r = _Run(recipe, dirs, original, tokenizer, splits, device, log, fingerprints, eval_key, base["data"], progress)
+    eval_key = fingerprint({"eval": dataclasses.asdict(recipe.eval), "data": splits.fingerprint, "reference": base["model"]["fingerprint"],
+                            "domains": {d: hashlib.sha256(t[: recipe.eval.sequences].numpy().tobytes()).hexdigest()
+                                        for d, t in domains.items()}})
+    r = _Run(recipe, dirs, original, tokenizer, splits, device, log, fingerprints, eval_key, base["data"], progress,
+             domains, next(iter(domains)))
 
     original_rec = _original_record(r)
     records: list[dict[str, Any]] = []
@@ -175,8 +181,17 @@ def _load_and_check(model: Any, recipe: Recipe, tokenizer: Any, data: Any) -> tu
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     original, tokenizer, name = _original(model, tokenizer, recipe, device)
-    splits = data if isinstance(data, TextSplits) else load_text(recipe.data, tokenizer, recipe.text)
-    return original, tokenizer, name, splits, device, preflight(recipe, original, splits, device)
+    if isinstance(data, TextSplits):
+        splits = data
+        domains = {"calibration text": data.eval, UNSEEN_TEXT: eval_only_sequences(UNSEEN_TEXT, tokenizer, recipe.text)}
+        if recipe.eval.data:
+            domains["your text"] = eval_only_sequences(list(recipe.eval.data), tokenizer, recipe.text)
+    else:
+        source = list(recipe.data) if recipe.data is not None else default_source(original)
+        splits = load_text(source, tokenizer, recipe.text, model=original, generate=recipe.generate)
+        domains = evaluation_domains(tokenizer, source, recipe.text, splits=splits,
+                                     extra=list(recipe.eval.data) if recipe.eval.data else None)
+    return original, tokenizer, name, splits, domains, device, preflight(recipe, original, splits, device)
 
 
 def _quiet(recipe: Recipe) -> Recipe:
@@ -188,7 +203,7 @@ def _quiet(recipe: Recipe) -> Recipe:
                 config = dataclasses.replace(config, recover=dataclasses.replace(s.config.recover, progress=False))
             s = dataclasses.replace(s, config=config)
         stages.append(s)
-    return dataclasses.replace(recipe, stages=tuple(stages))
+    return dataclasses.replace(recipe, stages=tuple(stages), generate=dataclasses.replace(recipe.generate, progress=False))
 
 
 def _original(model: Any, tokenizer: Any, recipe: Recipe, device: torch.device) -> tuple[nn.Module, Any, str]:
@@ -304,29 +319,9 @@ def _stage_input(r: _Run, i: int) -> nn.Module:
 
 def _apply(r: _Run, i: int, stage: Stage, model: nn.Module) -> tuple[dict[str, Any], str]:
     """Carry out one model-changing stage in place; its report as a dict and as text."""
-    from compress import api
-
-    if isinstance(stage, Prune):
-        report = api.prune(model, stage.config, data=r.splits)
-        return report.to_dict(), report.table()
-    if isinstance(stage, Quantize):
-        if is_qat(r.recipe.stages, i):
-            from compress.quantization import prepare_qat
-
-            report = prepare_qat(model, stage.config)
-        else:
-            ids = r.splits.calibration[: stage.calibration_sequences] if stage.config.gptq else None
-            report = api.quantize(model, stage.config, data=ids)
-        return report.to_dict(), report.table()
-    assert isinstance(stage, Recover)
-    train_dir = r.dirs.train_state(i, stage.kind, r.fingerprints[i])
-    config = dataclasses.replace(stage.config, output_dir=str(train_dir), resume=True)
-    eval_data = r.splits.eval if stage.wants_heldout else None
-    report = api.recover(model, r.original, r.splits.train, config, eval_data=eval_data)
-    if report.resumed_from is not None:
-        r.log(f"    resumed from the training checkpoint at step {report.resumed_from}")
-    report.checkpoint = None  # the run deletes the training checkpoints once the stage is saved
-    return report.to_dict(), str(report)
+    context = StageContext(splits=r.splits, original=r.original, qat=is_qat(r.recipe.stages, i),
+                           train_dir=lambda: r.dirs.train_state(i, stage.kind, r.fingerprints[i]), log=r.log)
+    return stage.apply(model, context)
 
 
 def _note_run(model: nn.Module, r: _Run, i: int) -> None:
@@ -374,13 +369,18 @@ def _evaluate(r: _Run, model: nn.Module, name: str, reference: nn.Module | None)
                                         progress=r.progress)
     was_training = model.training
     model.eval()
-    rep = evaluate(model, r.splits, reference, config, name=name, reference_name="original")
+    per_domain = {}
+    for domain, seqs in r.domains.items():
+        rep = evaluate(model, seqs, reference, config, name=name, reference_name="original")
+        m = rep.model
+        per_domain[domain] = {"perplexity": m.perplexity, "loss": m.loss, "kl": rep.kl_to_reference, "top1": rep.top1_agreement,
+                              "embedding_cosine": rep.embedding_cosine, "tokens_per_second": m.tokens_per_second,
+                              "bytes_in_memory": m.bytes_in_memory, "objective": rep.objective, "sequences": rep.sequences,
+                              "seq_len": rep.seq_len, "device": rep.device}
     model.train(was_training)
-    m = rep.model
-    return {"perplexity": m.perplexity, "loss": m.loss, "kl": rep.kl_to_reference, "top1": rep.top1_agreement,
-            "embedding_cosine": rep.embedding_cosine, "tokens_per_second": m.tokens_per_second,
-            "bytes_in_memory": m.bytes_in_memory, "objective": rep.objective, "sequences": rep.sequences,
-            "seq_len": rep.seq_len, "device": rep.device}
+    # the calibration domain's figures stay at the top level (as before); every domain's under "domains"
+    unseen = UNSEEN_TEXT if UNSEEN_TEXT in per_domain else None
+    return {**per_domain[r.calibration_domain], "domain": r.calibration_domain, "domains": per_domain, "unseen": unseen}
 
 
 def _with_eval(r: _Run, record: dict[str, Any], model: nn.Module) -> dict[str, Any]:

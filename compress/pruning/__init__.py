@@ -9,11 +9,13 @@ together), ``scores`` (importance math), ``allocation`` (per-layer sparsity),
 Pruning never trains: Adapt-Accel (prune and train in stages) is ``compress.staged``.
 """
 from compress.pruning.config import IMPORTANCES, METHODS, PruneConfig
+from compress.pruning.problems import problems
 from compress.pruning.pruner import prune
 from compress.pruning.report import LayerWidths, PruneReport, StageReport
 from compress.pruning.surgery import WIDTHS_KEY, apply_recorded_widths
 
 __all__ = [
+    "problems",
     "IMPORTANCES",
     "METHODS",
     "LayerWidths",

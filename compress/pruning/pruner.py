@@ -9,6 +9,7 @@ nothing, since the model (and so every score) is unchanged.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import fields, replace
 from typing import Any
 
@@ -278,6 +279,11 @@ class _Pruning:
             return fixed + alloc.prunable_params(budgets, alloc.widths_at(budgets, widths, sparsities, cfg.round_to))
 
         params = params_at(s)
+        if cfg.progress and needs_stats:  # the cost before it is paid: each sub-step re-scores on fresh windows
+            backward = " forward and backward" if cfg.importance == "taylor" else ""
+            tqdm.write(f"{cfg.method} pruning to {1 - target / non_emb0:.0%}: about {math.ceil((1 - target / params) / cfg.step)} "
+                       f"sub-steps of {cfg.step}, each scoring {cfg.calib_samples} windows of {self.seq_len} tokens{backward} "
+                       f"(fewer with a larger step or fewer calib_samples)")
         bar = tqdm(total=max(int(params - target), 0), unit="param", unit_scale=True,
                    desc=f"{cfg.method} pruning", disable=not cfg.progress)
         try:

@@ -134,11 +134,11 @@ def int4_params(
     if not clip_search:
         return best_scale, best_zero
     c = None if weight is None else weight.to(torch.float32)
+    buf = torch.empty_like(w)
     best_err = None
     for shrink in CLIP_FACTORS:
         scale, zero = (best_scale, best_zero) if best_err is None else _int4_range_params(w, symmetric, dtype, float_zero, shrink)
-        d = int4_dequant(int4_codes(w, scale, zero), scale, zero).sub_(w).square_()
-        err = (d if c is None else d.mul_(c)).sum(dim=1)
+        err = _rounding_error(w, scale, zero, c, buf)
         if best_err is None:
             best_err = err
             continue
@@ -148,6 +148,22 @@ def int4_params(
         if zero is not None:
             best_zero = torch.where(better, zero, best_zero)
     return best_scale, best_zero
+
+
+def _rounding_error(w: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor], c: Optional[torch.Tensor],
+                    buf: torch.Tensor) -> torch.Tensor:
+    """Per row ``sum_k c_k (w - q(w))^2`` for ``w[R, G]``, in place in ``buf`` (the clip search's inner loop)."""
+    s = scale[:, None]
+    torch.div(w, s, out=buf)
+    if zero is None:
+        buf.round_().clamp_(-INT4_SYM_OFFSET, INT4_MAX - INT4_SYM_OFFSET)
+    else:
+        z = zero[:, None]
+        buf.add_(z).round_().clamp_(0, INT4_MAX).sub_(z)
+    buf.mul_(s).sub_(w).square_()
+    if c is None:
+        return buf.sum(dim=1)
+    return buf @ c if c.dim() == 1 else buf.mul_(c).sum(dim=1)
 
 
 def int4_codes(w: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor]) -> torch.Tensor:

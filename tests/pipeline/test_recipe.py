@@ -78,6 +78,11 @@ def test_smallest_trains_ternary_in_the_loop():
     ({"stages": ["int4"], "text": {"seqlen": 64}}, r"Unknown key\(s\) 'seqlen' in the text section of the recipe; allowed keys are: bos, calibration_fraction"),
     ({"stages": ["int4"], "eval": {"sequences": 0}}, r"eval sequences must be an integer >= 1, got 0"),
     ({"stages": ["int4"], "dtype": "int8"}, r"dtype must be one of float32, bfloat16, float16, got 'int8'"),
+    ({"stages": ["int4"], "data": {"generated": 0.6, "notes/": 0.6}}, r"In the recipe's data: The shares of the data mix sum to 1.2, not 1"),
+    ({"stages": ["int4"], "data": ["generated=0.5", "notes/"]}, r"shares for some texts but not for notes/"),
+    ({"stages": ["int4"], "generate": {"tokens": 0}}, r"In the recipe: generate tokens must be an integer >= 1, got 0"),
+    ({"stages": ["int4"], "generate": {"token": 5}}, r"Unknown key\(s\) 'token' in the generate section of the recipe"),
+    ({"stages": ["int4"], "eval": {"data": 5}}, r"eval data must be a list of text files"),
 ])
 def test_bad_recipes_say_what_and_where(recipe, message):
     with pytest.raises(RecipeError, match=message):
@@ -142,3 +147,11 @@ def test_recipes_are_bounded_in_depth_and_size_and_quote_values_short(tmp_path):
         with pytest.raises(RecipeError) as info:
             load_recipe(recipe)
         assert len(str(info.value)) < 1000
+
+
+def test_data_generated_mixes_with_shares_and_eval_data_read_back():
+    r = load_recipe({"stages": ["int4"], "data": {"generated": 0.7, "notes/": 0.3}, "generate": {"tokens": 512},
+                     "eval": {"data": ["mine.txt"]}})
+    assert r.data == ("generated=0.7", "notes/=0.3") and r.generate.tokens == 512 and r.eval.data == ("mine.txt",)
+    assert Recipe.from_dict(r.to_dict()) == r
+    assert load_recipe({"stages": ["int4"], "data": "generated"}).data == ("generated",)

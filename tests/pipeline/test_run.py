@@ -176,3 +176,19 @@ def test_a_run_is_verified_by_the_command_line(finished, capsys):
     assert main(["verify", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith(f"run {out}: ") and printed.count("files match the sha256") >= 4
+
+
+def test_every_stage_is_measured_on_the_text_and_the_unseen_domain(finished, tiny_inputs):
+    out, report = finished
+    label = Path(tiny_inputs.text).name
+    assert report.domains() == [label, "news"] and report.unseen() == "news"
+    for rec in [report.original, *[s for s in report.stages if s["kind"] != "export"]]:
+        per = rec["eval"]["domains"]
+        assert set(per) == {label, "news"} and all(v["perplexity"] > 1 for v in per.values())
+        assert rec["eval"]["perplexity"] == per[label]["perplexity"]  # the top level stays the calibration text's
+    final = report.stages[2]["eval"]["domains"]["news"]["perplexity"]
+    assert report.headline_ratio() == final / report.original["eval"]["domains"]["news"]["perplexity"]
+    md = (out / "report.md").read_text()
+    assert f"ppl {label}" in md and "ppl news" in md and "x original (news)" in md
+    assert f"{report.headline_ratio():.2f}x the original's on news" in md
+    assert json.loads((out / "report.json").read_text())["headline_ratio"] == report.headline_ratio()
