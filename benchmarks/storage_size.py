@@ -2,7 +2,7 @@
 
 One run loads SmolLM2-135M (float32; the original, measured in the same
 run) and quantises its decoder-layer linears to int4 round-to-nearest g128
-(symmetric, float16 scales).  That model is saved with ``compress.save`` as:
+(symmetric, float16 scales, QuantConfig's defaults otherwise: clip search on).  That model is saved with ``compress.save`` as:
 
     int4 g128, float32 storage            (what compress-lm wrote before 16-bit storage)
     int4 g128, bfloat16 storage           (the default now)
@@ -99,7 +99,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     original.eval()
     texts = _texts(tokenizer, args.windows, args.seq_len)
     int4 = copy.deepcopy(original)
-    compress.quantize(int4, QuantConfig(method="int4", group_size=128, progress=False))
+    layer_cfg = QuantConfig(method="int4", group_size=128, progress=False)
+    compress.quantize(int4, layer_cfg)
+    layer_label = layer_cfg.label() + (" clip-search" if getattr(layer_cfg, "clip_search", False) else "")
     rows, models = [], {}
     for label, quantised, dtype, embeddings, group in ROWS:
         model = copy.deepcopy(int4 if quantised else original)
@@ -113,7 +115,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         total = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
         del model
         models[label] = compress.load(path).model.eval()
-        rows.append({"label": label, "layers": "int4 g128 rtn" if quantised else "float", "dtype": dtype,
+        rows.append({"label": label, "layers": layer_label if quantised else "float", "dtype": dtype,
                      "embeddings": None if not embeddings else (embeddings if embeddings == "int8" else f"int4 g{group}"),
                      "weights_bytes": weights, "directory_bytes": total})
         print(f"{label:<26} {weights / MIB:7.1f} MiB weights, {total / MIB:7.1f} MiB directory", flush=True)
@@ -154,23 +156,36 @@ def table(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
+    """Three bar charts sharing the rows: weights on disk, then KL to the original on each text."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     texts = list(result["original_perplexity"])
-    fig, axes = plt.subplots(1, len(texts), figsize=(6 * len(texts), 4.5), squeeze=False)
-    for ax, text in zip(axes[0], texts):
-        for row in result["rows"]:
-            x, y = row["weights_bytes"] / MIB, row["quality"][text]["kl"]
-            ax.scatter([x], [max(y, 1e-6)], marker="o" if row["layers"] == "float" else "s")
-            ax.annotate(row["label"], (x, max(y, 1e-6)), fontsize=7, xytext=(4, 2), textcoords="offset points")
-        ax.set_xlabel("weights on disk (MiB)")
-        ax.set_ylabel("KL to the original (nats/token)")
-        ax.set_yscale("log")
-        ax.set_title(f"{result['model']}: {text}")
-        ax.grid(alpha=0.3)
+    labels = [r["label"] for r in result["rows"]]
+    y = range(len(labels))
+    fig, axes = plt.subplots(1, 1 + len(texts), figsize=(4.2 * (1 + len(texts)), 0.45 * len(labels) + 1.6), sharey=True)
+    colours = ["tab:gray" if r["layers"] == "float" else "tab:blue" if not r["embeddings"] else "tab:orange"
+               for r in result["rows"]]
+    sizes = [r["weights_bytes"] / MIB for r in result["rows"]]
+    axes[0].barh(y, sizes, color=colours)
+    for i, v in enumerate(sizes):
+        axes[0].text(v, i, f" {v:.1f}", va="center", fontsize=8)
+    axes[0].set_xlabel("weights on disk (MiB)")
+    axes[0].set_yticks(list(y), labels, fontsize=8)
+    axes[0].invert_yaxis()
+    for ax, text in zip(axes[1:], texts):
+        kl = [r["quality"][text]["kl"] for r in result["rows"]]
+        ax.barh(y, kl, color=colours)
+        for i, v in enumerate(kl):
+            ax.text(v, i, f" {v:.4f}", va="center", fontsize=8)
+        ax.set_xlabel(f"KL to the original, {text} (nats/token)")
+    for ax in axes:
+        ax.grid(axis="x", alpha=0.3)
+        ax.margins(x=0.25)
+    fig.suptitle(f"{result['model']}: checkpoint size and quality ({result['windows']} x {result['seq_len']} tokens per text)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

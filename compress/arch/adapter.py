@@ -126,7 +126,13 @@ class Adapter:
     @property
     def tied_embeddings(self) -> bool:
         head = self.lm_head
-        return head is not None and head.weight is self.embed.weight
+        if head is None:
+            return False
+        if getattr(head, "tied_to_embedding", False):  # a quantised tied head reads the embedding's packed data
+            return getattr(head, "table", None) is self.embed
+        if hasattr(head, "qdata") or hasattr(self.embed, "qdata"):  # quantised apart (their .weight is a fresh tensor)
+            return False
+        return head.weight is self.embed.weight
 
     # -- per layer ---------------------------------------------------------
     def layer_name(self, i: int) -> str:

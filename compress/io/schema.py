@@ -73,7 +73,8 @@ def _quant_entry(name: str, spec: Any) -> Optional[str]:
     return None
 
 
-_EMBED_KEYS = {"num_embeddings", "embedding_dim", "bits", "group_size", "padding_idx", "scale_dtype", "role"}
+_EMBED_KEYS = {"num_embeddings", "embedding_dim", "bits", "group_size", "padding_idx", "scale_dtype", "role",
+               "embed_scale"}
 
 
 def _embedding_entry(name: str, spec: Any) -> Optional[str]:
@@ -91,6 +92,9 @@ def _embedding_entry(name: str, spec: Any) -> Optional[str]:
         return f"group_size {spec['group_size']} does not divide embedding_dim {spec['embedding_dim']}"
     if spec.get("role", "embedding") not in ("embedding", "head"):
         return f"role must be embedding or head, got {short(spec.get('role'))}"
+    es = spec.get("embed_scale")
+    if es is not None and (not isinstance(es, (int, float)) or isinstance(es, bool)):
+        return f"embed_scale must be a number or null, got {short(es)}"
     p = spec.get("padding_idx")
     if p is not None and not isinstance(p, int):
         return f"padding_idx must be an integer or null, got {short(p)}"

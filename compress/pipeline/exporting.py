@@ -41,16 +41,16 @@ def export_problems(model: nn.Module, fmt: str, gguf_type: str | None = None) ->
 
 
 def export_model(model: nn.Module, tokenizer: Any, output_dir: Path, fmt: str, *, verify: bool = False,
-                 gguf_type: str | None = None) -> dict[str, Any]:
+                 gguf_type: str | None = None, dtype: str | None = None) -> dict[str, Any]:
     """Write ``model`` as ``fmt`` into ``output_dir`` (replacing it atomically); a JSON-able summary."""
     module = _exports()
     if module is None:  # only the native checkpoint without compress.io.exports
         from compress.io import save
 
-        path = save(model, output_dir, tokenizer, overwrite=True)
+        path = save(model, output_dir, tokenizer, overwrite=True, dtype=dtype)
         return {"format": fmt, "path": str(path), "bytes": _bytes(path), "summary": f"native checkpoint: {path}"}
     options = {"gguf_type": gguf_type} if gguf_type else {}
-    report = module.export(model, tokenizer, output_dir, fmt, overwrite=True, verify=verify, **options)
+    report = module.export(model, tokenizer, output_dir, fmt, overwrite=True, verify=verify, dtype=dtype, **options)
     details = report.to_dict() if hasattr(report, "to_dict") else {}
     summary = report.summary() if hasattr(report, "summary") else str(report)
     return {"format": fmt, "path": str(output_dir), "bytes": _bytes(Path(output_dir)), "summary": summary,

@@ -276,7 +276,8 @@ def _stage(r: _Run, i: int, redo: bool) -> dict[str, Any]:
                               "options": stage_options(stage)[stage.kind], "qat": is_qat(r.recipe.stages, i)}
     if isinstance(stage, Export):
         exports = [exporting.export_model(model, r.tokenizer, r.dirs.export_dir(f), f, verify=stage.verify,
-                                          gguf_type=stage.gguf_type if f == "gguf" else None) for f in stage.formats]
+                                          gguf_type=stage.gguf_type if f == "gguf" else None, dtype=stage.dtype)
+                   for f in stage.formats]
         for e in exports:
             r.log(f"    {e['format']}: {e['path']}" + (f" ({e['check']})" if e.get("check") else ""))
         record.update(result={"exports": exports}, seconds=time.perf_counter() - t0,

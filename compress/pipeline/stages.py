@@ -151,11 +151,14 @@ class Export:
     ``verify``: load each export with a loader that is not compress-lm's and
     compare logits before it counts as written.  ``gguf_type``: the GGUF
     block type (f16, q8_0, q4_0, q4_1, tq2_0, tq1_0; None picks one from the model).
+    ``dtype``: what float tensors are stored in (bfloat16, float16, float32;
+    None: each format's default, bfloat16, or float16 for gptq and gguf).
     """
 
     formats: tuple[str, ...] = (NATIVE,)
     verify: bool = False
     gguf_type: str | None = None
+    dtype: str | None = None
     kind: ClassVar[str] = "export"
 
     def __post_init__(self) -> None:
@@ -167,6 +170,12 @@ class Export:
         object.__setattr__(self, "formats", formats)
         if not isinstance(self.verify, bool):
             raise RecipeError(f"export verify must be true or false, got {quote(self.verify)}.")
+        if self.dtype is not None:
+            from compress.io.storage import DTYPES
+
+            if self.dtype not in DTYPES:
+                raise RecipeError(f"export dtype must be one of {', '.join(DTYPES)} (or left out for each format's "
+                                  f"default), got {quote(self.dtype)}.")
         if self.gguf_type is not None and "gguf" not in formats:
             raise RecipeError(f"export gguf_type applies to the gguf format, which formats {quote(list(formats))} does not list.")
 
@@ -174,7 +183,8 @@ class Export:
         return "export " + ", ".join(self.formats) + (" (verified)" if self.verify else "")
 
     def options(self) -> dict[str, Any]:
-        return {"formats": list(self.formats), "verify": self.verify, "gguf_type": self.gguf_type}
+        options = {"formats": list(self.formats), "verify": self.verify, "gguf_type": self.gguf_type}
+        return {**options, "dtype": self.dtype} if self.dtype is not None else options  # unchanged fingerprints without it
 
 
 Stage = Union[Prune, Recover, Quantize, Export]

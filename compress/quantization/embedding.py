@@ -78,7 +78,7 @@ class QuantEmbedding(nn.Module):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, *, bits: int = 8, group_size: Optional[int] = None,
                  padding_idx: Optional[int] = None, scale_dtype: torch.dtype | str = torch.float16,
-                 role: str = "embedding", device: Any = None) -> None:
+                 role: str = "embedding", embed_scale: Optional[float] = None, device: Any = None) -> None:
         super().__init__()
         if isinstance(scale_dtype, str):
             scale_dtype = getattr(torch, scale_dtype)
@@ -92,6 +92,7 @@ class QuantEmbedding(nn.Module):
                              f"groups; use a divisor of {embedding_dim} (32 by default).")
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.bits, self.group_size, self.padding_idx, self.role = bits, group_size, padding_idx, role
+        self.embed_scale = None if embed_scale is None else float(embed_scale)  # Gemma3 scales looked-up rows
         V, D = num_embeddings, embedding_dim
         if bits == 8:
             self.register_buffer("qdata", torch.zeros(V, D, dtype=torch.int8, device=device))
@@ -105,10 +106,11 @@ class QuantEmbedding(nn.Module):
     # -- construction ------------------------------------------------------
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bits: int, group_size: int = 32, *, padding_idx: Optional[int] = None,
-                    scale_dtype: torch.dtype = torch.float16, role: str = "embedding") -> "QuantEmbedding":
+                    scale_dtype: torch.dtype = torch.float16, role: str = "embedding",
+                    embed_scale: Optional[float] = None) -> "QuantEmbedding":
         V, D = weight.shape
         m = cls(V, D, bits=bits, group_size=group_size, padding_idx=padding_idx, scale_dtype=scale_dtype, role=role,
-                device=weight.device)
+                embed_scale=embed_scale, device=weight.device)
         codes, scales = quantize_rows(weight, bits, m.group_size, scale_dtype)
         with torch.no_grad():
             m.qdata.copy_(codes if bits == 8 else pack_int4_rows(codes))
@@ -149,7 +151,10 @@ class QuantEmbedding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.role == "head":
             return head_logits(self, x)
-        return self.dequantize_rows(x)
+        rows = self.dequantize_rows(x)
+        if self.embed_scale is not None:  # as Gemma3TextScaledWordEmbedding: a float32 scalar cast to the rows' dtype
+            rows = rows * torch.tensor(self.embed_scale, dtype=torch.float32).to(rows.dtype)
+        return rows
 
     def packed_bytes(self) -> int:
         return self.qdata.nbytes + self.scales.nbytes
@@ -167,6 +172,7 @@ class QuantEmbedding(nn.Module):
         """JSON-able description, enough to rebuild the empty module (checkpoint manifests)."""
         return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim, "bits": self.bits,
                 "group_size": self.group_size, "padding_idx": self.padding_idx, "role": self.role,
+                "embed_scale": self.embed_scale,
                 "scale_dtype": str(self.scales.dtype).removeprefix("torch.")}
 
     def extra_repr(self) -> str:
@@ -219,6 +225,14 @@ def _head(model: nn.Module) -> tuple[Optional[str], Optional[nn.Module]]:
     return name, head
 
 
+def _embed_scale(embed: nn.Module) -> Optional[float]:
+    """The scalar a scaled word embedding (Gemma3's) multiplies looked-up rows by; None for a plain one."""
+    scale = getattr(embed, "embed_scale", None)
+    if isinstance(scale, torch.Tensor) and scale.numel() == 1:
+        return float(scale)
+    return float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else None
+
+
 def embedding_problems(model: nn.Module, kind: Optional[str], group_size: int) -> list[str]:
     """Every reason the embeddings (and an untied head) cannot be quantised as ``kind``; empty when they can."""
     if kind is None:
@@ -228,8 +242,9 @@ def embedding_problems(model: nn.Module, kind: Optional[str], group_size: int) -
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if embed is None or isinstance(embed, QuantEmbedding):
         return ["the model has no float input embedding to quantise (it may already be quantised)"] if embed is None else []
-    if not isinstance(embed, nn.Embedding):
-        return [f"the input embedding is a {type(embed).__name__}, not an nn.Embedding; quantise without embeddings="]
+    if not isinstance(embed, nn.Embedding) or (type(embed) is not nn.Embedding and _embed_scale(embed) is None):
+        return [f"the input embedding is a {type(embed).__name__}, whose lookup is not a plain nn.Embedding's; "
+                f"quantise without embeddings="]
     out = []
     D = embed.embedding_dim
     if kind == "int4" and (D % group_size or group_size % 2):
@@ -263,7 +278,8 @@ def predicted_embeddings(model: nn.Module, kind: str, group_size: int = 32,
     head_name, head = _head(model)
     tied = head is not None and getattr(head, "weight", None) is embed.weight
     q = QuantEmbedding(embed.num_embeddings, embed.embedding_dim, bits=bits, group_size=group_size,
-                       padding_idx=embed.padding_idx, scale_dtype=scale_dtype, device="meta")
+                       padding_idx=embed.padding_idx, scale_dtype=scale_dtype, embed_scale=_embed_scale(embed),
+                       device="meta")
     model.set_submodule(name_e, q)
     if isinstance(head, nn.Linear):
         model.set_submodule(head_name, TiedQuantHead(q) if tied else QuantEmbedding(
@@ -290,7 +306,8 @@ def quantize_embeddings(model: nn.Module, kind: str, group_size: int = 32,
     name_e = next(n for n, m in model.named_modules() if m is embed)
     head_name, head = _head(model)
     tied = head is not None and getattr(head, "weight", None) is embed.weight
-    q = QuantEmbedding.from_weight(embed.weight, bits, group_size, padding_idx=embed.padding_idx, scale_dtype=scale_dtype)
+    q = QuantEmbedding.from_weight(embed.weight, bits, group_size, padding_idx=embed.padding_idx, scale_dtype=scale_dtype,
+                                   embed_scale=_embed_scale(embed))
     model.set_submodule(name_e, q)
     done.append((name_e, q.label(), q.packed_bytes()))
     if head is not None and isinstance(head, nn.Linear):

@@ -156,3 +156,17 @@ def test_native_export_check_follows_the_stored_dtype(tmp_path):
     assert "rounded to float16" in report.check
     with pytest.raises(ExportError, match="Unknown export format"):
         export(tiny_model("llama"), None, tmp_path / "z", "zip")
+
+
+def test_recipe_export_stages_take_a_dtype(tmp_path):
+    from compress.pipeline import exporting, load_recipe
+    from compress.pipeline.recipe import RecipeError
+
+    recipe = load_recipe({"stages": ["int4", {"export": {"formats": ["native", "hf"], "dtype": "float16"}}]})
+    stage = recipe.stages[-1]
+    assert stage.dtype == "float16" and stage.options()["dtype"] == "float16"
+    assert "dtype" not in load_recipe({"stages": [{"export": ["hf"]}]}).stages[0].options()  # old fingerprints hold
+    with pytest.raises(RecipeError, match="export dtype must be one of bfloat16, float16, float32 .* got 'int8'"):
+        load_recipe({"stages": [{"export": {"formats": ["hf"], "dtype": "int8"}}]})
+    exporting.export_model(tiny_model("llama"), None, tmp_path / "n", "native", dtype="float16")
+    assert set(_file_dtypes(tmp_path / "n").values()) == {"F16"}

@@ -67,7 +67,7 @@ def test_smallest_trains_ternary_in_the_loop():
     ({"stages": [{"quantize": "int3"}]}, r"In stage 1 \(quantize\): unknown quantisation method 'int3'"),
     ({"stages": [{"recover": {"output_dir": "x"}}]}, r"A recover stage must not set output_dir or resume"),
     ({"stages": [{"export": ["hf", "hf"]}]}, r"export formats lists a format twice"),
-    ({"stages": [{"export": {"format": "hf"}}]}, r"Unknown key\(s\) 'format' in stage 1 \(export\); allowed keys are: formats, gguf_type, verify"),
+    ({"stages": [{"export": {"format": "hf"}}]}, r"Unknown key\(s\) 'format' in stage 1 \(export\); allowed keys are: dtype, formats, gguf_type, verify"),
     ({"stages": [{"export": {"formats": ["hf"], "gguf_type": "q4_0"}}]}, r"gguf_type applies to the gguf format"),
     ({"stages": [{"export": {"formats": ["hf"], "verify": "yes"}}]}, r"export verify must be true or false, got 'yes'"),
     ({"stages": [{"quantize": {"calibration_sequences": 0}}]}, r"calibration_sequences must be an integer >= 1, got 0"),

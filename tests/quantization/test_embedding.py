@@ -222,3 +222,40 @@ def test_parameter_counts_treat_quantised_embeddings_as_embeddings():
     quantize_embeddings(model, "int4")
     assert count_parameters(model) == before
 
+
+
+def test_a_scaled_word_embedding_keeps_its_scale(tmp_path):
+    """Gemma3 multiplies looked-up rows by sqrt(hidden); the quantised lookup does too, and the checkpoint keeps it."""
+    model = tiny_model("gemma3")
+    before = _out(model)
+    embed = model.get_input_embeddings()
+    rows = embed(IDS)
+    quantize_embeddings(model, "int8")
+    q = model.get_input_embeddings()
+    assert q.embed_scale == pytest.approx(64 ** 0.5)
+    assert (q(IDS) - rows).abs().max() < 0.01 * rows.abs().max()
+    assert (_out(model) - before).abs().max() < 0.05 * before.abs().max()
+    save(model, tmp_path / "ck")
+    again = load(tmp_path / "ck").model
+    assert again.get_input_embeddings().embed_scale == q.embed_scale
+    assert torch.equal(_out(again), _out(as_stored(model)))
+
+
+def test_an_embedding_subclass_with_its_own_lookup_is_refused():
+    class Odd(nn.Embedding):
+        def forward(self, ids):
+            return super().forward(ids) + 1
+
+    model = tiny_model("llama")
+    model.model.embed_tokens = Odd(320, 64)
+    with pytest.raises(QuantError, match="the input embedding is a Odd, whose lookup is not a plain nn.Embedding's"):
+        quantize_embeddings(model, "int8")
+
+
+def test_the_adapter_still_sees_a_quantised_tied_pair_as_tied():
+    from compress.arch import adapter_for
+
+    tied, untied = tiny_model("llama"), tiny_model("mistral")
+    for model in (tied, untied):
+        quantize_embeddings(model, "int8")
+    assert adapter_for(tied).tied_embeddings and not adapter_for(untied).tied_embeddings

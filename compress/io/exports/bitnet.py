@@ -4,7 +4,8 @@ Every ternary module becomes a ``BitLinear``: ``weight`` is uint8
 ``[out/4, in]`` holding four 2-bit codes ``w + 1`` per byte, packed along
 the output dimension in blocks (row ``i*R + r`` of the ternary matrix sits in
 bits ``2i..2i+1`` of packed row ``r``, ``R = out/4``), and ``weight_scale``
-is ``[1]`` holding ``1 / gamma`` (BitLinear divides by it).  Every other
+is ``[1]`` holding ``1 / gamma`` (BitLinear divides by it; float32 whatever
+``dtype`` the other floats are stored in).  Every other
 ``nn.Linear`` is listed in ``modules_to_not_convert`` and kept in float.
 
 transformers' BitLinear always quantises activations to int8 per token, as
@@ -83,7 +84,8 @@ def bitnet_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor
         codes = unpack_ternary(m.qweight.cpu())  # [out, in], values w + 1
         tensors[f"{name}.weight"] = pack_rows(codes)
         gamma = m.scales.detach().to(torch.float64).reshape(1)
-        tensors[f"{name}.weight_scale"] = (1.0 / gamma).to(dtype).cpu()
+        # float32 whatever the stored dtype: one number per module, and 1/gamma in 16 bits would move every output
+        tensors[f"{name}.weight_scale"] = (1.0 / gamma).to(torch.float32).cpu()
     return tensors
 
 

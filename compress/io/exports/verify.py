@@ -42,7 +42,7 @@ from torch import nn
 from compress.io import remote_code
 from compress.io.exports import gguf_arch
 from compress.io.exports.base import Output
-from compress.io.exports.common import ExportError, float_dtype, quantized_modules
+from compress.io.exports.common import ExportError, quantized_modules
 from compress.io.storage import round_model_
 
 TOLERANCE = 1e-3  # relative to the largest |logit|
@@ -104,10 +104,9 @@ def _float32_rope(ref: nn.Module) -> None:
 def reference_model(model: nn.Module, fmt: str, out: Output) -> nn.Module:
     """A float32 copy that computes what the export is meant to compute (see the module docstring)."""
     stored = out.details.get("dtype")  # formats that store floats in one dtype: the reference holds them so
-    dtype = getattr(torch, stored) if stored else float_dtype(model)
     ref = copy.deepcopy(model)
     if stored:
-        round_model_(ref, dtype)
+        round_model_(ref, getattr(torch, stored))
     ref = ref.float().cpu().eval()
     _float32_rope(ref)
     packed = quantized_modules(ref)
@@ -115,8 +114,8 @@ def reference_model(model: nn.Module, fmt: str, out: Output) -> nn.Module:
         if m.method != "ternary":
             continue
         if fmt == "bitnet":
-            stored = (1.0 / m.scales.detach().to(torch.float64).reshape(1)).to(dtype)  # as bitnet.bitnet_state writes it
-            ref.set_submodule(name, _AsBitLinear(m, stored))
+            inverse = (1.0 / m.scales.detach().to(torch.float64).reshape(1)).to(torch.float32)  # as bitnet_state writes it
+            ref.set_submodule(name, _AsBitLinear(m, inverse))
         else:
             m.activations = "a16"
     params = dict(ref.named_parameters())
