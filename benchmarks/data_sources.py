@@ -58,9 +58,9 @@ def measure(model, teacher, domains: dict[str, torch.Tensor], batch_size: int) -
 def arm(args, name: str, teacher, tokenizer, domains) -> dict[str, Any]:
     from compress.data import TextConfig, load_text
     from compress.generated import GenerateConfig
-    from compress.prune import PruneConfig, prune
-    from compress.quant import QuantConfig, quantize
-    from compress.recover import RecoverConfig, recover
+    from compress.pruning import PruneConfig, prune
+    from compress.quantization import QuantConfig, quantize
+    from compress.recovery import RecoverConfig, recover
 
     t0 = time.perf_counter()
     text = TextConfig(seq_len=args.seq_len, seed=0, calibration_fraction=args.calibration_fraction)

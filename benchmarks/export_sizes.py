@@ -44,7 +44,7 @@ ROWS = [
 
 def _models(name: str) -> tuple[dict[str, torch.nn.Module], Any]:
     import compress
-    from compress.quant import QuantConfig, quantize
+    from compress.quantization import QuantConfig, quantize
 
     model, tokenizer = compress.load_model(name)
     models = {"fp16": copy.deepcopy(model).half()}
@@ -66,7 +66,7 @@ def run(name: str, verify: bool, out_dir: Path) -> dict[str, Any]:
         options = {"gguf_type": gguf_type} if gguf_type else {}
         t = time.perf_counter()
         report = export(models[label], tokenizer, out_dir / f"{label}-{fmt}-{gguf_type or ''}".replace(" ", "-"), fmt,
-                        verify=verify and fmt != "native", **options)
+                        verify=verify and fmt != "native", dtype="float16", **options)  # the rows' float16
         rows.append({"model": label, "format": fmt if not gguf_type else f"gguf {gguf_type}", "bytes": report.total_bytes,
                      "files": report.sizes, "bits_per_weight": report.bits_per_weight,
                      "layer_bits_per_weight": report.layer_bits_per_weight, "weights": report.parameters,

@@ -140,7 +140,7 @@ def head_is_tied(model) -> bool:
 
 def quant_config(variant: str, group_size: int):
     """The ``QuantConfig`` a variant is made with (None for the dense baseline)."""
-    from compress.quant import QuantConfig
+    from compress.quantization import QuantConfig
 
     method, head = VARIANTS[variant]
     if method is None:

@@ -76,7 +76,7 @@ def _widths(model: nn.Module) -> dict[str, list[int]]:
 
 def prune_ours(model: nn.Module, sparsity: float, method: str, importance: str, calib: torch.Tensor,
                args: argparse.Namespace) -> dict[str, Any]:
-    from compress.prune import PruneConfig, prune
+    from compress.pruning import PruneConfig, prune
 
     adapt = method == "adapt"
     cfg = PruneConfig(
@@ -116,7 +116,7 @@ def prune_torch_pruning(model: nn.Module, sparsity: float, example: torch.Tensor
     import torch_pruning as tp
 
     import compress
-    from compress.prune.groups import layer_groups
+    from compress.pruning.groups import layer_groups
     from compress.sizes import count_parameters
 
     a = compress.adapter_for(model)

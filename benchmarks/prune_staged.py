@@ -54,7 +54,7 @@ def held_out(model, teacher, seqs: torch.Tensor, batch_size: int) -> dict[str, A
 
 
 def recover_template(args: argparse.Namespace):
-    from compress.recover import RecoverConfig
+    from compress.recovery import RecoverConfig
 
     return RecoverConfig(batch_size=args.batch_size, lr=args.lr, schedule="wsd", warmup_fraction=0.1,
                          decay_fraction=0.2, eval_every=0, eval_sequences=args.eval_seqs, device=args.device,
@@ -70,8 +70,8 @@ def prune_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def one_shot(args, teacher, splits, held) -> dict[str, Any]:
     from dataclasses import replace
 
-    from compress.prune import PruneConfig, prune
-    from compress.recover import recover
+    from compress.api import prune, recover
+    from compress.pruning import PruneConfig
 
     t0 = time.perf_counter()
     student = copy.deepcopy(teacher)
@@ -85,7 +85,8 @@ def one_shot(args, teacher, splits, held) -> dict[str, Any]:
 
 
 def staged(args, teacher, splits, held) -> dict[str, Any]:
-    from compress.prune import PruneConfig, prune
+    from compress.api import prune  # the verb: stages > 1 go to compress.staged
+    from compress.pruning import PruneConfig
 
     t0 = time.perf_counter()
     student = copy.deepcopy(teacher)

@@ -62,7 +62,7 @@ def say(text: str) -> None:
 # --------------------------------------------------------------------------- rows
 
 def recover_config(args: argparse.Namespace, **extra: Any):
-    from compress.recover import RecoverConfig
+    from compress.recovery import RecoverConfig
 
     budget = dict(tokens=args.tokens) if args.tokens else dict(steps=args.steps)
     return RecoverConfig(**budget, batch_size=args.batch_size, lr=args.lr, schedule="wsd",
@@ -72,7 +72,7 @@ def recover_config(args: argparse.Namespace, **extra: Any):
 
 def distil(student: nn.Module, teacher: nn.Module, splits, args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     """The same recovery budget for every trained row: KL distillation from the fp32 model."""
-    from compress.recover import recover
+    from compress.recovery import recover
 
     t = time.perf_counter()
     report = recover(student, teacher, splits, recover_config(args, **extra))
@@ -109,7 +109,7 @@ def pruned_rows(fp32: nn.Module, splits, args: argparse.Namespace, prune_bench: 
 
 def quantised_rows(fp32: nn.Module, splits, args: argparse.Namespace, quant_bench: ModuleType) -> tuple[dict, dict]:
     """int4 (ours: GPTQ, RTN) and the 4-bit peers, post-training; ternary post-training."""
-    qargs = argparse.Namespace(group_size=args.group_size, damp=args.damp, act_order=args.act_order)
+    qargs = argparse.Namespace(group_size=args.group_size, damp=args.damp, act_order=args.act_order, clip_search=True)
     models, info = quant_bench.build_rows(fp32, qargs, splits.calibration[: args.calib_seqs], None, with_ternary=True)
     info.pop("fp32", None)
     models.pop("ternary absmedian", None)  # absmean is BitNet's; the quant benchmark has both
@@ -124,7 +124,7 @@ def quantised_rows(fp32: nn.Module, splits, args: argparse.Namespace, quant_benc
 
 def ternary_qat_row(fp32: nn.Module, splits, args: argparse.Namespace) -> tuple[dict, dict]:
     """Ternary QAT with lambda warm-up and distillation from fp32, then packed: the same budget as the pruned rows."""
-    from compress.quant import QuantConfig, prepare_qat
+    from compress.quantization import QuantConfig, prepare_qat
 
     label = "ternary QAT + distillation (ours)"
     say(f"{label}")
@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-step", type=float, default=0.05, help="Adapt-Pruner sub-step (the paper's 0.02 takes 15 recalibrations)")
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--damp", type=float, default=0.01)
-    p.add_argument("--act-order", action="store_true")
+    p.add_argument("--no-act-order", dest="act_order", action="store_false", help="GPTQ in plain column order")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny budgets for a CI check (numbers are noisy)")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)

@@ -1,9 +1,14 @@
 """Quantisation quality on real models: held-out perplexity, KL and top-1 agreement to fp32, stored bits.
 
-One run measures, on SmolLM2-135M (the eval split of the built-in text; the
-fp32 model is the reference and is evaluated in the same pass):
+One run measures, on SmolLM2-135M, in two domains: the eval split of the
+built-in Shakespeare (the calibration domain) and the eval split of the
+built-in unseen "news" text (never used for calibration); the fp32 model is
+the reference and is evaluated in the same pass:
 
-    fp32 | int4 RTN g128 | int4 GPTQ g128 | bitsandbytes NF4 | HQQ 4-bit g128 | ternary absmean | ternary absmedian
+    fp32 | int4 RTN gG | int4 GPTQ gG | bitsandbytes NF4 | HQQ 4-bit gG | ternary absmean | ternary absmedian
+
+``--ablate`` adds our int4 rows with one default switched off (RTN and GPTQ
+without the clip search, GPTQ without act_order), quantised in this process.
 
 GPTQ calibrates on the calibration split, in a fresh process that also records
 its wall time and peak memory (ru_maxrss with the high-water mark reset after
@@ -19,6 +24,7 @@ not line up; MiniLM (float weights) is the cleaner comparison.
 
     python benchmarks/quant_quality.py                      # JSON + PNG in benchmarks/results/
     python benchmarks/quant_quality.py --eval-seqs 8 --calib-seqs 16 --skip-encoder   # quicker
+    python benchmarks/quant_quality.py --group-size 64 --eval-seqs 8 --skip-encoder --skip-ternary --ablate
     python benchmarks/quant_quality.py --gptq-only /tmp/smollm2-gptq --calib-seqs 64  # GPTQ time and memory only
 """
 from __future__ import annotations
@@ -60,7 +66,7 @@ def gptq_only(args: argparse.Namespace) -> dict[str, Any]:
     rss_runtime = process_memory_mib()  # interpreter + torch + transformers, before any model
     import compress
     from compress.data import TextConfig
-    from compress.quant import QuantConfig
+    from compress.quantization import QuantConfig
 
     rss_runtime = max(rss_runtime or 0.0, process_memory_mib() or 0.0)
     model, tokenizer = compress.load_model(args.model)
@@ -70,7 +76,7 @@ def gptq_only(args: argparse.Namespace) -> dict[str, Any]:
     rss_before = process_memory_mib()
     peak_reset = reset_peak_memory()
     cfg = QuantConfig(group_size=args.group_size, gptq=True, calibration_sequences=args.calib_seqs,
-                      damp=args.damp, act_order=args.act_order, progress=True)
+                      damp=args.damp, act_order=args.act_order, clip_search=args.clip_search, progress=True)
     start = time.perf_counter()
     report = compress.quantize(model, cfg, data=calib)
     seconds = time.perf_counter() - start
@@ -78,6 +84,7 @@ def gptq_only(args: argparse.Namespace) -> dict[str, Any]:
     compress.save(model, args.gptq_only, tokenizer, overwrite=True)
     result = {
         "config": cfg.label(), "damp": cfg.damp, "act_order": cfg.act_order, "true_sequential": cfg.true_sequential,
+        "clip_search": cfg.clip_search,
         "calibration_sequences": int(calib.shape[0]), "seq_len": int(calib.shape[1]),
         "seconds": seconds, "threads": torch.get_num_threads(),
         "fp32_model_mib": fp32_bytes / 2**20,
@@ -98,7 +105,8 @@ def gptq_only(args: argparse.Namespace) -> dict[str, Any]:
 def run_gptq_fresh(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--gptq-only", str(out_dir), "--model", args.model,
            "--seq-len", str(args.seq_len), "--calib-seqs", str(args.calib_seqs), "--group-size", str(args.group_size),
-           "--damp", str(args.damp)] + (["--act-order"] if args.act_order else [])
+           "--damp", str(args.damp)] + ([] if args.act_order else ["--no-act-order"]) \
+        + ([] if args.clip_search else ["--no-clip-search"])
     print(f"[gptq] fresh process: {' '.join(cmd[1:])}", flush=True)
     subprocess.run(cmd, check=True)
     return json.loads((out_dir / "gptq_run.json").read_text())
@@ -155,7 +163,7 @@ def build_rows(model: nn.Module, args: argparse.Namespace, calib: Optional[torch
                with_ternary: bool) -> tuple[dict[str, nn.Module], dict[str, dict]]:
     """Every compressed copy of ``model`` and what it stores (bits per quantised weight, how built)."""
     import compress
-    from compress.quant import QuantConfig
+    from compress.quantization import QuantConfig
 
     G = args.group_size
     fp32_bytes = sum(p.nbytes for p in model.parameters())
@@ -173,7 +181,8 @@ def build_rows(model: nn.Module, args: argparse.Namespace, calib: Optional[torch
         return [r.name for r in report.modules]
 
     print(f"[rows] int4 RTN g{G}", flush=True)
-    targets = ours(f"int4 RTN g{G}", QuantConfig(group_size=G, progress=False))
+    clip = getattr(args, "clip_search", True)
+    targets = ours(f"int4 RTN g{G}", QuantConfig(group_size=G, clip_search=clip, progress=False))
     if gptq_dir is not None:
         loaded, _ = compress.load(gptq_dir)
         run = json.loads((gptq_dir / "gptq_run.json").read_text())
@@ -185,8 +194,19 @@ def build_rows(model: nn.Module, args: argparse.Namespace, calib: Optional[torch
                                    "how": f"compress.quantize {run['config']} (fresh process, reloaded with compress.load)"}
     elif calib is not None:
         print(f"[rows] int4 GPTQ g{G}", flush=True)
-        ours(f"int4 GPTQ g{G}", QuantConfig(group_size=G, gptq=True, calibration_sequences=len(calib),
-                                            damp=args.damp, act_order=args.act_order, progress=True), calib)
+        ours(f"int4 GPTQ g{G}", QuantConfig(group_size=G, gptq=True, calibration_sequences=len(calib), damp=args.damp,
+                                            act_order=args.act_order, clip_search=clip, progress=True), calib)
+    if getattr(args, "ablate", False):
+        ablations = [(f"int4 RTN g{G} no clip search", QuantConfig(group_size=G, clip_search=False, progress=False), None)]
+        if calib is not None:
+            gptq = dict(group_size=G, gptq=True, calibration_sequences=len(calib), damp=args.damp, progress=True)
+            ablations += [
+                (f"int4 GPTQ g{G} no clip search", QuantConfig(**gptq, act_order=args.act_order, clip_search=False), calib),
+                (f"int4 GPTQ g{G} no act_order", QuantConfig(**gptq, act_order=False, clip_search=clip), calib),
+            ]
+        for label, cfg, data in ablations:
+            print(f"[rows] {label}", flush=True)
+            ours(label, cfg, data)
     for label, make, how in [
         ("bnb NF4", nf4_linear, "bitsandbytes Linear4bit nf4, blocksize 64, compress_statistics (defaults)"),
         (f"HQQ 4-bit g{G}", lambda lin: hqq_linear(lin, G), f"hqq HQQLinear BaseQuantizeConfig(nbits=4, group_size={G}), axis 1"),
@@ -273,27 +293,39 @@ def causal_part(args: argparse.Namespace, gptq_dir: Optional[Path]) -> dict:
     from compress.data import TextConfig
     from compress.eval import EvalConfig
 
+    from compress.data import UNSEEN_TEXT
+
     model, tokenizer = compress.load_model(args.model)
     model.eval()
     splits = compress.load_text(None, tokenizer, TextConfig(seq_len=args.seq_len))
-    held = splits.eval[: args.eval_seqs]
-    models, info = build_rows(model, args, splits.calibration[: args.calib_seqs], gptq_dir, with_ternary=True)
+    unseen = compress.load_text(UNSEEN_TEXT, tokenizer, TextConfig(seq_len=args.seq_len))
+    held = {"shakespeare": splits.eval[: args.eval_seqs], UNSEEN_TEXT: unseen.eval[: args.eval_seqs]}
+    models, info = build_rows(model, args, splits.calibration[: args.calib_seqs], gptq_dir, with_ternary=not args.skip_ternary)
     for m in models.values():
         m.eval()
-    print(f"[eval] {len(held)} held-out sequences x {args.seq_len} tokens, {len(models) + 1} rows", flush=True)
-    results = compare_causal(model, models, held, args.batch_size)
+    results = {}
+    for domain, ids in held.items():
+        print(f"[eval] {domain}: {len(ids)} held-out sequences x {args.seq_len} tokens, {len(models) + 1} rows", flush=True)
+        results[domain] = compare_causal(model, models, ids, args.batch_size)
     G = args.group_size
     rows = {}
     for label, d in info.items():
-        rows[label] = {**d, **results.get(label, {})}
+        # the calibration domain's figures stay at the top level (as before); every domain under "domains"
+        rows[label] = {**d, **results["shakespeare"].get(label, {}),
+                       "domains": {dom: res[label] for dom, res in results.items() if label in res}}
+        for dom, res in results.items():
+            if label in res:
+                rows[label]["domains"][dom]["ppl_ratio_to_fp32"] = res[label]["perplexity"] / res["fp32"]["perplexity"]
     comparisons = {}
     gptq = f"int4 GPTQ g{G}"
-    for other in (f"int4 RTN g{G}", "bnb NF4", f"HQQ 4-bit g{G}"):
-        if gptq in results and other in results:
-            comparisons[f"{gptq} vs {other}"] = {
-                "kl": paired(results[gptq]["per_sequence_kl"], results[other]["per_sequence_kl"]),
-                "nll": paired(results[gptq]["per_sequence_nll"], results[other]["per_sequence_nll"]),
-            }
+    for domain, res in results.items():
+        for other in (f"int4 RTN g{G}", "bnb NF4", f"HQQ 4-bit g{G}"):
+            if gptq in res and other in res:
+                comparisons[f"{domain}: {gptq} vs {other}"] = {
+                    "kl": paired(res[gptq]["per_sequence_kl"], res[other]["per_sequence_kl"]),
+                    "nll": paired(res[gptq]["per_sequence_nll"], res[other]["per_sequence_nll"]),
+                }
+    held = held["shakespeare"]
     # The loop above re-implements compress.evaluate's measures to evaluate the reference once for all rows;
     # check it against compress.evaluate on the first batch.
     check = None
@@ -307,6 +339,7 @@ def causal_part(args: argparse.Namespace, gptq_dir: Optional[Path]) -> dict:
                  "this script": {"perplexity": mine["perplexity"], "kl": mine["kl_to_fp32"], "top1": mine["top1_agreement"]}}
     return {"model": args.model, "eval_sequences": len(held), "calibration_sequences": min(args.calib_seqs, len(splits.calibration)),
             "seq_len": args.seq_len, "text": splits.describe() if hasattr(splits, "describe") else None,
+            "unseen_text": unseen.describe(), "domains": list(results),
             "rows": rows, "gptq_vs_others": comparisons, "cross_check_first_batch": check}
 
 
@@ -346,16 +379,21 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parts = [("causal", "KL to fp32 (nats/token)", "kl_to_fp32")]
+    # one panel per evaluation domain of the causal model (KL to fp32), and the encoder's
+    parts = [("causal", d, f"KL to fp32 (nats/token), {d} held-out", "kl_to_fp32")
+             for d in result["causal"].get("domains", [None])]
     if result.get("encoder"):
-        parts.append(("encoder", "1 - cosine to fp32 (mean-pooled)", "one_minus_cosine"))
+        parts.append(("encoder", None, "1 - cosine to fp32 (mean-pooled)", "one_minus_cosine"))
     fig, axes = plt.subplots(1, len(parts), figsize=(6.5 * len(parts), 4.6))
     axes = [axes] if len(parts) == 1 else axes
-    for ax, (key, ylabel, metric) in zip(axes, parts):
-        rows = {k: v for k, v in result[key]["rows"].items() if v.get(metric) is not None and k != "fp32"}
+    for ax, (key, domain, ylabel, metric) in zip(axes, parts):
+        def value(row: dict) -> Optional[float]:
+            return (row.get("domains", {}).get(domain) or {}).get(metric) if domain else row.get(metric)
+
+        rows = {k: v for k, v in result[key]["rows"].items() if value(v) is not None and k != "fp32"}
         placed: list[tuple[float, float]] = []
         for label, row in rows.items():
-            x, y = row["bits_per_weight"], max(row[metric], 1e-6)
+            x, y = row["bits_per_weight"], max(value(row), 1e-6)
             # labels of points on top of each other (the two ternary rows) are stacked, not overprinted
             stack = sum(abs(x - px) < 0.05 and abs(math.log10(y / py)) < 0.05 for px, py in placed)
             placed.append((x, y))
@@ -375,14 +413,22 @@ def plot(result: dict, path: Path) -> None:
 def table(result: dict) -> str:
     lines = []
     c = result["causal"]
-    lines.append(f"{c['model']}: {c['eval_sequences']} held-out x {c['seq_len']} tokens; GPTQ on {c['calibration_sequences']} x {c['seq_len']}")
-    lines.append("| method | bits/weight | perplexity | KL to fp32 | top-1 agreement |")
-    lines.append("| --- | ---: | ---: | ---: | ---: |")
+    domains = c.get("domains", ["shakespeare"])
+    lines.append(f"{c['model']}: {c['eval_sequences']} held-out x {c['seq_len']} tokens per domain ({', '.join(domains)}); "
+                 f"GPTQ on {c['calibration_sequences']} x {c['seq_len']} Shakespeare")
+    head = " | ".join(f"{d} ppl (x fp32) | {d} KL | {d} top-1" for d in domains)
+    lines.append(f"| method | bits/weight | {head} |")
+    lines.append("| --- | ---: |" + " ---: | ---: | ---: |" * len(domains))
     for label, r in c["rows"].items():
         if "error" in r:
-            lines.append(f"| {label} | - | failed: {r['error']} | | |")
+            lines.append(f"| {label} | - | failed: {r['error']} |" + " |" * (3 * len(domains) - 1))
             continue
-        lines.append(f"| {label} | {r['bits_per_weight']:.3f} | {r['perplexity']:.3f} | {r['kl_to_fp32']:.4f} | {r['top1_agreement']:.4f} |")
+        cells = []
+        for d in domains:
+            m = r.get("domains", {}).get(d, r)
+            ratio = m.get("ppl_ratio_to_fp32", float("nan"))
+            cells.append(f"{m['perplexity']:.2f} ({ratio:.3f}x) | {m['kl_to_fp32']:.4f} | {m['top1_agreement']:.4f}")
+        lines.append(f"| {label} | {r['bits_per_weight']:.3f} | " + " | ".join(cells) + " |")
     if result.get("encoder"):
         e = result["encoder"]
         lines.append("")
@@ -414,7 +460,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--damp", type=float, default=0.01)
-    ap.add_argument("--act-order", action="store_true")
+    ap.add_argument("--no-act-order", dest="act_order", action="store_false", help="GPTQ in plain column order")
+    ap.add_argument("--no-clip-search", dest="clip_search", action="store_false", help="our int4 rows with min-max ranges")
+    ap.add_argument("--ablate", action="store_true",
+                    help="add our int4 rows with one default off: RTN/GPTQ without clip search, GPTQ without act_order")
+    ap.add_argument("--skip-ternary", action="store_true")
     ap.add_argument("--encoder-seq-len", type=int, default=256)
     ap.add_argument("--encoder-eval-seqs", type=int, default=64)
     ap.add_argument("--encoder-calib-seqs", type=int, default=64)

@@ -8,7 +8,7 @@ split, pruning calibrates on the calibration split):
   distillation (KL to the teacher) for a small budget; held-out perplexity,
   KL and top-1 agreement to the teacher before, during and after.
 - ``qat``: ternary (absmean, W1.58A16) quantisation-aware training with
-  distillation from the fp32 teacher (``compress.quant.prepare_qat``, lambda
+  distillation from the fp32 teacher (``compress.quantization.prepare_qat``, lambda
   warmed up from 0 to 1), then packed; against post-training ternary of the
   same model and against fp32: how much of the gap the budget closes.
 
@@ -77,7 +77,7 @@ def gap_closed(before: float, after: float, target: float) -> float:
 
 
 def recover_config(args: argparse.Namespace, **extra: Any):
-    from compress.recover import RecoverConfig
+    from compress.recovery import RecoverConfig
 
     budget = dict(tokens=args.tokens) if args.tokens else dict(steps=args.steps)
     return RecoverConfig(**budget, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
@@ -106,8 +106,8 @@ def curve(report) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- the two parts
 
 def prune_part(args, teacher, splits, held, fp32: dict) -> dict[str, Any]:
-    from compress.prune import prune
-    from compress.recover import recover
+    from compress.pruning import prune
+    from compress.recovery import recover
 
     t0 = time.perf_counter()
     student = copy.deepcopy(teacher)
@@ -135,8 +135,8 @@ def prune_part(args, teacher, splits, held, fp32: dict) -> dict[str, Any]:
 
 
 def qat_part(args, teacher, splits, held, fp32: dict) -> dict[str, Any]:
-    from compress.quant import QuantConfig, prepare_qat, quantize
-    from compress.recover import recover
+    from compress.quantization import QuantConfig, prepare_qat, quantize
+    from compress.recovery import recover
 
     qcfg = QuantConfig(method="ternary", scale="absmean")
     ptq = copy.deepcopy(teacher)

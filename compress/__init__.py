@@ -30,8 +30,18 @@ _API = {
     "recover": "compress.api",
     "save": "compress.api",
     "load": "compress.api",
-    "run": "compress.api",
+    "run": "compress.pipeline",
     "export": "compress.io.exports",
+    "PruneConfig": "compress.pruning",
+    "PruneReport": "compress.pruning",
+    "QuantConfig": "compress.quantization",
+    "QuantReport": "compress.quantization",
+    "RecoverConfig": "compress.recovery",
+    "RecoverReport": "compress.recovery",
+    "Recipe": "compress.pipeline",
+    "RunReport": "compress.pipeline",
+    "SensitivityConfig": "compress.sensitivity",
+    "measure_sensitivity": "compress.sensitivity",
 }
 
 __all__ = sorted(_API) + ["__version__"]

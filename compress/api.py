@@ -10,7 +10,7 @@ from typing import Any
 
 from compress.io import load, save
 
-__all__ = ["load", "prune", "quantize", "recover", "run", "save"]
+__all__ = ["load", "prune", "quantize", "recover", "save"]
 
 
 def _record(model: Any, step: dict[str, Any]) -> None:
@@ -21,21 +21,31 @@ def _record(model: Any, step: dict[str, Any]) -> None:
 
 
 def prune(model: Any, config_or_sparsity: Any = None, data: Any = None, **kwargs: Any) -> Any:
-    """Structured pruning (Adapt-Pruner) in place; see ``compress.prune.prune``."""
+    """Structured pruning (Adapt-Pruner) in place; see ``compress.pruning.prune``.
+
+    With ``stages > 1`` it prunes and trains in turns (Adapt-Accel, ``compress.staged``):
+    ``data`` must then be a ``TextSplits`` whose ``train`` split trains between
+    stages and whose ``eval`` split measures each stage.
+    """
     from dataclasses import asdict
 
-    from compress.prune import prune as prune_model
-    from compress.prune.pruner import resolve_config
+    from compress.pruning import prune as prune_model
+    from compress.pruning.pruner import resolve_config
 
     config = resolve_config(config_or_sparsity, kwargs)
-    report = prune_model(model, config, data)
+    if config.stages > 1:  # Adapt-Accel composes pruning and recovery, so it lives above both
+        from compress.staged import prune_staged
+
+        report = prune_staged(model, config, data)
+    else:
+        report = prune_model(model, config, data)
     _record(model, {"step": "prune", "config": asdict(config), "achieved_sparsity": report.achieved_sparsity})
     return report
 
 
 def quantize(model: Any, config: Any = None, data: Any = None) -> Any:
-    """Ternary or int4 quantisation in place to packed modules; see ``compress.quant.quantize``."""
-    from compress.quant import quantize as quantize_model
+    """Ternary or int4 quantisation in place to packed modules; see ``compress.quantization.quantize``."""
+    from compress.quantization import quantize as quantize_model
 
     report = quantize_model(model, config, data)
     _record(model, {"step": "quantize", "config": report.config, "bits_per_weight": report.bits_per_weight})
@@ -43,22 +53,10 @@ def quantize(model: Any, config: Any = None, data: Any = None) -> Any:
 
 
 def recover(model: Any, teacher: Any = None, data: Any = None, config: Any = None, **kwargs: Any) -> Any:
-    """Recovery training (distillation, QAT, LoRA) in place; see ``compress.recover.loop.recover``."""
-    from compress.recover.loop import recover as recover_model
+    """Recovery training (distillation, QAT, LoRA) in place; see ``compress.recovery.loop.recover``."""
+    from compress.recovery.loop import recover as recover_model
 
     report = recover_model(model, teacher, data, config, **kwargs)
     _record(model, {"step": "recover", "objective": report.objective, "steps": report.steps, "tokens": report.tokens,
                     "eval_after": report.eval_after})
     return report
-
-
-def run(model: Any = None, recipe: Any = "default", output_dir: Any = None, **kwargs: Any) -> Any:
-    """A whole recipe (prune, recover, quantise, export) with a pre-flight check and a report; see ``compress.pipeline.run``.
-
-    ``compress.run("smollm2-135m", "default", "runs/demo")``: the model (None: the
-    recipe's), a recipe (a built-in name, a YAML file, a ``Recipe``, a list of
-    stages) and the output directory; running it again resumes.  Returns a ``RunReport``.
-    """
-    from compress.pipeline import run as run_recipe
-
-    return run_recipe(model, recipe, output_dir, **kwargs)

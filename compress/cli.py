@@ -6,9 +6,10 @@ Python API takes and calls the API.  User errors print one line and exit 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from compress.errors import CompressError, shorten
 
@@ -30,14 +31,40 @@ def _add_data(p: argparse.ArgumentParser, what: str, default: str | None = None)
     p.add_argument("--seed", type=int, default=0, help="seed of the private generator that splits the text (default 0)")
 
 
+STORAGE_DTYPES = ["bfloat16", "float16", "float32"]
+
+
 def _add_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="output checkpoint directory (reopen with compress.load)")
     p.add_argument("--force", action="store_true", help="replace the output directory if it exists")
+    p.add_argument("--dtype", choices=STORAGE_DTYPES,
+                   help="dtype the checkpoint stores float tensors in (default bfloat16; compress.load computes in float32)")
 
 
-def _add_runtime(p: argparse.ArgumentParser) -> None:
+def _add_runtime(p: argparse.ArgumentParser, dtype: bool = True) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype (default float32)")
+    if dtype:
+        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype (default float32)")
+
+
+def _config_options(p: argparse.ArgumentParser, cls: type) -> Callable[..., None]:
+    """``option("--flag", ...)`` for a field of the dataclass ``cls``: no CLI default (the config's
+    applies, and the help says what it is), so a flag the user did not give is not passed on."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+
+    def option(flag: str, **kwargs: Any) -> None:
+        name = flag.lstrip("-").replace("-", "_")
+        default = defaults[name]
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = "none" if shown in ((), "", None) else shown
+        p.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=f"{kwargs.pop('help')} (default {shown})", **kwargs)
+
+    return option
+
+
+def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` the user gave on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,21 +80,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sequences", type=int, default=32, help="held-out sequences to evaluate (default 32)")
     p.add_argument("--batch-size", type=int, default=4, help="sequences per forward pass (default 4)")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
+    p.add_argument("--tasks", metavar="T1,T2", help="also run these lm-evaluation-harness tasks on the model as it is "
+                   "(needs pip install 'compress-lm[tasks]'); with --tasks, perplexity runs only when --data is given")
+    p.add_argument("--include-path", metavar="DIR", help="a directory of lm-eval task YAML files (e.g. tests/lmeval_tasks)")
+    p.add_argument("--limit", type=int, metavar="N", help="lm-eval documents per task (default: all)")
+    p.add_argument("--num-fewshot", type=int, metavar="K", help="lm-eval few-shot examples (default: each task's own)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("prune", help="structured pruning (Adapt-Pruner): removes MLP channels and kv groups")
     _add_model(p)
-    p.add_argument("--sparsity", type=float, default=0.3, help="fraction of non-embedding parameters to remove (default 0.3)")
-    p.add_argument("--method", choices=["adapt", "uniform"], default="adapt", help="per-layer allocation (default adapt)")
-    p.add_argument("--importance", choices=["taylor", "magnitude", "activation"], default="taylor", help="channel score (default taylor)")
-    p.add_argument("--round-to", type=int, default=8, help="keep MLP widths a multiple of this (default 8)")
-    p.add_argument("--drop-layers", type=int, default=0, help="also remove this many whole layers (default 0)")
-    p.add_argument("--protect-layers", type=int, nargs="+", default=[], metavar="I",
-                   help="decoder layers (0-based) kept at full width; the others carry the budget")
-    p.add_argument("--stages", type=int, default=1,
-                   help="prune in this many stages with distillation from the original between them (Adapt-Accel; default 1)")
-    p.add_argument("--stage-tokens", type=int, metavar="N", help="training tokens per stage on average (needed with --stages > 1)")
+    from compress.pruning.config import IMPORTANCES, METHODS, STAGE_SPLITS, PruneConfig
+
+    option = _config_options(p, PruneConfig)  # defaults come from PruneConfig: one set for the CLI, API and recipes
+    option("--sparsity", type=float, help="fraction of non-embedding parameters to remove")
+    option("--method", choices=METHODS, help="per-layer allocation")
+    option("--importance", choices=IMPORTANCES, help="channel score")
+    option("--round-to", type=int, help="keep MLP widths a multiple of this")
+    option("--drop-layers", type=int, help="also remove this many whole layers")
+    option("--protect-layers", type=int, nargs="+", metavar="I",
+           help="decoder layers (0-based) kept at full width; the others carry the budget")
+    option("--step", type=float, help="Adapt-Pruner sub-step: the sparsity added per re-scoring round (smaller: slower, finer)")
+    option("--amplitude", type=float, help="Adapt-Pruner amplitude A: how far layer sparsities spread around the mean")
+    option("--calib-samples", type=int, metavar="N", help="calibration windows drawn afresh at each sub-step")
+    option("--calib-seq-len", type=int, metavar="N", help="tokens per calibration window (at most --seq-len)")
+    option("--batch-size", type=int, help="calibration windows per forward/backward pass")
+    option("--stages", type=int,
+           help="prune in this many stages with distillation from the original between them (Adapt-Accel)")
+    option("--stage-tokens", type=int, metavar="N", help="training tokens per stage on average (needed with --stages > 1)")
+    option("--stage-split", choices=STAGE_SPLITS, help="how the stages share the training tokens")
     p.add_argument("--stage-lr", type=float, default=1e-4, help="peak learning rate of the training between stages (default 1e-4)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_data(p, "calibration text (and, with --stages, training text)")
     _add_output(p)
     p.set_defaults(func=cmd_prune)
@@ -78,10 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64, 128 (a last partial group is fine) or -1 per channel (default 128)")
     p.add_argument("--asymmetric", action="store_true", help="int4 with zero points")
     p.add_argument("--gptq", action="store_true", help="int4 with GPTQ error compensation (uses --data)")
+    p.add_argument("--no-act-order", dest="act_order", action="store_false",
+                   help="GPTQ in plain column order instead of by decreasing input energy (act_order overfits less; on by default)")
+    p.add_argument("--no-clip-search", dest="clip_search", action="store_false",
+                   help="int4 group ranges from min/max alone, without searching shrink factors 1.0..0.8 (on by default)")
     p.add_argument("--calibration-sequences", type=int, default=128, metavar="N",
                    help="GPTQ reads at most N calibration sequences of --seq-len tokens (default 128)")
     p.add_argument("--scale", choices=["absmean", "absmedian"], default="absmean", help="ternary scale (default absmean, BitNet b1.58)")
     p.add_argument("--a8", action="store_true", help="ternary with 8-bit activations (W1.58A8)")
+    p.add_argument("--embeddings", choices=["int8", "int4", "none"],
+                   help="also quantise the input embedding and output head (a tied pair once): int8 per row or int4 "
+                        "groups (default none: kept in --dtype)")
+    p.add_argument("--embedding-group-size", type=int, metavar="G",
+                   help="int4 embedding group size along the row, a power of two (default 32, GGUF's Q4_0 block)")
     _add_data(p, "calibration text for GPTQ")
     _add_output(p)
     p.set_defaults(func=cmd_quantize)
@@ -135,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace the output directory if it exists")
     p.add_argument("--no-verify", action="store_true",
                    help="skip loading the result with a loader that is not compress-lm's and comparing logits")
-    _add_runtime(p)
+    p.add_argument("--dtype", choices=STORAGE_DTYPES,
+                   help="dtype float tensors are stored in (default: bfloat16; float16 for gptq and gguf)")
+    _add_runtime(p, dtype=False)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("run", help="a whole recipe (prune, recover, quantize, export) with a pre-flight check and a report; resumable")
@@ -209,7 +262,6 @@ def _load_data(args: argparse.Namespace, tokenizer, writer):
 def _compress_and_save(args: argparse.Namespace, needs_data: bool, step: Callable, linear_bits: float | None = None) -> int:
     """Load MODEL (and text when ``needs_data``), run ``step(model, data)`` in place, print its report, save."""
     import compress
-    from compress.data import TextConfig
     from compress.io.outputs import estimated_bytes
 
     _check_output(args)
@@ -217,34 +269,37 @@ def _compress_and_save(args: argparse.Namespace, needs_data: bool, step: Callabl
     _check_output(args, estimated_bytes(model, linear_bits))  # the free space, now that the size is known
     data = _load_data(args, tokenizer, model) if needs_data else None
     print(step(model, data).table())
-    print(f"checkpoint written to {compress.save(model, args.output, tokenizer, overwrite=args.force)}")
+    print(f"checkpoint written to {compress.save(model, args.output, tokenizer, overwrite=args.force, dtype=args.dtype)}")
     return 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from compress import api
-    from compress.prune import PruneConfig
+    from compress.pruning import PruneConfig
 
-    recover = None
-    if args.stages > 1:  # the training between stages; held-out figures on 16 sequences before and after each
-        from compress.recover import RecoverConfig
+    given = _given(args, PruneConfig)
+    given.setdefault("calib_seq_len", min(PruneConfig.calib_seq_len, args.seq_len))  # windows cut from --seq-len
+    if "protect_layers" in given:
+        given["protect_layers"] = tuple(given["protect_layers"])
+    if given.get("stages", 1) > 1:  # the training between stages; held-out figures on 16 sequences before and after each
+        from compress.recovery import RecoverConfig
 
-        recover = RecoverConfig(lr=args.stage_lr, eval_every=0, eval_sequences=16)
-    config = PruneConfig(sparsity=args.sparsity, method=args.method, importance=args.importance,
-                         round_to=args.round_to, drop_layers=args.drop_layers, seed=args.seed,
-                         protect_layers=tuple(args.protect_layers), stages=args.stages,
-                         stage_tokens=args.stage_tokens, recover=recover,
-                         calib_seq_len=min(64, args.seq_len))  # Adapt-Pruner's 64-token windows, cut from the sequences
+        given["recover"] = RecoverConfig(lr=args.stage_lr, eval_every=0, eval_sequences=16)
+    config = PruneConfig(progress=not args.quiet, **given)  # given holds --seed too
     return _compress_and_save(args, config.needs_data, lambda model, data: api.prune(model, config, data=data))
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from compress import api
-    from compress.quant import QuantConfig
+    from compress.quantization import QuantConfig
 
+    embedding = {"embeddings": None if args.embeddings == "none" else args.embeddings} if args.embeddings else {}
+    if args.embedding_group_size is not None:
+        embedding["embedding_group_size"] = args.embedding_group_size
     config = QuantConfig(method=args.method, group_size=args.group_size, symmetric=not args.asymmetric,
                          gptq=args.gptq, scale=args.scale, activations="a8" if args.a8 else "a16",
-                         calibration_sequences=args.calibration_sequences)
+                         calibration_sequences=args.calibration_sequences, act_order=args.act_order,
+                         clip_search=args.clip_search, **embedding)
     bits = 2.2 if config.method == "ternary" else 4.5  # packed weights and their scales, rounded up
     return _compress_and_save(args, config.gptq, lambda model, data: api.quantize(model, config, data=data), bits)
 
@@ -252,9 +307,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_recover(args: argparse.Namespace) -> int:
     import compress
     from compress import api
-    from compress.data import TextConfig
     from compress.io.outputs import check_location, estimated_bytes
-    from compress.recover import RecoverConfig, is_main_process
+    from compress.recovery import RecoverConfig, is_main_process
 
     out = Path(args.output).expanduser().resolve()
     config = RecoverConfig(steps=args.steps, tokens=args.tokens, batch_size=args.batch_size, lr=args.lr,
@@ -273,7 +327,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     report = api.recover(model, teacher, data, config)
     if is_main_process():  # under torchrun only rank 0 writes
         print(report)
-        print(f"checkpoint written to {compress.save(model, out, tokenizer, overwrite=args.force or args.resume)}")
+        print(f"checkpoint written to {compress.save(model, out, tokenizer, overwrite=args.force or args.resume, dtype=args.dtype)}")
     return 0
 
 
@@ -281,7 +335,6 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     import torch
 
     import compress
-    from compress.data import TextConfig
     from compress.sensitivity import SensitivityConfig, measure_sensitivity
     from compress.sensitivity.overrides import check_override_args
 
@@ -330,13 +383,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(report.summary())
         report.raise_if_problems()
         return 0
-    from compress import api
+    from compress.pipeline import run
 
     if args.eval_data:
         import dataclasses
 
         recipe = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, data=tuple(args.eval_data)))
-    api.run(args.model, recipe, args.output, data=args.data, overwrite=args.force, progress=not args.quiet)
+    run(args.model, recipe, args.output, data=args.data, overwrite=args.force, progress=not args.quiet)
     return 0
 
 
@@ -351,13 +404,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     device = check_device(args.device)
     _check_output(args)
-    model, tokenizer = compress.load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
+    from compress.io.storage import stored_dtype
+
+    stored = stored_dtype(args.dtype, args.format)
+    model, tokenizer = compress.load_model(args.model, device=device)
     needed = estimated_bytes(model)
     if args.format == "hf":  # packed weights come out as floats
-        needed = max(needed, count_parameters(model)[0] * torch.finfo(getattr(torch, args.dtype)).bits // 8)
+        needed = max(needed, count_parameters(model)[0] * torch.finfo(stored).bits // 8)
     _check_output(args, needed)
     report = export(model, tokenizer, args.output, args.format, overwrite=args.force, gguf_type=args.gguf_type,
-                    verify=not args.no_verify)
+                    verify=not args.no_verify, dtype=stored)
     print(report.table())
     return 0
 
@@ -394,6 +450,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     text_cfg = TextConfig(seq_len=args.seq_len, seed=args.seed)
     dtype = getattr(torch, args.dtype)
+    task_cfg = runner = None
+    if args.tasks is None and (args.include_path or args.limit is not None or args.num_fewshot is not None):
+        raise CompressError("--include-path, --limit and --num-fewshot apply to lm-eval tasks; add --tasks T1,T2.")
+    if args.tasks is not None:
+        from compress.tasks import TaskConfig, TaskRunner
+
+        task_cfg = TaskConfig(include_path=args.include_path, limit=args.limit, num_fewshot=args.num_fewshot,
+                              batch_size=args.batch_size, seed=args.seed)
+        runner = TaskRunner(args.tasks, task_cfg)  # lm-eval installed, names known, data readable: before loading any model
     model, tokenizer = compress.load_model(args.model, dtype=dtype, device=device)
     eval_cfg = EvalConfig(
         batch_size=args.batch_size,
@@ -403,15 +468,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     reference = None
     if args.reference:
         reference, _ = compress.load_model(args.reference, dtype=dtype, device=device)
-    from compress.data import evaluation_domains
-    from compress.eval import evaluate_domains
-    from compress.generated import GenerateConfig
+    if runner is not None:  # lm-eval tasks, with perplexity on --data when it is given
+        data = compress.load_text(args.data, tokenizer, text_cfg) if args.data else None
+        report = compress.evaluate(model, data, reference, eval_cfg, name=args.model,
+                                   reference_name=args.reference or "reference", tasks=runner, tokenizer=tokenizer)
+    else:
+        from compress.data import evaluation_domains
+        from compress.eval import evaluate_domains
+        from compress.generated import GenerateConfig
 
-    generate = GenerateConfig(tokens=args.generate_tokens) if args.generate_tokens is not None else None
-    # generated text comes from the uncompressed model: the reference when there is one
-    domains = evaluation_domains(tokenizer, args.data, text_cfg, extra=args.eval_data,
-                                 model=reference if reference is not None else model, generate=generate)
-    report = evaluate_domains(model, domains, reference, eval_cfg, name=args.model, reference_name=args.reference or "reference")
+        generate = GenerateConfig(tokens=args.generate_tokens) if args.generate_tokens is not None else None
+        # generated text comes from the uncompressed model: the reference when there is one
+        domains = evaluation_domains(tokenizer, args.data, text_cfg, extra=args.eval_data,
+                                     model=reference if reference is not None else model, generate=generate)
+        report = evaluate_domains(model, domains, reference, eval_cfg, name=args.model,
+                                  reference_name=args.reference or "reference")
     print(report.table())
     if args.json:
         print(f"report written to {report.save_json(_parent_made(args.json))}")

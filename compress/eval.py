@@ -76,6 +76,7 @@ class EvalReport(Report):
     tokens: int
     device: str
     notes: list[str] = field(default_factory=list)
+    tasks: list[Any] = field(default_factory=list)  # compress.tasks.TaskScore rows (lm-eval), when tasks were run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,11 +90,12 @@ class EvalReport(Report):
             ("weights in memory", [_mib(c.bytes_in_memory) for c in cols]),
             ("checkpoint (safetensors)", [_mib(c.bytes_on_disk) for c in cols]),
         ]
-        if self.objective != "embedding":
+        if self.objective not in ("embedding", "tasks"):
             label = "perplexity" if self.objective == "next-token" else "masked-LM perplexity"
             rows.append((label, [_num(c.perplexity) for c in cols]))
             rows.append(("loss (nats/token)", [_num(c.loss) for c in cols]))
-        rows.append((f"tokens/s ({self.device})", [f"{c.tokens_per_second:,.0f}" for c in cols]))
+        if self.tokens:
+            rows.append((f"tokens/s ({self.device})", [f"{c.tokens_per_second:,.0f}" for c in cols]))
         if self.kl_to_reference is not None:
             rows.append(("KL to reference (nats/token)", [f"{self.kl_to_reference:.4f}", "-"]))
             rows.append(("top-1 agreement", [f"{self.top1_agreement:.4f}", "-"]))
@@ -104,7 +106,12 @@ class EvalReport(Report):
         widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
         fmt = lambda r: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
         lines = [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, body)]
-        lines.append(f"({self.sequences} held-out sequences x {self.seq_len} tokens, objective: {self.objective})")
+        if self.tokens:
+            lines.append(f"({self.sequences} held-out sequences x {self.seq_len} tokens, objective: {self.objective})")
+        if self.tasks:
+            from compress.tasks import task_table
+
+            lines += ["", "lm-eval tasks:", task_table(self.tasks, self.model.name, self.reference.name if self.reference else None)]
         return "\n".join(lines + self.notes)
 
 
@@ -124,18 +131,37 @@ def evaluate(
     *,
     name: str = "model",
     reference_name: str = "reference",
+    tasks: str | Sequence[str] | None = None,
+    tokenizer: Any = None,
+    task_config: Any = None,
 ) -> EvalReport:
     """Evaluate ``model`` on held-out token sequences, optionally against ``reference``.
 
     ``data`` is a ``TextSplits`` (its ``eval`` part is used) or token ids
     ``[n, seq_len]``.  Evaluating a model against itself gives KL 0 and
     agreement 1.
+
+    ``tasks`` (names, one comma-separated string, or a ``compress.tasks.TaskRunner``) also runs lm-evaluation-harness
+    tasks on the model as it is (and on the reference), with ``tokenizer`` and a
+    ``compress.tasks.TaskConfig``; their scores go into ``report.tasks``.  With
+    tasks, ``data`` may be None (no perplexity then).
     """
     config = config or EvalConfig()
-    seqs = _eval_sequences(data, config)
     causal = is_causal_lm(model)
     if reference is not None and is_causal_lm(reference) != causal:
         raise EvalError("The model and the reference are not the same kind (one is a causal LM, the other an encoder); compare like with like.")
+    runner = None
+    if tasks is not None:
+        from compress.tasks import TaskRunner
+
+        if not causal:
+            raise EvalError("lm-eval tasks need a causal LM; this model is an encoder, so evaluate it without tasks.")
+        if tokenizer is None:
+            raise EvalError("evaluate(..., tasks=...) needs the model's tokenizer; pass tokenizer= (compress.load_model returns it).")
+        runner = tasks if isinstance(tasks, TaskRunner) else TaskRunner(tasks, task_config)  # checks lm-eval, the names and the data before any model runs
+        if data is None:
+            return _tasks_only(model, reference, runner, tokenizer, name, reference_name)
+    seqs = _eval_sequences(data, config)
     objective = "next-token" if causal else ("masked-lm" if _has_lm_head(model) else "embedding")
     input_ids, labels = _mask_tokens(seqs, model, config) if objective == "masked-lm" else (seqs, None)
 
@@ -169,6 +195,17 @@ def evaluate(
         seq_len=seqs.shape[1],
         tokens=n_tokens,
         device=str(next(model.parameters()).device),
+        tasks=runner.run(model, tokenizer, reference) if runner else [],
+    )
+
+
+def _tasks_only(model, reference, runner, tokenizer, name, reference_name) -> EvalReport:
+    return EvalReport(
+        model=_model_stats(model, name, 0, 0.0, None),
+        reference=None if reference is None else _model_stats(reference, reference_name, 0, 0.0, None),
+        kl_to_reference=None, top1_agreement=None, embedding_cosine=None, objective="tasks",
+        sequences=0, seq_len=0, tokens=0, device=str(next(model.parameters()).device),
+        tasks=runner.run(model, tokenizer, reference),
     )
 
 

@@ -15,10 +15,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
+from compress.arch.loading import LoadedModel, model_class
 from compress.errors import CompressError
 
 
@@ -70,11 +71,6 @@ BUILTINS: dict[str, Builtin] = {
 DEFAULT_MODEL = "smollm2-135m"
 _COMPRESS_KEYS = ("compress_methods", "compress_layer_widths")  # what compress.save adds to config.json
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-class LoadedModel(NamedTuple):
-    model: torch.nn.Module
-    tokenizer: Any
 
 
 def builtin_models() -> dict[str, str]:
@@ -334,21 +330,6 @@ def _strip_gguf_leftovers(model: torch.nn.Module) -> None:
             delattr(model, attr)
 
 
-def _model_class(config: Any) -> Any:
-    import transformers
-    from transformers import AutoModel, AutoModelForCausalLM
-
-    for arch in getattr(config, "architectures", None) or []:
-        if arch.endswith(("ForCausalLM", "ForMaskedLM")) or arch.endswith("Model"):
-            cls = getattr(transformers, arch, None)
-            if cls is not None:
-                return cls
-    from compress.arch import SPECS
-
-    encoders = {t for s in SPECS if not s.causal for t in s.model_types}
-    return AutoModel if config.model_type in encoders else AutoModelForCausalLM
-
-
 def _load_hf(path: Path | str, revision: str | None, trust_remote_code: bool, label: str) -> LoadedModel:
     from transformers import AutoConfig, AutoTokenizer
 
@@ -360,7 +341,7 @@ def _load_hf(path: Path | str, revision: str | None, trust_remote_code: bool, la
             raise ModelLoadError(str(refused))
     try:
         config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
-        cls = _model_class(config)
+        cls = model_class(config)
         model = cls.from_pretrained(
             path, config=config, revision=revision, dtype=torch.float32, trust_remote_code=trust_remote_code
         )

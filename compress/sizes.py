@@ -40,7 +40,8 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         if callable(logical):
             n = int(logical())
             total += n
-            non_emb += n
+            if not hasattr(m, "qdata"):  # quantised embeddings and heads (compress.quantization.embedding) are embeddings
+                non_emb += n
     return total, non_emb
 
 

@@ -9,7 +9,7 @@ import sys
 
 import compress
 from compress.eval import EvalConfig
-from compress.prune import PruneConfig
+from compress.pruning import PruneConfig
 
 name = sys.argv[1] if len(sys.argv) > 1 else "smollm2-135m"
 out = sys.argv[2] if len(sys.argv) > 2 else "out/pruned"

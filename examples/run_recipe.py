@@ -11,9 +11,9 @@ import sys
 
 import compress
 from compress.pipeline import Export, Prune, Quantize, Recipe, Recover
-from compress.prune import PruneConfig
-from compress.quant import QuantConfig
-from compress.recover import RecoverConfig
+from compress.pruning import PruneConfig
+from compress.quantization import QuantConfig
+from compress.recovery import RecoverConfig
 
 if len(sys.argv) > 1:
     recipe = sys.argv[1]

@@ -143,3 +143,16 @@ def test_eval_real_smollm2_directory_against_builtin(tmp_path, capsys):
     assert r["kl_to_reference"] == pytest.approx(0.0, abs=1e-5) and r["top1_agreement"] == 1.0
     assert 5 < r["model"]["perplexity"] < 500  # a working LM on English verse
     assert r["model"]["params_total"] == 134_515_008
+
+
+@pytest.mark.parametrize("flags, act_order, clip_search", [
+    ([], True, True), (["--no-act-order"], False, True), (["--no-clip-search"], True, False)])
+def test_quantize_gptq_defaults_and_switches(tiny_dir, text_file, tmp_path, monkeypatch, flags, act_order, clip_search):
+    from compress import api
+
+    seen = []
+    real = api.quantize
+    monkeypatch.setattr(api, "quantize", lambda model, config, data=None: seen.append(config) or real(model, config, data))
+    assert main(["quantize", str(tiny_dir), "--method", "int4", "--group-size", "32", "--gptq", "--data", str(text_file),
+                 "--seq-len", "16", "--calibration-sequences", "4", *flags, "-o", str(tmp_path / "q")]) == 0
+    assert (seen[0].gptq, seen[0].act_order, seen[0].clip_search) == (True, act_order, clip_search)

@@ -22,14 +22,26 @@ def test_public_api_names_resolve():
     assert compress.export is export
 
 
-def test_prune_and_recover_stay_callable_after_their_subpackages_load():
+def test_the_verbs_are_functions_after_every_package_loads():
+    import types
+
     import compress
-    import compress.prune.config  # noqa: F401  (binds compress.prune to the subpackage)
-    import compress.recover.config  # noqa: F401
+    import compress.pruning.config  # noqa: F401  (packages are nouns: no name shared with a verb)
+    import compress.quantization.config  # noqa: F401
+    import compress.recovery.config  # noqa: F401
     from tests.tiny import tiny_model
 
     model = tiny_model("llama")
     report = compress.prune(model, 0.2, method="uniform", importance="magnitude", progress=False)
     assert report.params_after < report.params_before
     assert model.config.compress_methods[-1]["step"] == "prune"
-    assert compress.prune.PruneConfig is not None and callable(compress.recover)
+    for verb in ("prune", "quantize", "recover", "save", "load", "run", "evaluate", "export"):
+        assert isinstance(getattr(compress, verb), types.FunctionType), verb
+    assert compress.PruneConfig is compress.pruning.PruneConfig
+
+
+def test_every_public_name_resolves():
+    import compress
+
+    for name in compress.__all__:
+        assert getattr(compress, name) is not None, name

@@ -9,11 +9,11 @@ from torch import nn
 
 from compress.arch import adapter_for
 from compress.errors import CompressError, ConfigError
-from compress.prune import PruneConfig
-from compress.prune.groups import layer_groups
-from compress.prune.surgery import prune_attention, prune_mlp
-from compress.quant import QuantConfig, QuantLinear, quantize
-from compress.quant.config import name_matches
+from compress.pruning import PruneConfig
+from compress.pruning.groups import layer_groups
+from compress.pruning.surgery import prune_attention, prune_mlp
+from compress.quantization import QuantConfig, QuantLinear, quantize
+from compress.quantization.config import name_matches
 from compress.sensitivity import (
     FORMATS,
     SensitivityReport,

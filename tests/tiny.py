@@ -98,3 +98,12 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", mask_token="<mask>"
     )
+
+
+def as_stored(model, dtype=torch.bfloat16):
+    """A copy of ``model`` with its stored float tensors rounded to ``dtype``, as a checkpoint saved in it reloads."""
+    import copy
+
+    from compress.io.storage import round_model_
+
+    return round_model_(copy.deepcopy(model), dtype)

@@ -18,12 +18,14 @@ import torch
 from torch import nn
 
 from compress.arch import UnsupportedModelError, adapter_for
+from compress.arch.loading import LoadedModel, model_class
 from compress.io import remote_code, stock_loaders
 from compress.io.atomic import atomic_directory, sha256_file
 from compress.io.integrity import check_listed, check_unlisted
 from compress.io.manifest import MANIFEST, CheckpointError, Manifest
 from compress.io.outputs import input_paths
 from compress.io.state import unique_state
+from compress.io.storage import DtypeLike, cast_state, dtype_name, packed_names, upcast_state
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -37,18 +39,25 @@ def save(
     *,
     overwrite: bool = False,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    dtype: DtypeLike = None,
 ) -> Path:
     """Write ``model`` (pruned, quantised or plain) as a checkpoint directory.
 
-    The directory appears only when complete; an existing one is replaced
-    only with ``overwrite=True``.  Returns the directory.
+    Float tensors are stored in ``dtype``: ``"bfloat16"`` (None, the
+    default), ``"float16"`` or ``"float32"`` (see ``compress.io.storage``);
+    packed weights keep their own layout.  The directory appears only when
+    complete; an existing one is replaced only with ``overwrite=True``.
+    Returns the directory.
     """
     from safetensors.torch import save_file
 
     if getattr(model, "config", None) is None:
         raise CheckpointError(f"{type(model).__name__} has no config; compress.save takes transformers models.")
+    stored = dtype_name(dtype)
     tensors, tied = unique_state(model)
+    tensors = cast_state(tensors, getattr(torch, stored), packed_names(model))
     manifest = _manifest(model, tied)
+    manifest.dtype = stored
     with atomic_directory(path, overwrite, protect=input_paths(model)) as tmp:
         _write_config(model, tmp)
         if getattr(model, "generation_config", None) is not None:
@@ -119,6 +128,11 @@ def _manifest(model: nn.Module, tied: dict[str, str]) -> Manifest:
         name: m.describe() for name, m in model.named_modules()
         if callable(getattr(m, "describe", None)) and hasattr(m, "qweight")
     }
+    embeddings = {
+        name: m.describe() for name, m in model.named_modules()
+        if callable(getattr(m, "describe", None)) and hasattr(m, "qdata")
+    }
+    head = next((name for name, m in model.named_modules() if getattr(m, "tied_to_embedding", False)), None)
     return Manifest(
         compress_version=__version__,
         family=family,
@@ -127,27 +141,32 @@ def _manifest(model: nn.Module, tied: dict[str, str]) -> Manifest:
         layer_widths=widths,
         quantized_modules=quantized,
         tied=tied,
+        quantized_embeddings=embeddings,
+        tied_head=head,
     )
 
 
 # -- loading -----------------------------------------------------------------
 
-def load(path: str | Path, *, device: str | torch.device = "cpu", verify: bool = True) -> Any:
+def load(path: str | Path, *, device: str | torch.device = "cpu", verify: bool = True,
+         dtype: DtypeLike = "float32") -> Any:
     """Reopen a checkpoint written by ``compress.save``; returns ``(model, tokenizer)``.
 
     Every file is checked against the sha256 in ``compress.json`` (unless
     ``verify=False``) and every tensor against the shapes the manifest
     implies; a checkpoint that fails is refused with the file and the reason.
+    Stored float tensors (bfloat16 by default) are upcast to ``dtype``
+    (float32, as models compute on the CPU; None keeps the stored dtype);
+    packed weights and their scales load as stored.
     """
-    from compress.models import LoadedModel
-
     directory = Path(path).expanduser()
     if not directory.is_dir():
         raise CheckpointError(f"Checkpoint directory '{directory}' does not exist; give the directory compress.save wrote.")
     manifest = Manifest.read(directory)
     _check_files(directory, manifest, verify)
+    compute = None if dtype is None else getattr(torch, dtype_name(dtype))
     model = _skeleton(directory, manifest)
-    state = _read_tensors(directory, manifest)
+    state = upcast_state(_read_tensors(directory, manifest), compute, packed_names(model))
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:
@@ -156,7 +175,7 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", verify: bool =
             f"The tensors in '{directory}' do not fit the model its config and {MANIFEST} describe ({detail}); "
             f"the checkpoint is inconsistent, save it again."
         ) from err
-    if getattr(model.config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
+    if not manifest.tied_head and getattr(model.config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
         model.tie_weights()
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
@@ -177,8 +196,6 @@ def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
     """The model with parameters on the meta device, pruned widths and QuantLinear modules in place."""
     from accelerate import init_empty_weights
 
-    from compress.models import _model_class
-
     refused = remote_code.refusal(directory, str(directory))
     if refused is not None:
         raise CheckpointError(str(refused))
@@ -191,7 +208,7 @@ def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
         if widths:  # before building: a config claiming a million layers would take long to build
             _check_widths(directory, widths, getattr(config.get_text_config(), "num_hidden_layers", None))
         with init_empty_weights(include_buffers=False):  # buffers such as rotary tables are computed, not stored
-            cls = _model_class(config)
+            cls = model_class(config)
             model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
     except CheckpointError:
         raise
@@ -206,7 +223,9 @@ def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
         for i in range(adapter.num_layers):
             adapter.resize_layer(i, widths["num_heads"][i], widths["num_kv_heads"][i], widths["mlp_width"][i])
     if manifest.quantized_modules:
-        from compress.quant.linear import QuantLinear
+        from compress.quantization.linear import QuantLinear
+    if manifest.quantized_embeddings:
+        _quantized_embeddings(model, directory, manifest)
     for name, spec in manifest.quantized_modules.items():
         spec = dict(spec)
         spec["scale_dtype"] = getattr(torch, spec.get("scale_dtype", "float16"))
@@ -220,6 +239,36 @@ def _skeleton(directory: Path, manifest: Manifest) -> nn.Module:
             raise CheckpointError(f"'{directory / MANIFEST}' field quantized_modules[{name[:80]!r}] does not fit the model "
                                   f"({_first_line(err)}); the checkpoint is inconsistent, save it again.") from None
     return model
+
+
+def _quantized_embeddings(model: nn.Module, directory: Path, manifest: Manifest) -> None:
+    from compress.quantization.embedding import QuantEmbedding, TiedQuantHead
+
+    for name, spec in manifest.quantized_embeddings.items():
+        spec = dict(spec)
+        spec["scale_dtype"] = getattr(torch, spec.get("scale_dtype", "float16"))
+        try:
+            old = model.get_submodule(name)
+            shape = (spec["num_embeddings"], spec["embedding_dim"])
+            have = tuple(old.weight.shape) if hasattr(old, "weight") else (getattr(old, "out_features", "?"), getattr(old, "in_features", "?"))
+            if have != shape:
+                raise ValueError(f"it is {have[0]} x {have[1]} in the model, {shape[0]} x {shape[1]} here")
+            model.set_submodule(name, QuantEmbedding(**spec, device="meta"))
+        except (AttributeError, TypeError, ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"'{directory / MANIFEST}' field quantized_embeddings[{name[:80]!r}] does not fit the "
+                                  f"model ({_first_line(err)}); the checkpoint is inconsistent, save it again.") from None
+    head = manifest.tied_head
+    if head:
+        embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        if not isinstance(embed, QuantEmbedding):
+            raise CheckpointError(f"'{directory / MANIFEST}' field tied_head names {head[:80]!r} but the input embedding "
+                                  f"is not quantised; the checkpoint is inconsistent, save it again.")
+        try:
+            model.get_submodule(head)
+        except AttributeError:
+            raise CheckpointError(f"'{directory / MANIFEST}' field tied_head names {head[:80]!r}, which the model lacks; "
+                                  f"the checkpoint is inconsistent, save it again.") from None
+        model.set_submodule(head, TiedQuantHead(embed))
 
 
 def _check_widths(directory: Path, widths: dict[str, Any], layers: Any) -> None:

@@ -6,6 +6,10 @@ order); ``layer_widths`` (per-layer heads, kv heads, MLP width);
 ``quantized_modules`` (module name -> the QuantLinear description needed to
 rebuild it empty); ``tied`` (alias tensor name -> stored name); ``files``
 (file name -> sha256 and bytes, for every other file in the directory).
+Version 2 adds ``dtype`` (the dtype float tensors are stored in, see
+``compress.io.storage``; version-1 checkpoints stored float32) and
+``quantized_embeddings`` (module name -> the QuantEmbedding description;
+``tied_head`` names an output head that shares its packed data).
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import Any
 from compress.errors import CompressError
 from compress.io import schema
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "compress.json"
 
 
@@ -35,6 +39,9 @@ class Manifest:
     layer_widths: dict[str, Any] | None = None
     quantized_modules: dict[str, dict[str, Any]] = field(default_factory=dict)
     tied: dict[str, str] = field(default_factory=dict)
+    dtype: str = "float32"  # absent from version 1, which stored float32
+    quantized_embeddings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tied_head: str | None = None
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def write(self, directory: Path) -> Path:

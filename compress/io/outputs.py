@@ -21,8 +21,8 @@ from compress.errors import CompressError
 CHECKPOINT_MANIFEST = "compress.json"
 EXPORT_MANIFEST = "compress-export.json"
 RUN_MANIFEST = "run.json"  # compress.pipeline.rundir.RUN_FILE
-TRAINING_MANIFEST = "state.json"  # compress.recover.state.STATE: one training checkpoint
-TEACHER_MANIFEST = "topk.json"  # compress.recover.teacher.INDEX: a teacher's precomputed top-k
+TRAINING_MANIFEST = "state.json"  # compress.recovery.state.STATE: one training checkpoint
+TEACHER_MANIFEST = "topk.json"  # compress.recovery.teacher.INDEX: a teacher's precomputed top-k
 COMPANIONS = frozenset({"stage.json"})  # the run's record, written beside a stage's checkpoint
 FREE_SPACE_MARGIN = 1.1  # estimates are rough; keep some room
 

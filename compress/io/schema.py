@@ -73,6 +73,32 @@ def _quant_entry(name: str, spec: Any) -> Optional[str]:
     return None
 
 
+_EMBED_KEYS = {"num_embeddings", "embedding_dim", "bits", "group_size", "padding_idx", "scale_dtype", "role"}
+
+
+def _embedding_entry(name: str, spec: Any) -> Optional[str]:
+    if not isinstance(spec, dict):
+        return f"must be a mapping of QuantEmbedding options, got {type(spec).__name__}"
+    unknown = set(spec) - _EMBED_KEYS
+    if unknown:
+        return f"has unknown key(s) {short(sorted(map(str, unknown)))}"
+    for key in ("num_embeddings", "embedding_dim", "group_size"):
+        if not is_int(spec.get(key), 1):
+            return f"{key} must be an integer >= 1, got {short(spec.get(key))}"
+    if spec.get("bits") not in (4, 8):
+        return f"bits must be 4 or 8, got {short(spec.get('bits'))}"
+    if spec["embedding_dim"] % spec["group_size"] or (spec["bits"] == 4 and spec["embedding_dim"] % 2):
+        return f"group_size {spec['group_size']} does not divide embedding_dim {spec['embedding_dim']}"
+    if spec.get("role", "embedding") not in ("embedding", "head"):
+        return f"role must be embedding or head, got {short(spec.get('role'))}"
+    p = spec.get("padding_idx")
+    if p is not None and not isinstance(p, int):
+        return f"padding_idx must be an integer or null, got {short(p)}"
+    if spec.get("scale_dtype", "float16") not in _SCALE_DTYPES:
+        return f"scale_dtype must be one of {', '.join(_SCALE_DTYPES)}, got {short(spec.get('scale_dtype'))}"
+    return None
+
+
 def _widths(value: Any) -> Problem:
     if value is None:
         return None
@@ -104,9 +130,15 @@ def problem(data: Any) -> Problem:
         items = data.get(key, [])
         if not isinstance(items, list) or not all(isinstance(x, kind) for x in items):
             return key, f"must be a list of {'strings' if kind is str else 'mappings'}, got {short(items)}"
+    if data.get("dtype", "float32") not in _SCALE_DTYPES:
+        return "dtype", f"must be one of {', '.join(_SCALE_DTYPES)}, got {short(data.get('dtype'))}"
+    head = data.get("tied_head")
+    if head is not None and (not isinstance(head, str) or not head):
+        return "tied_head", f"must name the output head or be null, got {short(head)}"
     checks = (
         _widths(data.get("layer_widths")),
         mapping_of(data.get("quantized_modules", {}), "quantized_modules", _quant_entry),
+        mapping_of(data.get("quantized_embeddings", {}), "quantized_embeddings", _embedding_entry),
         mapping_of(data.get("tied", {}), "tied",
                     lambda k, v: None if isinstance(v, str) and v else f"must name a stored tensor, got {short(v)}"),
         mapping_of(data.get("files", {}), "files", file_entry),

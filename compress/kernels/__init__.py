@@ -30,8 +30,10 @@ _API = {
     "check_ternary": "formats",
     "resolve_group_size": "formats",
     "shape_problem": "formats",
-    # activation quantisation shared by the A8 reference and kernel
-    "quantize_activations_int8": "reference",
+    # W1.58A8 arithmetic shared by the reference, the kernel, QAT and the bitnet export (formats.py)
+    "quantize_activations_int8": "formats",
+    "a8_weight_scale": "formats",
+    "a8_rescale": "formats",
     # dispatch (dispatch.py); importing it registers torch.ops.compress.quant_matmul
     "quant_matmul": "dispatch",
     "choose_kernel": "dispatch",

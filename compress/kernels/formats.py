@@ -32,6 +32,19 @@ ternary (W1.58, BitNet b1.58)
     dequant      ``w[n, k] = (c[n, k] - 1) * scale[n]``.
     K must be a multiple of 16.
 
+W1.58A8 (int8 activations, BitNet b1.58), as transformers' ``BitLinear`` computes it
+    ``inv``      float32 ``[M]``: ``127 / max(|x[m, :]|, 1e-5)`` per token, in float32.
+    ``x_q``      int8 ``[M, K]``: ``clamp(round_half_even(x * inv), -128, 127)``.
+    ``ws``       float32 ``[N]``: the weight scale ``1 / gamma``, divided in float64 and
+                 rounded once to float32 (what the ``bitnet`` export stores as ``weight_scale``).
+    output       ``y[m, n] = acc[m, n] / (ws[n] * inv[m])``, ``acc`` the exact integer dot
+                 ``sum_k x_q[m, k] * (c[n, k] - 1)``; one IEEE product, then one IEEE division,
+                 in this order (:func:`a8_rescale`).  Multiplying by ``1/inv`` and ``gamma``
+                 instead is the same maths but differs in the last bit for half the outputs,
+                 and the next layer's int8 rounding turns such bits into whole steps: the
+                 reference, QAT and the Triton kernel all go through these helpers so the
+                 exported model computes what was evaluated.
+
 Words are filled from the least significant bits, so the sign bit of an int32
 word holds the top bits of the last element; kernels mask after the (arithmetic)
 shift, which makes the sign harmless.  This is GemLite's layout (packed along
@@ -58,6 +71,10 @@ __all__ = [
     "shape_problem",
     "check_int4",
     "check_ternary",
+    "A8_QMAX",
+    "quantize_activations_int8",
+    "a8_weight_scale",
+    "a8_rescale",
 ]
 
 INT4_PER_WORD = 8
@@ -281,3 +298,31 @@ def dequantize_ternary(
     s = broadcast_ternary_scale(scale, N).to(torch.float32)
     c = _unpack(qweight, 2).to(torch.float32)
     return ((c - 1.0) * s[:, None]).to(dtype or scale.dtype)
+
+
+# --------------------------------------------------------------------------- W1.58A8 arithmetic
+
+A8_QMAX = 127
+
+
+def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token absmax int8 quantisation of ``x[..., K]``, transformers' ``BitLinear.activation_quant``.
+
+    Returns ``(x_q, inv)``: int8 ``[M, K]`` and float32 ``[M]`` with ``x ~= x_q / inv[:, None]``
+    (``inv = 127 / max|x|``, computed in float32 whatever ``x``'s dtype).
+    """
+    xf = x.reshape(-1, x.shape[-1]).to(torch.float32)
+    inv = A8_QMAX / xf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-5)
+    x_q = (xf * inv).round().clamp(-A8_QMAX - 1, A8_QMAX).to(torch.int8)
+    return x_q, inv.squeeze(-1)
+
+
+def a8_weight_scale(scale: torch.Tensor | float, N: int) -> torch.Tensor:
+    """The float32 ``[N]`` weight scale ``1 / gamma`` (divided in float64, rounded once), as exported."""
+    gamma = broadcast_ternary_scale(torch.as_tensor(scale), N).to(torch.float64)
+    return (1.0 / gamma).to(torch.float32)
+
+
+def a8_rescale(acc: torch.Tensor, inv: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    """``acc[M, N] / (weight_scale[N] * inv[M])`` in float32: BitLinear's ``post_quant_process``, same order."""
+    return acc.to(torch.float32) / (weight_scale.to(torch.float32)[None, :] * inv.to(torch.float32)[:, None])

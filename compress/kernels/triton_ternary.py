@@ -9,7 +9,10 @@ once in the epilogue.
 
 W1.58A8: ``ternary_a8`` quantises activations per token to int8 (the same
 helper as the reference), decodes weights to int8 {-1, 0, 1} and runs an
-int8 ``tl.dot`` into int32, rescaling by ``x_scale[m] * scale[n]`` at the end.
+int8 ``tl.dot`` into int32, rescaling at the end as transformers' BitLinear
+does: ``acc / (ws[n] * inv[m])`` with an IEEE division (``tl.math.div_rn``),
+``ws = 1 / scale`` from ``formats.a8_weight_scale``.  With ``split_k == 1`` this
+is bit-identical to the reference; split-K divides each partial sum.
 It takes ``split_k`` from its config, so the same kernel serves decode and prefill.
 
 Importing this module runs ``@triton.jit``, which reads ``TRITON_INTERPRET``.
@@ -22,8 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .formats import broadcast_ternary_scale, check_ternary
-from .reference import quantize_activations_int8
+from .formats import a8_weight_scale, broadcast_ternary_scale, check_ternary, quantize_activations_int8
 from .triton_common import cdiv, finish, fsum, k_split, output_buffer, tile_ids
 from .tuning import KernelConfig, fit_config, get_config, kernel_for
 
@@ -114,9 +116,10 @@ def _ternary_a8_kernel(
         # Masked rows decode to -1, harmless because their activations are 0.
         w = (((words >> ((offs_k % 16) * 2)[:, None]) & 0x3) - 1).to(tl.int8)
         acc = tl.dot(xq, w, acc)
-    xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
-    s = tl.load(s_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    out = acc.to(tl.float32) * xs[:, None] * s[None, :]
+    inv = tl.load(xs_ptr + offs_m, mask=mask_m, other=1.0)
+    ws = tl.load(s_ptr + offs_n, mask=mask_n, other=1.0).to(tl.float32)
+    # BitLinear's order: one product of the two scales, then an IEEE (round-to-nearest) division.
+    out = tl.math.div_rn(acc.to(tl.float32), ws[None, :] * inv[:, None])
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT_K == 1:
@@ -197,12 +200,13 @@ def ternary_a8(
     """W1.58A8: per-token int8 activations, int8 ``tl.dot``, rescale (any M)."""
     x2, qw, s, N, K = _prepare(x, qweight, scale)
     M = x2.shape[0]
-    x_q, x_scale = quantize_activations_int8(x2)
+    x_q, inv = quantize_activations_int8(x2)
+    ws = a8_weight_scale(s, N).to(x2.device)
     cfg = _config("ternary_a8", config, M, N, K, x.device)
     iters, split = k_split(cfg.block_k, cfg.split_k, K)
     y = output_buffer(x2, N, split, out)
     _ternary_a8_kernel[(cdiv(M, cfg.block_m) * cdiv(N, cfg.block_n), split)](
-        x_q, x_scale, qw, s, y, M, N, K, x_q.stride(0), y.stride(0), iters,
+        x_q, inv, qw, ws, y, M, N, K, x_q.stride(0), y.stride(0), iters,
         SPLIT_K=split, GROUP_M=cfg.group_m, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

@@ -25,14 +25,12 @@ from compress.pipeline import exporting
 from compress.pipeline.memory import MemoryEstimate, estimate, gib
 from compress.pipeline.recipe import Recipe
 from compress.pipeline.stages import Export, Prune, Quantize, Recover, Stage
-from compress.prune import allocation as alloc
-from compress.prune.groups import layer_groups
-from compress.prune.surgery import check_prunable, unknown_head_attrs
-from compress.quant.config import OUTPUT_HEAD, QuantConfig, QuantError
-from compress.quant.linear import QuantLinear
-from compress.quant.plan import make_plan, set_module
-from compress.quant.quantizers import effective_group_size
-from compress.sizes import count_parameters
+from compress.pruning.groups import layer_groups
+from compress.pruning.problems import prune_problems
+from compress.quantization.config import OUTPUT_HEAD, QuantConfig, QuantError
+from compress.quantization.linear import QuantLinear
+from compress.quantization.plan import make_plan, set_module
+from compress.quantization.quantizers import effective_group_size
 
 
 class PreflightError(CompressError):
@@ -155,46 +153,10 @@ def _check_order(stages: tuple[Stage, ...], problems: list[str]) -> None:
 # -- prune ---------------------------------------------------------------------
 
 def _check_prune(stage: Prune, adapter: Adapter, model: nn.Module, seq_len: int, where: str, problems: list[str]) -> bool:
-    """Add the prune stage's problems; False when the layers' shapes cannot even be read as GQA groups."""
-    cfg = stage.config
-    try:
-        check_prunable(adapter)
-    except CompressError as err:
-        problems.append(f"{where}: {err}")
-        return False
-    unknown = unknown_head_attrs(adapter)
-    if unknown:
-        problems.append(f"{where}: the {adapter.spec.family} adapter names attention attribute(s) {unknown} that "
-                        f"pruning does not know how to rewrite.")
-    if cfg.importance == "taylor" and adapter.lm_head is None:
-        problems.append(f"{where}: importance 'taylor' needs a language-model loss and this model has no LM head; "
-                        f"use importance 'magnitude' or 'activation'.")
-    groups = []
-    for i in range(adapter.num_layers):
-        try:
-            groups.append(layer_groups(adapter.layer(i)))
-        except CompressError as err:
-            problems.append(f"{where}: {err}")
-    if len(groups) != adapter.num_layers:
-        return False
-    if cfg.drop_layers >= adapter.num_layers:
-        problems.append(f"{where}: drop_layers={cfg.drop_layers} would leave none of the {adapter.num_layers} layers.")
-    if cfg.needs_data and cfg.calib_seq_len and cfg.calib_seq_len > seq_len:
-        problems.append(f"{where}: calib_seq_len={cfg.calib_seq_len} is longer than the text's seq_len="
-                        f"{seq_len}; lower calib_seq_len or raise text seq_len.")
-    # The pruner's own budget check, before any calibration: can the target be met at all?
-    non_emb = count_parameters(model)[1]
-    budgets = [alloc.LayerBudget(g.mlp_width, g.num_kv_heads, g.mlp_channel_params, g.kv_group_params) for g in groups]
-    widths = [(g.mlp_width, g.num_kv_heads) for g in groups]
-    fixed = non_emb - alloc.prunable_params(budgets, widths)
-    cap = torch.full((len(groups),), alloc.MAX_SPARSITY)
-    floor = fixed + alloc.prunable_params(budgets, alloc.widths_at(budgets, widths, cap, cfg.round_to))
-    if cfg.drop_layers == 0 and floor > non_emb * (1 - cfg.sparsity):
-        problems.append(
-            f"{where}: sparsity {cfg.sparsity} cannot be reached; at most {1 - floor / non_emb:.1%} of the non-embedding "
-            f"parameters can go while each layer keeps one kv group and {cfg.round_to} MLP channels."
-        )
-    return True
+    """Collect the prune stage's problems from pruning itself; False when the layers' shapes cannot be read."""
+    found, readable = prune_problems(model, stage.config, seq_len=seq_len, adapter=adapter)
+    problems.extend(f"{where}: {p}" for p in found)
+    return readable
 
 
 # -- quantize ------------------------------------------------------------------
@@ -217,6 +179,17 @@ def _check_quantize(cfg: QuantConfig, predicted: list[tuple[str, nn.Module]], ro
             continue
         for t in plan.targets:
             set_module(skeleton, t.name, _predicted_quant_linear(t.module, t.config))
+        if cfg.embeddings is not None:
+            from compress.quantization.embedding import embedding_problems, predicted_embeddings
+
+            listed = embedding_problems(skeleton, cfg.embeddings, cfg.embedding_group_size)
+            for p in listed:
+                if p not in seen:
+                    seen.add(p)
+                    problems.append(f"{where} (embeddings {cfg.embeddings}){label}: {p}")
+            if listed:
+                continue
+            predicted_embeddings(skeleton, cfg.embeddings, cfg.embedding_group_size, cfg.torch_scale_dtype)
         quantised.append((label, skeleton))
     return quantised
 
@@ -233,7 +206,8 @@ def _predicted_quant_linear(lin: nn.Module, cfg: QuantConfig) -> QuantLinear:
 
 
 def _note_tied(cfg: QuantConfig, adapter: Adapter | None, notes: list[str]) -> None:
-    if adapter is not None and adapter.tied_embeddings and OUTPUT_HEAD not in cfg.modules_to_not_convert:
+    if adapter is not None and adapter.tied_embeddings and OUTPUT_HEAD not in cfg.modules_to_not_convert \
+            and cfg.embeddings is None:
         notes.append("the output head is tied to the input embeddings, so it stays in full precision "
                      "(quantising it would untie them and store the matrix twice).")
 

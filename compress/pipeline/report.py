@@ -81,7 +81,7 @@ class RunReport(Report):
         ev = self.original.get("eval") or {}
         lines = [fmt(rows[0]), "  ".join("-" * w for w in widths), *map(fmt, rows[1:])]
         per = ev.get("domains") or {"": ev}
-        lines.append(f"(held-out: " + "; ".join(f"{d + ' ' if d else ''}{v.get('sequences', '?')} sequences x {v.get('seq_len', '?')} tokens"
+        lines.append("(held-out: " + "; ".join(f"{d + ' ' if d else ''}{v.get('sequences', '?')} sequences x {v.get('seq_len', '?')} tokens"
                                                 for d, v in per.items())
                      + f"; KL and top-1 agreement against the original; tokens/s of the forward pass on {self.machine.get('device', '?')})")
         ratio = self.headline_ratio()
@@ -234,7 +234,7 @@ def make_plots(report: RunReport, directory: Path) -> dict[str, str]:
 
 
 def _prune_plot(result: dict[str, Any], path: Path) -> Path:
-    from compress.prune.report import LayerWidths, PruneReport
+    from compress.pruning.report import LayerWidths, PruneReport
 
     names = {f.name for f in dataclasses.fields(PruneReport)}
     layer_names = {f.name for f in dataclasses.fields(LayerWidths)}
@@ -244,7 +244,7 @@ def _prune_plot(result: dict[str, Any], path: Path) -> Path:
 
 
 def _loss_plot(result: dict[str, Any], path: Path) -> Path:
-    from compress.recover.runlog import RunLog
+    from compress.recovery.runlog import RunLog
 
     log = RunLog(None, {"objective": result.get("objective", "recovery")})
     log.train, log.evals = list(result.get("train") or []), list(result.get("evals") or [])

@@ -35,7 +35,7 @@ from compress.pipeline.recipe import Recipe, load_recipe
 from compress.pipeline.report import RunReport
 from compress.io.atomic import write_json
 from compress.pipeline.rundir import RUN_FILE, RunDir, fingerprint, read_json
-from compress.pipeline.stages import Export, Prune, Quantize, Recover, Stage, stage_options
+from compress.pipeline.stages import Export, Prune, Quantize, Recover, Stage, StageContext, stage_options
 from compress.io.outputs import check_location
 from compress.sizes import bytes_on_disk, count_parameters
 
@@ -223,7 +223,7 @@ def _original(model: Any, tokenizer: Any, recipe: Recipe, device: torch.device) 
 
 def _base(recipe: Recipe, original: nn.Module, splits: TextSplits, name: str, builtin_text: bool) -> dict[str, Any]:
     """What every stage's fingerprint starts from: the model's weights and the text's tokens."""
-    from compress.recover.state import model_fingerprint
+    from compress.recovery.state import model_fingerprint
 
     try:
         family = adapter_for(original).spec.family
@@ -309,7 +309,7 @@ def _stage_input(r: _Run, i: int) -> nn.Module:
             continue
         model = load(r.dirs.stage_dir(j, prev.kind), device=r.device).model
         if is_qat(r.recipe.stages, j):  # saved in float; the fake quantisation is put back, as it was trained
-            from compress.quant import prepare_qat
+            from compress.quantization import prepare_qat
 
             prepare_qat(model, prev.config)
         return model
@@ -318,29 +318,9 @@ def _stage_input(r: _Run, i: int) -> nn.Module:
 
 def _apply(r: _Run, i: int, stage: Stage, model: nn.Module) -> tuple[dict[str, Any], str]:
     """Carry out one model-changing stage in place; its report as a dict and as text."""
-    from compress import api
-
-    if isinstance(stage, Prune):
-        report = api.prune(model, stage.config, data=r.splits)
-        return report.to_dict(), report.table()
-    if isinstance(stage, Quantize):
-        if is_qat(r.recipe.stages, i):
-            from compress.quant import prepare_qat
-
-            report = prepare_qat(model, stage.config)
-        else:
-            ids = r.splits.calibration[: stage.calibration_sequences] if stage.config.gptq else None
-            report = api.quantize(model, stage.config, data=ids)
-        return report.to_dict(), report.table()
-    assert isinstance(stage, Recover)
-    train_dir = r.dirs.train_state(i, stage.kind, r.fingerprints[i])
-    config = dataclasses.replace(stage.config, output_dir=str(train_dir), resume=True)
-    eval_data = r.splits.eval if stage.wants_heldout else None
-    report = api.recover(model, r.original, r.splits.train, config, eval_data=eval_data)
-    if report.resumed_from is not None:
-        r.log(f"    resumed from the training checkpoint at step {report.resumed_from}")
-    report.checkpoint = None  # the run deletes the training checkpoints once the stage is saved
-    return report.to_dict(), str(report)
+    context = StageContext(splits=r.splits, original=r.original, qat=is_qat(r.recipe.stages, i),
+                           train_dir=lambda: r.dirs.train_state(i, stage.kind, r.fingerprints[i]), log=r.log)
+    return stage.apply(model, context)
 
 
 def _note_run(model: nn.Module, r: _Run, i: int) -> None:
@@ -354,7 +334,8 @@ def _note_run(model: nn.Module, r: _Run, i: int) -> None:
 def _save(model: nn.Module, r: _Run, i: int, stage: Stage) -> Path:
     from compress.io import save
 
-    return save(model, r.dirs.stage_dir(i, stage.kind), r.tokenizer, overwrite=True)
+    # float32: a resumed run continues from exactly the weights the stage left (the final export picks its own dtype)
+    return save(model, r.dirs.stage_dir(i, stage.kind), r.tokenizer, overwrite=True, dtype="float32")
 
 
 # -- measuring -----------------------------------------------------------------
@@ -415,7 +396,7 @@ def _evaluate_saved(r: _Run, i: int, record: dict[str, Any]) -> dict[str, Any]:
     r.log(f"evaluating stage {i + 1} ({stage.kind}) from its checkpoint")
     model = load(r.dirs.stage_dir(i, stage.kind), device=r.device).model
     if record.get("qat"):
-        from compress.quant import prepare_qat
+        from compress.quantization import prepare_qat
 
         prepare_qat(model, stage.config)
     record = _with_eval(r, record, model)

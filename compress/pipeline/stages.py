@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Union
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping, Union
 
 from compress.errors import ConfigError, quote, shorten
-from compress.prune.config import PruneConfig
-from compress.quant.config import SHORTHANDS, QuantConfig, resolve_config
-from compress.recover.config import RESUME_EXEMPT, RecoverConfig
+from compress.pruning.config import PruneConfig
+from compress.quantization.config import SHORTHANDS, QuantConfig, resolve_config
+from compress.recovery.config import RESUME_EXEMPT, RecoverConfig
 
 STAGE_KINDS = ("prune", "recover", "quantize", "export")
 NATIVE = "native"
@@ -31,6 +32,17 @@ _DISPLAY_ONLY = {"progress", *RESUME_EXEMPT}
 
 class RecipeError(ConfigError):
     """A recipe that cannot be read or used: unknown keys, stages or values."""
+
+
+@dataclass
+class StageContext:
+    """What a model-changing stage needs from the run: the text, the original model, its training folder."""
+
+    splits: Any  # compress.data.TextSplits
+    original: Any = None  # the uncompressed model (recovery's teacher)
+    qat: bool = False  # a quantize stage followed by recover: fake-quantise for QAT instead of packing
+    train_dir: Callable[[], Path] | None = None  # recover: made (and emptied of another run's state) on demand
+    log: Callable[[str], Any] = print
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,13 @@ class Prune:
 
     def options(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self.config))
+
+    def apply(self, model: Any, context: StageContext) -> tuple[dict[str, Any], str]:
+        """Prune ``model`` in place; the report as a dict and as text."""
+        from compress import api
+
+        report = api.prune(model, self.config, data=context.splits)
+        return report.to_dict(), report.table()
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,18 @@ class Recover:
         """Recovery's own held-out evaluations run only when asked for (the run evaluates every stage anyway)."""
         return self.config.eval_every > 0 or self.config.patience > 0
 
+    def apply(self, model: Any, context: StageContext) -> tuple[dict[str, Any], str]:
+        """Train ``model`` toward the original in place, resuming from the run's training folder."""
+        from compress import api
+
+        config = dataclasses.replace(self.config, output_dir=str(context.train_dir()), resume=True)
+        eval_data = context.splits.eval if self.wants_heldout else None
+        report = api.recover(model, context.original, context.splits.train, config, eval_data=eval_data)
+        if report.resumed_from is not None:
+            context.log(f"    resumed from the training checkpoint at step {report.resumed_from}")
+        report.checkpoint = None  # the run deletes the training checkpoints once the stage is saved
+        return report.to_dict(), str(report)
+
 
 @dataclass(frozen=True)
 class Quantize:
@@ -98,6 +129,19 @@ class Quantize:
 
     def options(self) -> dict[str, Any]:
         return {**self.config.to_dict(), "calibration_sequences": self.calibration_sequences}
+
+    def apply(self, model: Any, context: StageContext) -> tuple[dict[str, Any], str]:
+        """Quantise ``model`` in place (or prepare it for QAT when a recover stage follows)."""
+        if context.qat:
+            from compress.quantization import prepare_qat
+
+            report = prepare_qat(model, self.config)
+        else:
+            from compress import api
+
+            ids = context.splits.calibration[: self.calibration_sequences] if self.config.gptq else None
+            report = api.quantize(model, self.config, data=ids)
+        return report.to_dict(), report.table()
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from compress.errors import ConfigError
 from compress.kernels.formats import shape_problem
-from compress.quant.config import QuantConfig
+from compress.quantization.config import QuantConfig
 
 METRICS = ("module-error", "layer-error", "kl")
 IMPORTANCES = ("taylor", "magnitude", "activation")

@@ -1,7 +1,7 @@
 """``measure_sensitivity``: quantise one module, or prune one layer, at a time and measure the damage.
 
 For every decoder layer and every projection in it, each format's
-round-to-nearest weight (``compress.quant.quantizers.fake_quantize``, the
+round-to-nearest weight (``compress.quantization.quantizers.fake_quantize``, the
 numbers ``compress.quantize`` would pack) replaces that projection alone.
 For pruning, ``prune_fraction`` of the layer's MLP channels, then of its kv
 groups, are removed by the same importance scores ``compress.prune`` uses.
@@ -22,12 +22,12 @@ from tqdm.auto import tqdm
 
 from compress.arch import Adapter, LayerParts, adapter_for
 from compress.errors import CompressError
-from compress.prune.allocation import keep_channels, keep_groups
-from compress.prune.calibrate import Calibration, calibrate, calibration_rows, check_in_vocabulary, sample_windows
-from compress.prune.groups import LayerGroups, layer_groups
-from compress.prune.scores import kv_group_scores, mlp_channel_scores, top_k
-from compress.quant.qat import FakeQuantLinear
-from compress.quant.quantizers import fake_quantize
+from compress.pruning.allocation import keep_channels, keep_groups
+from compress.pruning.calibrate import Calibration, calibrate, calibration_rows, check_in_vocabulary, sample_windows
+from compress.pruning.groups import LayerGroups, layer_groups
+from compress.pruning.scores import kv_group_scores, mlp_channel_scores, top_k
+from compress.quantization.qat import FakeQuantLinear
+from compress.quantization.quantizers import fake_quantize
 from compress.sensitivity.config import FORMATS, SensitivityConfig, format_config, resolve_config
 from compress.sensitivity.probes import PROBES
 from compress.sensitivity.report import LayerRow, ModuleRow, SensitivityReport

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from compress.errors import ConfigError
-from compress.quant.config import OUTPUT_HEAD, QuantConfig
+from compress.quantization.config import OUTPUT_HEAD, QuantConfig
 from compress.sensitivity.config import FORMATS, format_config, override_fields
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ def validate_override_map(data: Any, where: str) -> None:
 
 def _check_prune_config(layers: list[int], where: str) -> None:
     """Let PruneConfig validate protect_layers too, once it has that field."""
-    from compress.prune.config import PruneConfig
+    from compress.pruning.config import PruneConfig
 
     if layers and "protect_layers" in {f.name for f in dataclasses.fields(PruneConfig)}:
         try:

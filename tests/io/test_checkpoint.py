@@ -9,7 +9,7 @@ from compress.arch import adapter_for
 from compress.io import FORMAT_VERSION, CheckpointError, load, save
 from compress.errors import CompressError
 from compress.io.manifest import MANIFEST
-from tests.tiny import ALL_FAMILIES, tiny_model
+from tests.tiny import ALL_FAMILIES, as_stored, tiny_model
 
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])
 
@@ -25,7 +25,7 @@ def test_round_trip_gives_identical_outputs(family, tmp_path, tokenizer):
     save(model, tmp_path / "ck", tokenizer)
     again, tok = load(tmp_path / "ck")
     assert type(again) is type(model)
-    assert torch.equal(_out(again), _out(model))
+    assert torch.equal(_out(again), _out(as_stored(model)))  # floats stored bfloat16, computed float32
     assert adapter_for(again).tied_embeddings == adapter_for(model).tied_embeddings
     assert tok is not None and tok("Shall I")["input_ids"] == tokenizer("Shall I")["input_ids"]
 
@@ -50,7 +50,7 @@ def test_sharded_checkpoint_round_trips(tmp_path):
     save(model, tmp_path / "ck", max_shard_bytes=20_000)
     files = sorted(p.name for p in (tmp_path / "ck").glob("model-*.safetensors"))
     assert len(files) > 2 and (tmp_path / "ck" / "model.safetensors.index.json").is_file()
-    assert torch.equal(_out(load(tmp_path / "ck").model), _out(model))
+    assert torch.equal(_out(load(tmp_path / "ck").model), _out(as_stored(model)))
 
 
 def test_pruned_widths_reload(tmp_path):
@@ -72,7 +72,7 @@ def test_pruned_widths_reload(tmp_path):
     p0.o.weight = nn.Parameter(p0.o.weight[:, :32].clone())
     p0.o.in_features = 32
     a.set_attention_heads(0, 2, 1)
-    expected = _out(model)
+    expected = _out(as_stored(model))
     save(model, tmp_path / "ck")
     again = load(tmp_path / "ck").model
     d = adapter_for(again).describe()
@@ -94,7 +94,7 @@ def test_overwrite_replaces_a_checkpoint_but_not_one_with_unlisted_files(tmp_pat
     save(tiny_model("llama", seed=0), tmp_path / "ck")
     model = tiny_model("llama", seed=1)
     save(model, tmp_path / "ck", overwrite=True)
-    assert torch.equal(_out(load(tmp_path / "ck").model), _out(model))
+    assert torch.equal(_out(load(tmp_path / "ck").model), _out(as_stored(model)))
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temporary or backup directories left
     (tmp_path / "ck" / "notes.txt").write_text("mine")
     with pytest.raises(CompressError, match=r"holds files its compress.json does not list \(notes.txt\); --force will not"):
@@ -209,7 +209,7 @@ def test_non_uniform_checkpoint_loads_in_plain_transformers(family, tmp_path):
     model = tiny_model(family)
     _shrink_layer1_mlp(model)
     save(model, tmp_path / "ck")
-    save_file({"out": _out(model).contiguous()}, tmp_path / "expected.safetensors")
+    save_file({"out": _out(as_stored(model)).contiguous()}, tmp_path / "expected.safetensors")
     cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert cfg["compress_layer_widths"]["intermediate_size"] == [96, 40]
     assert (tmp_path / "ck" / "modeling_compress.py").is_file() and "auto_map" in cfg
@@ -219,7 +219,7 @@ import sys
 sys.modules["compress"] = None  # make any import of compress fail
 import torch, transformers
 from safetensors.torch import load_file
-m = transformers.{auto}.from_pretrained({str(tmp_path / 'ck')!r}, trust_remote_code=True).eval()
+m = transformers.{auto}.from_pretrained({str(tmp_path / 'ck')!r}, trust_remote_code=True, dtype=torch.float32).eval()
 with torch.no_grad():
     out = m(input_ids=torch.tensor({IDS.tolist()}))[0]
 expected = load_file({str(tmp_path / 'expected.safetensors')!r})["out"]

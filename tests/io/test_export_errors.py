@@ -6,7 +6,7 @@ import compress
 from compress.cli import main
 from compress.errors import CompressError
 from compress.io.exports import EXPORT_FORMATS, ExportError, export, export_problems
-from compress.quant import QuantConfig, quantize
+from compress.quantization import QuantConfig, quantize
 from tests.io.test_export_formats import int4_llama, pruned_llama, ternary_llama
 from tests.threads import one_torch_thread
 from tests.tiny import tiny_model
@@ -48,7 +48,7 @@ def test_problems_read_shapes_only(build):
 
 
 def test_fake_quantised_modules_must_be_packed_first(tmp_path):
-    from compress.quant import prepare_qat
+    from compress.quantization import prepare_qat
 
     model = tiny_model("llama")
     prepare_qat(model, QuantConfig(method="ternary", progress=False))
@@ -156,9 +156,9 @@ def test_gguf_refuses_sliding_window_attention(tmp_path):
 
 
 def test_gguf_per_layer_widths_only_for_llama_layouts(tmp_path):
-    from tests.prune.helpers import gqa_model
+    from tests.pruning.helpers import gqa_model
     from compress.arch import adapter_for
-    from compress.prune.surgery import prune_mlp
+    from compress.pruning.surgery import prune_mlp
 
     model = gqa_model("qwen2", layers=2)
     prune_mlp(adapter_for(model).layer(1), range(64))

@@ -12,9 +12,9 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import load_file
 
 from compress.io.exports import export
-from compress.quant import QuantConfig, quantize
+from compress.quantization import QuantConfig, quantize
 from tests.threads import one_torch_thread
-from tests.tiny import _DECODER_COMMON, tiny_model
+from tests.tiny import _DECODER_COMMON, as_stored, tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -51,8 +51,8 @@ def wide_ternary_llama():
 def pruned_llama():
     """A Llama whose layers keep different kv groups, query heads and MLP channels, as pruning leaves them."""
     from compress.arch import adapter_for
-    from compress.prune.surgery import prune_mlp, shrink_linear
-    from tests.prune.helpers import gqa_model
+    from compress.pruning.surgery import prune_mlp, shrink_linear
+    from tests.pruning.helpers import gqa_model
 
     model = gqa_model("llama", layers=3, heads=6, kv=3, inter=256)  # head_dim 16, two query heads per kv head
     adapter = adapter_for(model)
@@ -68,6 +68,12 @@ def pruned_llama():
     widths = adapter.describe()
     assert widths["mlp_width"] == [256, 128, 64] and widths["num_kv_heads"] == [3, 2, 1]
     return model
+
+
+def _modules(model):
+    from compress.io.exports.common import quantized_modules
+
+    return list(quantized_modules(model).values())
 
 
 def _weights(model):
@@ -92,7 +98,7 @@ def test_bitnet_weights_unpack_with_transformers_own_unpacker(tmp_path):
 
 def _check_bitnet_weights(tmp_path, unpack_weights):
     model = ternary_llama()
-    export(model, None, tmp_path / "bn", "bitnet")
+    export(model, None, tmp_path / "bn", "bitnet", dtype="float32")  # the layout; 16-bit storage: test_storage
     state = load_file(tmp_path / "bn" / "model.safetensors")
     config = json.loads((tmp_path / "bn" / "config.json").read_text())["quantization_config"]
     assert config["quant_method"] == "bitnet" and config["linear_class"] == "bitlinear"
@@ -102,6 +108,59 @@ def _check_bitnet_weights(tmp_path, unpack_weights):
         assert packed.dtype == torch.uint8 and packed.shape == (w.shape[0] // 4, w.shape[1])
         ternary = unpack_weights(packed, dtype=torch.float32)
         assert torch.allclose(ternary / scale.float(), w, rtol=1e-6, atol=0)  # BitLinear divides by weight_scale
+
+
+def test_bitnet_a8_export_in_stock_transformers_gives_our_logits(tmp_path):
+    """A ternary --a8 model exported as bitnet and run by transformers' own BitLinear computes what
+    compress-lm evaluated: same activation quantisation, same rescale order, so the same bits in
+    float32 (the order acc * (1/inv) * gamma differed in the last bit, which the next layer's int8
+    rounding grew to a 2.4% logit gap on SmolLM2-135M)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(1)
+    config = LlamaConfig(**{**_DECODER_COMMON, "num_hidden_layers": 6, "intermediate_size": 128})  # deeper: flips compound
+    model = AutoModelForCausalLM.from_config(config).float().eval()
+    quantize(model, QuantConfig(method="ternary", activations="a8", progress=False))
+    export(model, None, tmp_path / "bn", "bitnet", dtype=torch.float32)  # the arithmetic, not the storage rounding
+    ids = torch.randint(0, config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
+    torch.compiler.set_stance("force_eager")  # BitLinear's torch.compile: the same ops, without a CPU compile
+    try:
+        theirs_model = AutoModelForCausalLM.from_pretrained(tmp_path / "bn", dtype=torch.float32).eval()
+        assert type(theirs_model.model.layers[0].mlp.down_proj).__name__ == "BitLinear"
+        with torch.no_grad():
+            theirs = theirs_model(input_ids=ids).logits
+    finally:
+        torch.compiler.set_stance("default")
+    with torch.no_grad():
+        ours = model(input_ids=ids).logits
+    assert (ours - theirs).abs().max() <= 1e-6 * ours.abs().max()
+
+
+def test_bitnet_a16_export_states_the_gap_stock_transformers_shows(tmp_path):
+    """16-bit activations cannot be stored in BitLinear: the export says by how much its logits differ,
+    and that figure is what transformers' own BitLinear gives on the same ids."""
+    from transformers import AutoModelForCausalLM
+
+    from compress.io.exports.verify import sample_ids
+
+    model = ternary_llama("a16")
+    report = export(model, None, tmp_path / "bn", "bitnet", dtype=torch.float32)  # the gap of the activations alone
+    gap = report.details["a16_logit_gap"]
+    [note] = [n for n in report.notes if "16-bit activations" in n]
+    assert f"{gap:.1%}" in note and "--a8" in note and f"note: {note}" in report.summary()
+    assert all(m.activations == "a16" for m in _modules(model))  # measured, then put back
+    ids, _ = sample_ids(model, None)
+    torch.compiler.set_stance("force_eager")
+    try:
+        theirs_model = AutoModelForCausalLM.from_pretrained(tmp_path / "bn", dtype=torch.float32).eval()
+        with torch.no_grad():
+            theirs = theirs_model(input_ids=ids).logits
+    finally:
+        torch.compiler.set_stance("default")
+    with torch.no_grad():
+        ours = model(input_ids=ids).logits
+    actual = float((theirs - ours).norm() / ours.norm())
+    assert actual > 1e-3 and abs(gap - actual) <= 1e-5 * actual + 1e-7
 
 
 def test_bitnet_pack_matches_the_documented_example():
@@ -285,7 +344,7 @@ def test_native_export_is_compress_save(tmp_path, tokenizer):
     assert "compress.json" in report.sizes and "identical logits" in report.check
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
-        assert torch.equal(load(tmp_path / "n").model(input_ids=ids).logits, model(input_ids=ids).logits)
+        assert torch.equal(load(tmp_path / "n").model(input_ids=ids).logits, as_stored(model)(input_ids=ids).logits)
 
 
 def test_hf_export_writes_no_pickle_and_no_quantisation_config(tmp_path):

@@ -39,7 +39,7 @@ def _corrupt_bitnet(job):
 
 
 def _pruned_ternary():
-    from compress.quant import QuantConfig, quantize
+    from compress.quantization import QuantConfig, quantize
 
     model = pruned_llama()
     quantize(model, QuantConfig(method="ternary", activations="a8", progress=False))
@@ -154,7 +154,7 @@ def test_export_with_verify_runs_the_outside_loader(tmp_path, tokenizer):
 
 @pytest.mark.slow
 def test_other_families_load_outside(tmp_path, tokenizer):
-    from compress.quant import QuantConfig, quantize
+    from compress.quantization import QuantConfig, quantize
 
     def quantised(family, **cfg):
         model = tiny_model(family)

@@ -11,7 +11,7 @@ import torch
 
 import compress
 from compress.io.exports import export
-from compress.quant import QuantConfig, quantize
+from compress.quantization import QuantConfig, quantize
 
 pytestmark = pytest.mark.slow
 

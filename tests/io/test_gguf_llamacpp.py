@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from compress.io.exports import export
-from compress.quant import QuantConfig, quantize
+from compress.quantization import QuantConfig, quantize
 from tests import llamacpp
 from tests.io.test_export_formats import pruned_llama
 from tests.io.test_gguf_tokenizer import _bpe
@@ -160,3 +160,13 @@ def test_smollm2_gguf_in_llamacpp(tmp_path):
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=6, do_sample=False)[0].tolist()
     assert llamacpp.greedy(path, "The capital of France is", 6).startswith(llamacpp.token_bytes(tok, out))
+
+
+@pytest.mark.parametrize("embeddings", ["int8", "int4"])
+def test_quantised_embeddings_run_in_llamacpp(tmp_path, embeddings):
+    """token_embd as Q8_0 / Q4_0 (tied: llama.cpp's output reads it too) computes what our model computes."""
+    llamacpp.tool("llama-perplexity")
+    model = _quantised(_sharpen(tiny_model("llama")), method="int4", group_size=32, embeddings=embeddings)
+    report = export(model, tiny_tokenizer(), tmp_path / "g", "gguf")
+    assert report.details["tensor_types"].get("Q8_0" if embeddings == "int8" else "Q4_0")
+    _compare(model, tmp_path / "g" / report.details["gguf_file"], tmp_path, 0.02, 0.85)

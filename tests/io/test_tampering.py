@@ -10,7 +10,7 @@ from compress.io.atomic import sha256_file
 from compress.io.exports import export
 from compress.io.manifest import MANIFEST
 from compress.models import ModelLoadError
-from compress.quant import QuantConfig, quantize
+from compress.quantization import QuantConfig, quantize
 from tests.tiny import tiny_model
 
 

@@ -19,7 +19,7 @@ import torch
 
 import compress
 from compress.cli import main as cli_main
-from compress.quant import QuantConfig
+from compress.quantization import QuantConfig
 from tests.threads import one_torch_thread
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "model_decode.py"

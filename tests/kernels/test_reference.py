@@ -38,11 +38,11 @@ def test_ternary_reference_equals_dense_matmul_and_keeps_leading_dims():
 
 def test_activation_quantisation_is_per_token_absmax_int8():
     x = torch.tensor([[0.5, -1.0, 0.25], [10.0, 0.0, -5.0], [0.0, 0.0, 0.0]])
-    x_q, x_scale = reference.quantize_activations_int8(x)
-    assert x_q.dtype == torch.int8 and x_scale.dtype == torch.float32
+    x_q, inv = reference.quantize_activations_int8(x)
+    assert x_q.dtype == torch.int8 and inv.dtype == torch.float32
     assert x_q.tolist() == [[64, -127, 32], [127, 0, -64], [0, 0, 0]]
-    torch.testing.assert_close(x_scale[:2], torch.tensor([1.0 / 127, 10.0 / 127]))
-    assert torch.isfinite(x_scale).all()  # an all-zero token does not divide by zero
+    torch.testing.assert_close(inv[:2], torch.tensor([127.0, 12.7]))
+    assert torch.isfinite(inv).all()  # an all-zero token does not divide by zero
 
 
 def test_a8_reference_is_the_exact_integer_dot_rescaled():
@@ -50,12 +50,32 @@ def test_a8_reference_is_the_exact_integer_dot_rescaled():
     gen = make_generator("ref-a8")
     qweight, scale, c = random_ternary(N, K, False, gen)
     x = random_x(M, K, torch.float32, gen)
-    x_q, x_scale = reference.quantize_activations_int8(x)
+    x_q, inv = reference.quantize_activations_int8(x)
     acc = (x_q.long() @ (c - 1).long().t()).double()  # exact integers
-    expected = (acc * x_scale.double()[:, None] * scale.double()[None, :]).float()
+    expected = (acc / inv.double()[:, None] * scale.double()[None, :]).float()
     y = reference.ternary_matmul_a8(x, qweight, scale)
     torch.testing.assert_close(y, expected, rtol=1e-6, atol=1e-6)
     # ...and close to the float-activation result, within int8 rounding of x.
     y16 = reference.ternary_matmul(x, qweight, scale)
     err = (y - y16).abs().max() / y16.abs().max()
     assert 0 < err < 0.02
+
+
+def test_a8_rescale_is_transformers_bitlinear_bit_for_bit():
+    """BitLinear (transformers/integrations/bitnet.py) computes ``acc / (weight_scale * inv)`` with
+    ``weight_scale = 1/gamma`` as the bitnet export stores it; ours must give the same float32 bits
+    (multiplying by 1/inv and gamma differs in the last bit for about half the outputs)."""
+    N, K, M = 64, 256, 32
+    gen = make_generator("ref-a8-bitlinear")
+    qweight, _, c = random_ternary(N, K, False, gen)
+    for gamma in (torch.tensor([0.0137], dtype=torch.float16), torch.tensor(0.021, dtype=torch.float32)):
+        x = random_x(M, K, torch.float32, gen) * 3
+        weight_scale = (1.0 / gamma.double().reshape(1)).float()  # bitnet.bitnet_state, float32 model
+        # BitLinear.activation_quant and .forward, transcribed
+        scale = 127 / x.abs().max(dim=-1, keepdim=True).values.clamp(min=1e-5)
+        x_q = (x * scale).round().clamp(-128, 127).to(torch.int8)
+        theirs = torch.nn.functional.linear(x_q.to(torch.float32), (c - 1).float()) / (weight_scale * scale)
+        assert torch.equal(reference.ternary_matmul_a8(x, qweight, gamma), theirs)
+        # the old order (acc * (1/inv) * gamma) is not the same function: the test can tell them apart
+        old = torch.nn.functional.linear(x_q.float(), (c - 1).float()) * (1.0 / scale) * gamma.float()
+        assert not torch.equal(old, theirs)

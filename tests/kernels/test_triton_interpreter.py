@@ -119,6 +119,19 @@ def test_ternary_kernels_with_other_configs(triton_kernels, kernel, config):
     assert_matches(y, ref_fn(x, qweight, scale))
 
 
+def test_ternary_a8_kernel_is_bit_identical_to_the_reference_without_split_k(triton_kernels):
+    """One IEEE division per output in BitLinear's order (tl.math.div_rn), so a float32 output equals
+    the reference's bits, which equal transformers' BitLinear (test_reference.py)."""
+    _, ternary = triton_kernels
+    M, N, K = 5, 37, 160
+    gen = make_generator("a8-exact")
+    qweight, scale, _ = random_ternary(N, K, False, gen, DEVICE)
+    x = random_x(M, K, torch.float32, gen, DEVICE) * 3
+    config = KernelConfig(block_m=16, block_n=64, block_k=32, split_k=1)
+    y = ternary.ternary_a8(x, qweight, scale, config=config, out=_poisoned(M, N, torch.float32))
+    assert torch.equal(y.cpu(), reference.ternary_matmul_a8(x, qweight, scale).cpu())
+
+
 def test_same_signature_entries_keep_leading_dims(triton_kernels):
     int4, ternary = triton_kernels
     gen = make_generator("entries")

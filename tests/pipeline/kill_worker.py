@@ -26,14 +26,14 @@ def main() -> None:
     torch.set_num_threads(1)  # as in the test process: the same kernels, the same bits
     model, text, out, mode = sys.argv[1:5]
     if mode == "prune":
-        from compress.prune.pruner import _Pruning
+        from compress.pruning.pruner import _Pruning
 
         def shrink_then_die(self, *args, **kwargs):
             die()
 
         _Pruning.shrink_layer = shrink_then_die
     else:
-        from compress.recover.runlog import Progress
+        from compress.recovery.runlog import Progress
 
         kill_at, real, steps = int(mode.split(":")[1]), Progress.update, []
 

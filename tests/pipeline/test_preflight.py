@@ -18,8 +18,8 @@ def no_calibration(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("calibration ran before the pre-flight check stopped the run")
 
-    monkeypatch.setattr("compress.prune.pruner.calibrate", refuse)
-    monkeypatch.setattr("compress.quant.apply.quantize_sequential", refuse)
+    monkeypatch.setattr("compress.pruning.pruner.calibrate", refuse)
+    monkeypatch.setattr("compress.quantization.apply.quantize_sequential", refuse)
 
 
 def _splits(seq_len=32):
@@ -130,3 +130,14 @@ def test_a_clean_recipe_passes_with_a_memory_estimate(tiny_inputs):
     report = preflight(recipe, tiny_model("llama"), _splits(), CPU)
     assert report.problems == [] and report.memory.peak > 2 * report.memory.weights
     assert "pre-flight check: passed" in report.summary()
+
+
+def test_quantised_embeddings_are_checked_against_the_exports_before_the_run():
+    recipe = load_recipe({"stages": [{"quantize": {"method": "int4", "group_size": 32, "embeddings": "int8"}},
+                                     {"export": ["gguf", "hf"]}]})
+    problems = preflight(recipe, tiny_model("llama"), _splits(), CPU).problems
+    assert len(problems) == 1 and "hold quantised embeddings, which the hf format has no type for" in problems[0]
+    bad = load_recipe({"stages": [{"quantize": {"method": "int4", "group_size": 32, "embeddings": "int4",
+                                                "embedding_group_size": 128}}]})
+    problems = preflight(bad, tiny_model("llama"), _splits(), CPU).problems
+    assert any("embedding_group_size 128 does not divide the embedding width 64" in p for p in problems)

@@ -4,9 +4,9 @@ import dataclasses
 import pytest
 
 from compress.pipeline import Export, Prune, Quantize, Recipe, RecipeError, Recover, builtin_recipes, load_recipe
-from compress.prune import PruneConfig
-from compress.quant import QuantConfig
-from compress.recover import RecoverConfig
+from compress.pruning import PruneConfig
+from compress.quantization import QuantConfig
+from compress.recovery import RecoverConfig
 
 YAML = """
 name: mine

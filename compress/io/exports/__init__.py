@@ -23,7 +23,7 @@ from torch import nn
 from compress.io.atomic import atomic_directory, check_output_dir
 from compress.io.exports import bitnet, compressed_tensors, gguf_file, gptq, hf
 from compress.io.exports.base import Output
-from compress.io.exports.common import ExportError, Written, account, short_list, unique_state
+from compress.io.exports.common import ExportError, Written, account, float_dtype, short_list, unique_state
 from compress.io.exports.gguf_file import GGUF_TYPES
 from compress.io.exports.report import ExportReport
 from compress.io.integrity import write_export_manifest
@@ -59,7 +59,7 @@ def export_problems(model: nn.Module, format: str, *, gguf_type: Optional[str] =
                 f"compress.load_model and compress.load return"]
     if fmt == "native":
         return []
-    from compress.quant.qat import FakeQuantLinear
+    from compress.quantization.qat import FakeQuantLinear
 
     fake = [n for n, m in model.named_modules() if isinstance(m, FakeQuantLinear)]
     if fake:  # their float latent weights are not what the model computes
@@ -67,6 +67,10 @@ def export_problems(model: nn.Module, format: str, *, gguf_type: Optional[str] =
                 f"(or compress-lm quantize), then export"]
     if fmt == "gguf":
         return gguf_file.problems(model, gguf_type)
+    embeddings = [n for n, m in model.named_modules() if hasattr(m, "qdata")]
+    if embeddings:
+        return [f"{short_list(embeddings)} hold quantised embeddings, which the {fmt} format has no type for; export "
+                f"as gguf or native, or quantise without embeddings (--embeddings none)"]
     return _PROBLEMS[fmt](model)
 
 
@@ -79,6 +83,7 @@ def export(
     overwrite: bool = False,
     gguf_type: Optional[str] = None,
     verify: bool = False,
+    dtype: Any = None,
 ) -> ExportReport:
     """Write ``model`` (and ``tokenizer``) to ``output_dir`` in ``format``; return what was written.
 
@@ -88,10 +93,16 @@ def export(
     models), ``gguf`` (llama.cpp; ``gguf_type`` one of f16, q8_0, q4_0,
     q4_1, tq2_0, tq1_0, default chosen from the model).  ``verify=True``
     loads the result with a loader that is not compress-lm's in a fresh
-    process and compares logits before the directory appears.  Raises
-    ``ExportError`` listing every reason the model does not fit the format.
+    process and compares logits before the directory appears.  ``dtype``:
+    what float tensors are stored in, ``"bfloat16"``, ``"float16"`` or
+    ``"float32"``; None: the format's default (bfloat16; float16 for gptq
+    and gguf, whose loaders compute in float16).  Raises ``ExportError``
+    listing every reason the model does not fit the format.
     """
+    from compress.io.storage import stored_dtype
+
     fmt = _format(format)
+    stored = stored_dtype(dtype, fmt)
     if gguf_type is not None and fmt != "gguf":
         raise ExportError(f"gguf_type applies to the gguf format only, not {fmt}; drop it (--gguf-type) or use --format gguf.")
     if gguf_type is not None:
@@ -107,8 +118,8 @@ def export(
     protect = input_paths(model)
     check_output_dir(target, overwrite, protect)
     if fmt == "native":
-        return _native(model, tokenizer, target, overwrite, verify)
-    options = {"gguf_type": gguf_type} if fmt == "gguf" else {}
+        return _native(model, tokenizer, target, overwrite, verify, stored)
+    options = {"gguf_type": gguf_type, "dtype": stored} if fmt == "gguf" else {"dtype": stored}
     with atomic_directory(target, overwrite, protect) as tmp:
         out = _WRITERS[fmt](model, tokenizer, tmp, str(target), **options)
         write_export_manifest(tmp, fmt)
@@ -140,12 +151,15 @@ def _report(fmt: str, target: Path, sizes: dict[str, int], out: Output, check: O
     )
 
 
-def _native(model: nn.Module, tokenizer: Any, target: Path, overwrite: bool, verify: bool) -> ExportReport:
+def _native(model: nn.Module, tokenizer: Any, target: Path, overwrite: bool, verify: bool, dtype: Any) -> ExportReport:
+    import copy
+
     import torch
 
     from compress.io.checkpoint import load, save
+    from compress.io.storage import round_model_
 
-    save(model, target, tokenizer, overwrite=overwrite)
+    save(model, target, tokenizer, overwrite=overwrite, dtype=dtype)
     written = Written()
     account(model, unique_state(model)[0], written)
     check = None
@@ -153,13 +167,15 @@ def _native(model: nn.Module, tokenizer: Any, target: Path, overwrite: bool, ver
         from compress.io.exports.verify import sample_ids
 
         ids, _ = sample_ids(model, tokenizer)
-        again = load(target).model
+        again = load(target, dtype=float_dtype(model)).model  # computing as the model does
+        stored = round_model_(copy.deepcopy(model), dtype)  # what the file holds: floats rounded to the stored dtype
         with torch.no_grad():
-            diff = float((again(input_ids=ids)[0].float() - model(input_ids=ids)[0].float()).abs().max())
+            diff = float((again(input_ids=ids)[0].float() - stored(input_ids=ids)[0].float()).abs().max())
         if diff != 0.0:
             raise ExportError(f"The native checkpoint in '{target}' reloads with logits {diff:.3g} away from the model; "
                               f"this is a bug, please report it.")
-        check = "reloaded with compress.load (native checkpoints are compress-lm's own format): identical logits"
+        check = (f"reloaded with compress.load (native checkpoints are compress-lm's own format): identical logits to the "
+                 f"model with its floats rounded to {str(dtype).removeprefix('torch.')} as stored")
     sizes = {p.name: p.stat().st_size for p in target.iterdir() if p.is_file()}
     out = Output(written, f"compress.load({str(target)!r})")
     return _report("native", target, sizes, out, check)

@@ -89,9 +89,11 @@ def layer_linear_names(model: nn.Module) -> set[str]:
 
 
 def state_without_packed(model: nn.Module, modules: dict[str, nn.Module], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """``unique_state`` less the packed buffers (qweight, scales, zeros) of ``modules``, their biases in ``dtype``:
-    each format then adds those modules' weights in its own layout."""
-    tensors, _ = unique_state(model)
+    """``unique_state`` with float tensors in ``dtype`` (the stored dtype), less the packed buffers (qweight,
+    scales, zeros) of ``modules``: each format then adds those modules' weights in its own layout."""
+    from compress.io.storage import cast_state, packed_names
+
+    tensors = cast_state(unique_state(model)[0], dtype, packed_names(model))
     for name, module in modules.items():
         for buf in ("qweight", "scales", "zeros"):
             tensors.pop(f"{name}.{buf}", None)

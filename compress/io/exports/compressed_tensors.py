@@ -20,7 +20,6 @@ from torch import nn
 
 from compress.io.exports.base import Output
 from compress.io.exports.common import (
-    float_dtype,
     short_list,
     state_without_packed,
     write_model_files,
@@ -85,8 +84,7 @@ def compressed_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Te
     return tensors
 
 
-def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str) -> Output:
-    dtype = float_dtype(model)
+def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, dtype: torch.dtype = torch.bfloat16) -> Output:
     written = write_model_files(model, tokenizer, directory, compressed_state(model, dtype), dtype=dtype,
                                 quantization_config=quantization_config(model))
     asymmetric = any(not m.symmetric for m in int4_modules(model).values())
@@ -98,4 +96,5 @@ def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str) ->
         hint = hint.replace(")  (needs", ", quantization_config=transformers.CompressedTensorsConfig(dequantize=True))  (needs", 1)
         notes.append("asymmetric pack-quantized weights: transformers' default compressed load refuses their packed zero "
                      "points (llm-compressor#1618); load with CompressedTensorsConfig(dequantize=True) as shown.")
-    return Output(written, hint, notes, {"format": FORMAT, "asymmetric": asymmetric})
+    return Output(written, hint, notes, {"format": FORMAT, "asymmetric": asymmetric,
+                                     "dtype": str(dtype).removeprefix("torch.")})

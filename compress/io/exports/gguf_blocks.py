@@ -50,6 +50,14 @@ def q4_1(codes: torch.Tensor, d: np.ndarray, m: np.ndarray) -> np.ndarray:
     return blocks.reshape(N, -1)
 
 
+def q8_0(codes: torch.Tensor, d: np.ndarray) -> np.ndarray:
+    """codes int8 ``[N, K]`` (-127..127), ``d`` ``[N, K/32]`` -> Q8_0 bytes ``[N, K/32 * 34]`` (``w = q * d``)."""
+    N, K = codes.shape
+    q = codes.cpu().numpy().astype(np.int8).reshape(N, K // QK, QK).view(np.uint8)
+    blocks = np.concatenate([_f16_bytes(d[..., None]), q], axis=-1)
+    return blocks.reshape(N, -1)
+
+
 def exact_in_f16(x: torch.Tensor) -> bool:
     """True when every value survives a round trip through float16 (GGUF block scales are float16)."""
     x32 = x.detach().to(torch.float32)

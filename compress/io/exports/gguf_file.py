@@ -6,7 +6,11 @@ sizes that are multiples of 32), written from our codes without a second
 rounding; ``tq2_0`` / ``tq1_0`` for ternary models (2.06 / 1.69 bits per
 weight, rows must be multiples of 256; a row that is not falls back to an
 exact Q4_0 and the report says which).  Embeddings and an untied output head
-are F16 (Q8_0 under ``q8_0``); norms and biases F32.
+are F16 (Q8_0 under ``q8_0``; BF16 or F32 with ``dtype``); norms and biases F32.
+Quantised embeddings and output heads (``compress.quantization.embedding``) are
+written from their codes: int8 rows as Q8_0, int4 groups as Q4_0 (groups
+that are multiples of 32 along the row, float16 scales), without a second
+rounding.
 
 A model whose layers were pruned to different widths is written as
 llama.cpp's ``deci`` architecture, which reads per-layer head counts and
@@ -62,6 +66,15 @@ def problems(model: nn.Module, gguf_type: Optional[str] = None) -> list[str]:
     out = gguf_arch.arch_problems(model)
     if out:
         return out
+    for name, m in model.named_modules():
+        if not hasattr(m, "qdata"):
+            continue
+        if m.group_size % gguf_blocks.QK or m.embedding_dim % gguf_blocks.QK:
+            out.append(f"{name} is quantised in groups of {m.group_size} along rows of {m.embedding_dim}, which GGUF's "
+                       f"{gguf_blocks.QK}-weight blocks cannot hold; quantise the embeddings with embedding_group_size 32")
+        elif not m.scales.is_meta and not gguf_blocks.exact_in_f16(m.scales):
+            out.append(f"{name} has {str(m.scales.dtype).removeprefix('torch.')} scales that GGUF's float16 block scales "
+                       f"would round; quantise with scale_dtype float16")
     t = gguf_type or default_type(model)
     if t not in GGUF_TYPES:
         return [f"GGUF type '{t}' is not one this exporter writes; use one of {', '.join(GGUF_TYPES)}"]
@@ -104,10 +117,12 @@ class _Plan:
     expected: dict[str, torch.Tensor] = field(default_factory=dict)  # transformers name -> float32 values
 
 
-def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, gguf_type: Optional[str] = None) -> Output:
+def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, gguf_type: Optional[str] = None,
+          dtype: torch.dtype = torch.float16) -> Output:
     import gguf
 
     t = gguf_type or default_type(model)
+    float_type = _FLOAT_TYPES[dtype]
     arch = gguf_arch.arch_for(model)
     adapter = adapter_for(model)
     widths = adapter.describe()
@@ -123,22 +138,25 @@ def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, gg
     plan = _Plan()
     written = Written()
     tensors, _ = unique_state(model)
-    jobs = _jobs(tensors, packed)
+    jobs = _jobs(tensors, packed, model)
     for hf_module, leaf, item in tqdm(jobs, desc="gguf", unit="tensor", disable=len(jobs) < 64):
         gguf_name = names.get_name(hf_module)
         if gguf_name is None:
             raise NotImplementedError(f"{hf_module} has no GGUF tensor name in the '{arch}' architecture; "
                                       f"GGUF export does not cover this model layout yet.")
         perm = heads.get(hf_module)
-        if isinstance(item, nn.Module):
-            enc = _encode_packed(item, perm, t, hf_module, plan)
+        if hasattr(item, "qdata"):
+            enc = _encode_embedding(item)
+        elif isinstance(item, nn.Module):
+            enc = _encode_packed(item, perm, t, hf_module, plan, float_type)
         else:
-            enc = _encode_float(item, perm, t)
+            enc = _encode_float(item, perm, t, float_type)
         writer.add_tensor(f"{gguf_name}.{leaf}", enc.array, raw_dtype=getattr(gguf.GGMLQuantizationType, enc.ggml_type))
         plan.types[enc.ggml_type] = plan.types.get(enc.ggml_type, 0) + 1
         if enc.expected is not None:
             plan.expected[f"{hf_module}.{leaf}"] = enc.expected
-        weights = item.in_features * item.out_features if isinstance(item, nn.Module) else item.numel()
+        weights = item.logical_numel() if hasattr(item, "qdata") else \
+            item.in_features * item.out_features if isinstance(item, nn.Module) else item.numel()
         written.add("layers" if hf_module in layers and leaf == "weight" else "other", enc.array.nbytes, weights)
     gguf_meta.add_general(writer, model, written.layer_weights + written.other_weights, arch, t)
     writer.write_header_to_file()
@@ -157,15 +175,20 @@ def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, gg
             if arch in gguf_arch.TRANSFORMERS_READS else f"llama-cli -m {final_path}/{path.name}")
     if arch in gguf_arch.TRANSFORMERS_READS:
         load += f"  or  llama-cli -m {final_path}/{path.name}"
-    details = {"gguf_type": t, "gguf_file": path.name, "architecture": arch, "tensor_types": plan.types}
+    details = {"gguf_type": t, "gguf_file": path.name, "architecture": arch, "tensor_types": plan.types,
+               "float_type": float_type}
     return Output(written, load, notes, details, plan.expected)
 
 
-def _jobs(tensors: dict[str, torch.Tensor], packed: dict[str, nn.Module]) -> list[tuple[str, str, Any]]:
+def _jobs(tensors: dict[str, torch.Tensor], packed: dict[str, nn.Module], model: nn.Module) -> list[tuple[str, str, Any]]:
     """(module name, leaf, tensor or packed module) in state-dict order, one entry per packed module."""
     jobs = []
     for name, tensor in tensors.items():
         module, _, leaf = name.rpartition(".")
+        if leaf in ("qdata", "scales") and hasattr(model.get_submodule(module), "qdata"):  # a quantised embedding
+            if leaf == "qdata":
+                jobs.append((module, "weight", model.get_submodule(module)))
+            continue
         if module in packed:
             if leaf == "qweight":
                 jobs.append((module, "weight", packed[module]))
@@ -189,7 +212,19 @@ def _permutations(adapter: Any, arch: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def _encode_float(tensor: torch.Tensor, perm: Optional[torch.Tensor], t: str) -> _Encoded:
+_FLOAT_TYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}
+
+
+def _encode_embedding(m: nn.Module) -> _Encoded:
+    """A QuantEmbedding's codes and scales as Q8_0 (int8 rows) or Q4_0 (int4 groups): the same numbers."""
+    codes = m.codes().cpu()
+    d = gguf_blocks.block_scales(m.scales.detach().cpu().t(), m.group_size, m.embedding_dim)
+    if m.bits == 8:
+        return _Encoded(gguf_blocks.q8_0(codes, d), "Q8_0")
+    return _Encoded(gguf_blocks.q4_0((codes.to(torch.int16) + 8).to(torch.uint8), d), "Q4_0")
+
+
+def _encode_float(tensor: torch.Tensor, perm: Optional[torch.Tensor], t: str, float_type: str = "F16") -> _Encoded:
     import gguf
 
     w = tensor.detach().to(torch.float32)
@@ -201,11 +236,18 @@ def _encode_float(tensor: torch.Tensor, perm: Optional[torch.Tensor], t: str) ->
         arr = gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q8_0)
         back = torch.from_numpy(gguf.quants.dequantize(arr, gguf.GGMLQuantizationType.Q8_0).copy())
         return _Encoded(arr, "Q8_0", _unpermute(back, perm))
+    if float_type == "F32":
+        return _Encoded(w.numpy(), "F32")
+    if float_type == "BF16":
+        arr = gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.BF16)
+        back = torch.from_numpy(gguf.quants.dequantize(arr, gguf.GGMLQuantizationType.BF16).copy())
+        return _Encoded(arr, "BF16", _unpermute(back, perm))
     half = w.to(torch.float16)
     return _Encoded(half.numpy(), "F16", _unpermute(half.to(torch.float32), perm))
 
 
-def _encode_packed(m: nn.Module, perm: Optional[torch.Tensor], t: str, name: str, plan: _Plan) -> _Encoded:
+def _encode_packed(m: nn.Module, perm: Optional[torch.Tensor], t: str, name: str, plan: _Plan,
+                   float_type: str = "F16") -> _Encoded:
     import gguf
 
     w = m.dequantize_weight(torch.float32).cpu()
@@ -237,7 +279,7 @@ def _encode_packed(m: nn.Module, perm: Optional[torch.Tensor], t: str, name: str
         if t in _TERNARY_TYPES:
             plan.fallbacks.setdefault("Q4_0 (exact)", []).append(name)
         return _Encoded(gguf_blocks.q4_0(codes, d), "Q4_0", _q4_expected(codes, d, None, perm))
-    enc = _encode_float(w, perm, t)
+    enc = _encode_float(w, perm, t, float_type)
     if t not in ("f16", "q8_0"):
         exact = " (exact)" if m.method == "ternary" and gguf_blocks.exact_in_f16(m.scales) else ""
         plan.fallbacks.setdefault(f"{enc.ggml_type}{exact}", []).append(name)

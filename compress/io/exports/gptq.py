@@ -23,7 +23,6 @@ from torch import nn
 from compress.io.exports.base import Output
 from compress.io.exports.common import (
     adapter_or_none,
-    float_dtype,
     short_list,
     state_without_packed,
     write_model_files,
@@ -31,8 +30,8 @@ from compress.io.exports.common import (
 from compress.io.exports.hf import load_hint
 from compress.io.exports.int4_rules import int4_modules, int4_problems, pack_nibbles_along_rows, zero_points
 from compress.kernels.formats import unpack_int4
-from compress.quant.quantizers import Int4Weights
-from compress.quant.quantizers import dequantize as dequantize_codes
+from compress.quantization.quantizers import Int4Weights
+from compress.quantization.quantizers import dequantize as dequantize_codes
 
 WORD_OUT = 32  # AutoGPTQ allocates qzeros as out // 32 * 4 words
 
@@ -114,8 +113,7 @@ def gptq_state(model: nn.Module, dtype: torch.dtype) -> tuple[dict[str, torch.Te
     return tensors, v1, expected
 
 
-def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str) -> Output:
-    dtype = float_dtype(model)
+def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, dtype: torch.dtype = torch.float16) -> Output:
     tensors, v1, expected = gptq_state(model, dtype)
     qcfg = quantize_config(model, v1)
     written = write_model_files(model, tokenizer, directory, tensors, dtype=dtype, quantization_config=qcfg)
@@ -125,4 +123,5 @@ def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str) ->
     if expected:
         notes.append(f"{len(expected)} modules had scales that float16 (GPTQ's scale dtype) rounds.")
     hint = load_hint(model, final_path) + "  (needs gptqmodel/optimum, or vLLM)"
-    return Output(written, hint, notes, {"checkpoint_format": qcfg["checkpoint_format"]}, expected)
+    return Output(written, hint, notes, {"checkpoint_format": qcfg["checkpoint_format"],
+                                       "dtype": str(dtype).removeprefix("torch.")}, expected)

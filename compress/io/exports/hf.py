@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from compress.io import remote_code
 from compress.io.exports.base import Output
 from compress.io.exports.common import (
-    float_dtype,
     float_state,
     is_uniform,
     quantized_modules,
@@ -33,11 +33,13 @@ def load_hint(model: nn.Module, path: str) -> str:
     return f"transformers.{auto}.from_pretrained({path!r}{remote})"
 
 
-def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str) -> Output:
-    dtype = float_dtype(model)
+def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, dtype: torch.dtype = torch.bfloat16) -> Output:
     written = write_model_files(model, tokenizer, directory, float_state(model, dtype), dtype=dtype)
     notes = []
     packed = quantized_modules(model)
+    # the dequantised weights as the file holds them (rounded to the stored dtype), for the check
+    expected = {f"{n}.weight": m.dequantize_weight(dtype).to(torch.float32).cpu()
+                for n, m in packed.items()} if dtype != torch.float32 else {}
     if packed:
         notes.append(f"{len(packed)} packed modules were dequantised to {str(dtype).removeprefix('torch.')}; "
                      f"the values are the quantised ones, the size is that of a float model.")
@@ -47,4 +49,4 @@ def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str) ->
                      f"activations, so outputs differ slightly (the bitnet format keeps int8 activations).")
     if not is_uniform(model):
         notes.append("layers have different widths: the directory ships modeling_compress.py (needs trust_remote_code=True).")
-    return Output(written, load_hint(model, final_path), notes)
+    return Output(written, load_hint(model, final_path), notes, {"dtype": str(dtype).removeprefix("torch.")}, expected)

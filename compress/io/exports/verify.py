@@ -40,6 +40,7 @@ from compress.io import remote_code
 from compress.io.exports import gguf_arch
 from compress.io.exports.base import Output
 from compress.io.exports.common import ExportError, float_dtype, quantized_modules
+from compress.io.storage import round_model_
 
 TOLERANCE = 1e-3  # relative to the largest |logit|
 SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog, and then it rests."
@@ -99,8 +100,12 @@ def _float32_rope(ref: nn.Module) -> None:
 
 def reference_model(model: nn.Module, fmt: str, out: Output) -> nn.Module:
     """A float32 copy that computes what the export is meant to compute (see the module docstring)."""
-    dtype = float_dtype(model)
-    ref = copy.deepcopy(model).float().cpu().eval()
+    stored = out.details.get("dtype")  # formats that store floats in one dtype: the reference holds them so
+    dtype = getattr(torch, stored) if stored else float_dtype(model)
+    ref = copy.deepcopy(model)
+    if stored:
+        round_model_(ref, dtype)
+    ref = ref.float().cpu().eval()
     _float32_rope(ref)
     packed = quantized_modules(ref)
     for name, m in packed.items():

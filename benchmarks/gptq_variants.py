@@ -1,0 +1,133 @@
+"""Our int4 quantiser variants on SmolLM2-135M, each measured on both domains against fp32 in the same run.
+
+Decides defaults by measurement: each ``--variant NAME:FIELD=VALUE,...`` is a
+``QuantConfig`` (GPTQ on ``--calib-seqs`` x ``--seq-len`` Shakespeare
+calibration tokens unless ``gptq=False``), quantised in this process and
+evaluated on the held-out Shakespeare split and the unseen "news" split
+(``--eval-seqs`` sequences each), with the fp32 model measured alongside.
+``calib=N`` in a variant overrides the calibration sequence count;
+``round_up=true`` stores scales rounded *up* to fp16 (the quantiser before
+issue 18), to measure rounding to nearest against it.  Results
+are appended to the JSON after every variant, so an interrupted run keeps
+what it measured.
+
+    python benchmarks/gptq_variants.py --group-size 64 --variant default: --variant calib128:calib=128
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("_quant_quality", Path(__file__).with_name("quant_quality.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextmanager
+def _scales_rounded_up(on: bool):
+    """Store scales rounded up to their dtype (the old ``_stored``) while quantising, if ``on``."""
+    from compress.quantization import quantizers
+
+    nearest = quantizers._stored
+
+    def up(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        x = x.to(torch.float32).clamp(min=torch.finfo(dtype).tiny)
+        y = x.to(dtype)
+        y = torch.where(y.to(torch.float32) < x, torch.nextafter(y, torch.full_like(y, float("inf"))), y)
+        return y.to(torch.float32)
+
+    if on:
+        quantizers._stored = up
+    try:
+        yield
+    finally:
+        quantizers._stored = nearest
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    name, _, rest = text.partition(":")
+    fields: dict = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        fields[key.strip()] = json.loads(value.strip().replace("True", "true").replace("False", "false"))
+    return name, fields
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--eval-seqs", type=int, default=8)
+    ap.add_argument("--calib-seqs", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--group-size", type=int, default=64)
+    ap.add_argument("--variant", action="append", required=True, help="NAME:field=value,... (QuantConfig fields, calib=N)")
+    ap.add_argument("--output", default=str(RESULTS_DIR / "gptq_variants.json"))
+    args = ap.parse_args(argv)
+
+    import copy
+
+    import compress
+    from compress.data import UNSEEN_TEXT, TextConfig
+    from compress.quantization import QuantConfig
+
+    bench = _bench()
+    model, tokenizer = compress.load_model(args.model)
+    model.eval()
+    splits = compress.load_text(None, tokenizer, TextConfig(seq_len=args.seq_len))
+    news = compress.load_text(UNSEEN_TEXT, tokenizer, TextConfig(seq_len=args.seq_len))
+    held = {"shakespeare": splits.eval[: args.eval_seqs], UNSEEN_TEXT: news.eval[: args.eval_seqs]}
+    out = Path(args.output)
+    result = {"benchmark": "gptq_variants",
+              "command": "python benchmarks/gptq_variants.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "machine": f"CPU, {os.cpu_count()} cores shared with other jobs (load {os.getloadavg()[0]:.1f} at start)",
+              "model": args.model, "seq_len": args.seq_len, "eval_sequences": args.eval_seqs, "variants": {}}
+    for text in args.variant:
+        name, fields = parse_variant(text)
+        calib_n = fields.pop("calib", args.calib_seqs)
+        round_up = fields.pop("round_up", False)
+        fields = {"group_size": args.group_size, "gptq": True, "progress": False, **fields}
+        cfg = QuantConfig(calibration_sequences=calib_n, **fields)
+        m = copy.deepcopy(model)
+        print(f"[variant] {name}: {cfg.label()} {fields} calib {calib_n}", flush=True)
+        start = time.perf_counter()
+        with _scales_rounded_up(round_up):
+            compress.quantize(m, cfg, data=splits.calibration[:calib_n] if cfg.gptq else None)
+        seconds = time.perf_counter() - start
+        m.eval()
+        row = {"fields": fields, "scales_rounded_up": round_up, "calibration_sequences": calib_n, "quantise_seconds": seconds, "domains": {}}
+        for domain, ids in held.items():
+            r = bench.compare_causal(model, {name: m}, ids, args.batch_size)
+            row["domains"][domain] = {"fp32_perplexity": r["fp32"]["perplexity"], "perplexity": r[name]["perplexity"],
+                                      "ratio": r[name]["perplexity"] / r["fp32"]["perplexity"],
+                                      "kl_to_fp32": r[name]["kl_to_fp32"], "top1_agreement": r[name]["top1_agreement"]}
+        result["variants"][name] = row
+        d = row["domains"]
+        print(f"[result] {name}: shakespeare {d['shakespeare']['perplexity']:.2f} ({d['shakespeare']['ratio']:.3f}x, "
+              f"KL {d['shakespeare']['kl_to_fp32']:.4f}) news {d[UNSEEN_TEXT]['perplexity']:.2f} "
+              f"({d[UNSEEN_TEXT]['ratio']:.3f}x, KL {d[UNSEEN_TEXT]['kl_to_fp32']:.4f}) in {seconds:.0f} s", flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, out)
+        del m
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

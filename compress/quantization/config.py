@@ -1,0 +1,271 @@
+"""``QuantConfig``: what to quantise and how, validated before any weight is touched.
+
+A string is a shorthand for a config (``"ternary"``, ``"int4"``,
+``"int4-gptq"``, ... see ``SHORTHANDS``).  ``overrides`` maps a module name or
+regex to another config, a shorthand, a dict of field changes, or None to keep
+that module in full precision.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Union
+
+import torch
+
+from compress.errors import CompressError, ConfigError
+
+METHODS = ("ternary", "int4")
+TERNARY_SCALES = ("absmean", "absmedian")
+ACTIVATIONS = ("a16", "a8")
+SCALE_DTYPES = ("float16", "bfloat16", "float32")
+ZERO_POINTS = ("integer", "float")
+EMBEDDING_FORMATS = ("int8", "int4")  # see compress.quantization.embedding
+# The pseudo-name for the model's output head, whatever its path is.
+OUTPUT_HEAD = "lm_head"
+
+
+class QuantError(CompressError):
+    """A model or module that cannot be quantised as asked."""
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How to quantise the ``nn.Linear`` modules of a model.
+
+    ternary: weights to {-1, 0, 1} times ``scale`` = mean(|W|) ("absmean",
+    BitNet b1.58) or median(|W|) ("absmedian", Reloaded), per tensor or per
+    output channel; activations kept ("a16") or 8-bit absmax per token ("a8").
+    int4: round-to-nearest or GPTQ, symmetric (offset 8) or asymmetric (zero
+    points), groups of ``group_size`` inputs (the last may be partial; -1: one group per channel).
+    Asymmetric zero points are whole codes ("integer", as GPTQ and
+    compressed-tensors store them; the range always includes 0) or exact
+    min-max offsets ("float", as GGUF Q4_1 and HQQ: a lower error, native
+    checkpoints only).
+    GPTQ: ``damp`` is the fraction of the mean Hessian diagonal added to it;
+    ``act_order`` (default on) visits columns by decreasing Hessian diagonal
+    (with group parameters fixed up front, so the packed layout stays plain);
+    without it GPTQ overfits the calibration text (SmolLM2-135M int4 g64:
+    worse than round-to-nearest on unseen text).
+    ``clip_search`` (int4, RTN and GPTQ; default on) shrinks each group's range
+    by factors 1.0, 0.98, ..., 0.8 and keeps the one with the least squared
+    rounding error (weighted by the Hessian diagonal under GPTQ).
+    ``true_sequential`` quantises q/k/v, o, the MLP inputs and the MLP output
+    in turn, each with inputs from the already-quantised ones.
+    ``calibration_sequences`` caps the calibration sequences GPTQ reads (128,
+    as the GPTQ paper; each costs a few layer passes on every layer).
+
+    ``modules_to_not_convert`` holds names or regexes of modules to keep in
+    full precision; ``"lm_head"`` stands for the model's output head whatever
+    its path.  ``embeddings`` quantises the input embedding and the output
+    head (tied: once, they stay tied) as ``"int8"`` (per row) or ``"int4"``
+    (groups of ``embedding_group_size`` along the row); None keeps them.  ``overrides`` maps a name or
+    regex to a config, a shorthand, a dict of field changes, or None (keep);
+    the first matching key wins.  A name matches a key when it equals it,
+    ends with ``"." + key``, or ``re.fullmatch``-es it.
+    """
+
+    method: str = "int4"
+    # ternary
+    scale: str = "absmean"
+    per_channel: bool = False
+    activations: str = "a16"
+    # int4
+    group_size: int = 128
+    symmetric: bool = True
+    zero_point: str = "integer"
+    gptq: bool = False
+    damp: float = 0.01
+    act_order: bool = True
+    clip_search: bool = True
+    block_size: int = 128
+    true_sequential: bool = True
+    calibration_batch_size: int = 4
+    calibration_sequences: Optional[int] = 128  # GPTQ uses at most this many calibration sequences (None: all)
+    # storage and targeting
+    scale_dtype: str = "float16"
+    embeddings: Optional[str] = None
+    embedding_group_size: int = 32
+    modules_to_not_convert: tuple[str, ...] = (OUTPUT_HEAD,)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _choice("method", self.method, METHODS)
+        _choice("scale", self.scale, TERNARY_SCALES)
+        _choice("activations", self.activations, ACTIVATIONS)
+        _choice("scale_dtype", self.scale_dtype, SCALE_DTYPES)
+        _choice("zero_point", self.zero_point, ZERO_POINTS)
+        if self.embeddings is not None and self.embeddings not in EMBEDDING_FORMATS:
+            raise ConfigError(f"embeddings must be one of {', '.join(map(repr, EMBEDDING_FORMATS))} or None, "
+                              f"got {self.embeddings!r}.")
+        eg = self.embedding_group_size
+        if not isinstance(eg, int) or isinstance(eg, bool) or eg < 2 or eg & (eg - 1):
+            raise ConfigError(f"embedding_group_size must be a power of two >= 2 (32 by default, GGUF's Q4_0 block), "
+                              f"got {eg!r}.")
+        g = self.group_size
+        if not isinstance(g, int) or isinstance(g, bool) or (g != -1 and (g < 16 or g & (g - 1))):
+            raise ConfigError(
+                f"group_size must be a power of two >= 16 (32, 64 or 128; it need not divide in_features, "
+                f"the last group may be partial) or -1 for one group per output channel, got {g!r}."
+            )
+        if self.method == "int4" and self.activations == "a8":
+            raise ConfigError("activations='a8' is only available for ternary weights; use 'a16' with int4.")
+        if self.gptq and self.method != "int4":
+            raise ConfigError("gptq=True applies to int4 only; drop it or use method='int4'.")
+        if not 0.0 < self.damp < 1.0:
+            raise ConfigError(f"damp must be between 0 and 1 (a fraction of the mean Hessian diagonal), got {self.damp}.")
+        for name in ("block_size", "calibration_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        n = self.calibration_sequences
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise ConfigError(f"calibration_sequences must be at least 1 (or None to use them all), got {n!r}.")
+        keep = self.modules_to_not_convert
+        if isinstance(keep, str):
+            keep = (keep,)
+        object.__setattr__(self, "modules_to_not_convert", tuple(keep))
+        for pattern in self.modules_to_not_convert:
+            _check_pattern(pattern, "modules_to_not_convert")
+        object.__setattr__(self, "overrides", self._normalise_overrides(self.overrides))
+
+    # -- overrides ---------------------------------------------------------
+    def _normalise_overrides(self, overrides: Mapping[str, Any]) -> dict[str, "QuantConfig | None"]:
+        if not isinstance(overrides, Mapping):
+            raise ConfigError(f"overrides must be a mapping from module name or regex to a config, got {type(overrides).__name__}.")
+        base = None
+        out: dict[str, QuantConfig | None] = {}
+        for key, value in overrides.items():
+            _check_pattern(key, "overrides")
+            if value is None or isinstance(value, QuantConfig):
+                cfg = value
+            elif isinstance(value, str):
+                cfg = resolve_config(value)
+            elif isinstance(value, Mapping):
+                base = base or dataclasses.replace(self, overrides={}, modules_to_not_convert=())
+                unknown = sorted(set(value) - _QUANTISER_FIELDS)
+                if unknown:
+                    raise ConfigError(
+                        f"override {key!r} sets unknown or non-quantiser fields {unknown}; "
+                        f"use some of {sorted(_QUANTISER_FIELDS)}."
+                    )
+                changes = dict(value)
+                if changes.get("method") == "ternary":
+                    changes.setdefault("gptq", False)  # GPTQ is int4-only: switching method drops it
+                cfg = dataclasses.replace(base, **changes)
+            else:
+                raise ConfigError(
+                    f"override {key!r} must be a QuantConfig, a shorthand string, a dict of field changes "
+                    f"or None, got {type(value).__name__}."
+                )
+            # An override describes one module: its own targeting fields mean nothing.
+            out[key] = None if cfg is None else dataclasses.replace(cfg, overrides={}, modules_to_not_convert=())
+        return out
+
+    def for_module(self, name: str) -> "QuantConfig | None":
+        """The config that applies to module ``name`` (None: keep it in full precision)."""
+        for key, cfg in self.overrides.items():
+            if name_matches(name, key):
+                return cfg
+        return self
+
+    # -- descriptions ------------------------------------------------------
+    @property
+    def torch_scale_dtype(self) -> torch.dtype:
+        return getattr(torch, self.scale_dtype)
+
+    def label(self) -> str:
+        """Short human name, e.g. ``int4 g128 sym gptq`` or ``ternary absmean a16``."""
+        if self.method == "ternary":
+            parts = ["ternary", self.scale, "per-channel" if self.per_channel else "per-tensor", self.activations]
+        else:
+            g = "per-channel" if self.group_size == -1 else f"g{self.group_size}"
+            asym = "asym" if self.zero_point == "integer" else "asym-float-zero"
+            parts = ["int4", g, "sym" if self.symmetric else asym, "gptq" if self.gptq else "rtn"]
+        return " ".join(parts)
+
+    def quantiser_key(self) -> tuple:
+        """The fields that decide stored values (two configs with equal keys quantise alike)."""
+        if self.method == "ternary":
+            return ("ternary", self.scale, self.per_channel, self.activations, self.scale_dtype)
+        return ("int4", self.group_size, self.symmetric, self.symmetric or self.zero_point, self.scale_dtype,
+                self.clip_search)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (overrides included); ``QuantConfig.from_dict`` reverses it."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "overrides"}
+        d["modules_to_not_convert"] = list(self.modules_to_not_convert)
+        d["overrides"] = {k: (None if v is None else v.to_dict()) for k, v in self.overrides.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "QuantConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown QuantConfig fields {unknown}; known ones are {sorted(names)}.")
+        d = dict(d)
+        d["modules_to_not_convert"] = tuple(d.get("modules_to_not_convert", (OUTPUT_HEAD,)))
+        d["overrides"] = {
+            k: (cls.from_dict(v) if isinstance(v, Mapping) else v) for k, v in d.get("overrides", {}).items()
+        }
+        return cls(**d)
+
+
+_QUANTISER_FIELDS = {
+    "method", "scale", "per_channel", "activations", "group_size", "symmetric", "zero_point", "gptq",
+    "damp", "act_order", "clip_search", "block_size", "scale_dtype",
+}
+
+SHORTHANDS: dict[str, dict[str, Any]] = {
+    "int4": {},
+    "int4-asym": {"symmetric": False},
+    "int4-gptq": {"gptq": True},
+    "int4-gptq-asym": {"gptq": True, "symmetric": False},
+    "ternary": {"method": "ternary"},
+    "ternary-absmedian": {"method": "ternary", "scale": "absmedian"},
+    "ternary-a8": {"method": "ternary", "activations": "a8"},
+}
+
+ConfigLike = Union[QuantConfig, str, None]
+
+
+def resolve_config(config: ConfigLike = None, **changes: Any) -> QuantConfig:
+    """Turn a shorthand (or None, meaning "int4") into a ``QuantConfig``; apply field ``changes``."""
+    if config is None:
+        config = "int4"
+    if isinstance(config, str):
+        key = config.strip().lower()
+        if key not in SHORTHANDS:
+            raise ConfigError(
+                f"unknown quantisation method {config!r}; use one of {', '.join(SHORTHANDS)} or a QuantConfig."
+            )
+        config = QuantConfig(**SHORTHANDS[key])
+    if not isinstance(config, QuantConfig):
+        raise ConfigError(f"expected a QuantConfig or a shorthand string, got {type(config).__name__}.")
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def name_matches(name: str, pattern: str) -> bool:
+    """True when ``name`` equals ``pattern``, ends with ``"." + pattern``, or fullmatches it as a regex."""
+    if name == pattern or name.endswith("." + pattern):
+        return True
+    try:
+        return re.fullmatch(pattern, name) is not None
+    except re.error:
+        return False
+
+
+def _check_pattern(pattern: Any, where: str) -> None:
+    if not isinstance(pattern, str) or not pattern:
+        raise ConfigError(f"{where} entries must be non-empty module names or regexes, got {pattern!r}.")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"{where} entry {pattern!r} is neither a module name nor a valid regex ({exc}).") from None
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}.")

@@ -1,0 +1,304 @@
+"""Quantised embeddings and output head: int8 per row, int4 in groups along the row.
+
+    from compress.quantization.embedding import quantize_embeddings
+    quantize_embeddings(model, "int8")            # or "int4" (group_size=32)
+
+``QuantEmbedding`` stores ``qdata`` and ``scales``:
+
+- int8: ``qdata`` int8 ``[V, D]``, ``scales`` ``[V, 1]``; ``w = q * s`` with
+  ``s = max|row| / 127`` (rounded up to the scale dtype so nothing clips);
+- int4: ``qdata`` uint8 ``[V, D/2]`` (column ``2j`` in the low nibble, ``2j+1``
+  in the high one, codes ``q + 8`` in 0..15), ``scales`` ``[V, D/G]``;
+  ``w = q * s`` with ``q`` in -8..7 and ``s = max|group| / 7`` (GGUF's Q4_0
+  layout ``(code - 8) * d``, so the export stores the same numbers).
+
+As an embedding (``role="embedding"``) the forward gathers the looked-up
+rows and dequantises only those.  As an output head (``role="head"``, an
+untied ``lm_head``) it computes logits in vocabulary chunks, dequantising
+one chunk at a time.  A tied pair is quantised once: the head becomes a
+``TiedQuantHead`` that reads the embedding's packed data and stores
+nothing of its own, so the checkpoint holds one tensor.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from compress.quantization.config import EMBEDDING_FORMATS, QuantError
+
+INT8_MAX = 127
+INT4_MAX = 7
+INT4_MIN = -8
+HEAD_CHUNK_ROWS = 8192  # vocabulary rows dequantised at once by the head
+
+
+def _stored_up(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` rounded up to ``dtype`` (so the largest weight never clips), at least its smallest normal."""
+    x = x.to(torch.float32).clamp(min=torch.finfo(dtype).tiny)
+    y = x.to(dtype)
+    y = torch.where(y.to(torch.float32) < x, torch.nextafter(y, torch.full_like(y, float("inf"))), y)
+    return y
+
+
+def quantize_rows(w: torch.Tensor, bits: int, group_size: int, scale_dtype: torch.dtype = torch.float16
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float ``[V, D]`` -> (signed integer codes int8 ``[V, D]``, scales ``[V, D/G]`` in ``scale_dtype``).
+
+    int8: one group per row (``group_size`` = D).  Each weight's error is at
+    most half a step of its group's scale.
+    """
+    V, D = w.shape
+    if D % group_size:
+        raise QuantError(f"group size {group_size} does not divide the embedding width {D}; use a divisor of {D}.")
+    top = INT8_MAX if bits == 8 else INT4_MAX
+    low = -INT8_MAX if bits == 8 else INT4_MIN
+    g = w.detach().to(torch.float32).reshape(V, D // group_size, group_size)
+    scales = _stored_up(g.abs().amax(dim=-1) / top, scale_dtype)
+    codes = (g / scales.to(torch.float32)[..., None]).round().clamp(low, top).to(torch.int8)
+    return codes.reshape(V, D), scales
+
+
+def pack_int4_rows(codes: torch.Tensor) -> torch.Tensor:
+    """int8 codes -8..7 ``[V, D]`` -> uint8 ``[V, D/2]``: low nibble column 2j, high nibble column 2j+1 (code + 8)."""
+    u = (codes.to(torch.int16) + 8).to(torch.uint8)
+    return u[:, 0::2] | (u[:, 1::2] << 4)
+
+
+def unpack_int4_rows(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[V, D/2]`` -> int8 codes -8..7 ``[V, D]``."""
+    low = (packed & 0x0F).to(torch.int8) - 8
+    high = (packed >> 4).to(torch.int8) - 8
+    return torch.stack((low, high), dim=-1).reshape(packed.shape[0], -1)
+
+
+class QuantEmbedding(nn.Module):
+    """An ``nn.Embedding`` (or untied output head) with int8 / int4 rows."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, *, bits: int = 8, group_size: Optional[int] = None,
+                 padding_idx: Optional[int] = None, scale_dtype: torch.dtype | str = torch.float16,
+                 role: str = "embedding", device: Any = None) -> None:
+        super().__init__()
+        if isinstance(scale_dtype, str):
+            scale_dtype = getattr(torch, scale_dtype)
+        if bits not in (4, 8):
+            raise QuantError(f"embedding bits must be 4 or 8, got {bits!r}.")
+        if role not in ("embedding", "head"):
+            raise QuantError(f"role must be 'embedding' or 'head', got {role!r}.")
+        group_size = embedding_dim if (bits == 8 or group_size is None) else group_size
+        if embedding_dim % group_size or (bits == 4 and group_size % 2):
+            raise QuantError(f"group size {group_size} does not divide the embedding width {embedding_dim} into even "
+                             f"groups; use a divisor of {embedding_dim} (32 by default).")
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.bits, self.group_size, self.padding_idx, self.role = bits, group_size, padding_idx, role
+        V, D = num_embeddings, embedding_dim
+        if bits == 8:
+            self.register_buffer("qdata", torch.zeros(V, D, dtype=torch.int8, device=device))
+        else:
+            self.register_buffer("qdata", torch.zeros(V, D // 2, dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.zeros(V, D // group_size, dtype=scale_dtype, device=device))
+        # empty; model.to(dtype) moves it, so outputs follow the model's compute dtype
+        probe_device = None if str(device) == "meta" else device  # an empty tensor: a skeleton need not load it
+        self.register_buffer("compute", torch.empty(0, dtype=torch.float32, device=probe_device), persistent=False)
+
+    # -- construction ------------------------------------------------------
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, bits: int, group_size: int = 32, *, padding_idx: Optional[int] = None,
+                    scale_dtype: torch.dtype = torch.float16, role: str = "embedding") -> "QuantEmbedding":
+        V, D = weight.shape
+        m = cls(V, D, bits=bits, group_size=group_size, padding_idx=padding_idx, scale_dtype=scale_dtype, role=role,
+                device=weight.device)
+        codes, scales = quantize_rows(weight, bits, m.group_size, scale_dtype)
+        with torch.no_grad():
+            m.qdata.copy_(codes if bits == 8 else pack_int4_rows(codes))
+            m.scales.copy_(scales)
+            m.compute = torch.empty(0, dtype=weight.dtype, device=weight.device)
+        return m
+
+    def _apply(self, fn, recurse=True):
+        # model.to(dtype) casts float buffers; the scales keep their stored dtype, only their device follows
+        old = self.scales
+        super()._apply(fn, recurse)
+        if self.scales.dtype != old.dtype:
+            self.scales = old.to(device=self.scales.device)
+        return self
+
+    # -- use -----------------------------------------------------------------
+    def codes(self, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Signed integer codes (int8) of ``rows`` (all when None)."""
+        q = self.qdata if rows is None else self.qdata[rows]
+        return q if self.bits == 8 else unpack_int4_rows(q.reshape(-1, q.shape[-1])).reshape(*q.shape[:-1], -1)
+
+    def dequantize_rows(self, rows: Optional[torch.Tensor] = None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """The float rows ``rows`` (any integer shape; all rows when None) stand for: ``[..., D]``."""
+        dtype = dtype or self.compute.dtype
+        q = self.codes(rows).to(torch.float32)
+        s = (self.scales if rows is None else self.scales[rows]).to(torch.float32)
+        w = q.reshape(*q.shape[:-1], -1, self.group_size) * s[..., None]
+        return w.reshape(q.shape).to(dtype)
+
+    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.dequantize_rows(None, dtype)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantised ``[V, D]`` table (a new tensor each time; for tools that read ``.weight``)."""
+        return self.dequantize_rows()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.role == "head":
+            return head_logits(self, x)
+        return self.dequantize_rows(x)
+
+    def packed_bytes(self) -> int:
+        return self.qdata.nbytes + self.scales.nbytes
+
+    def logical_numel(self) -> int:
+        return self.num_embeddings * self.embedding_dim
+
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.packed_bytes() / self.logical_numel()
+
+    def label(self) -> str:
+        return "int8 per-row" if self.bits == 8 else f"int4 g{self.group_size}"
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description, enough to rebuild the empty module (checkpoint manifests)."""
+        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim, "bits": self.bits,
+                "group_size": self.group_size, "padding_idx": self.padding_idx, "role": self.role,
+                "scale_dtype": str(self.scales.dtype).removeprefix("torch.")}
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_embeddings}, {self.embedding_dim}, {self.label()}, {self.role}, "
+                f"{self.bits_per_weight():.2f} bits/weight")
+
+
+def head_logits(table: QuantEmbedding, x: torch.Tensor) -> torch.Tensor:
+    """``x @ W^T`` with ``W`` the dequantised table, one chunk of vocabulary rows at a time."""
+    dtype = x.dtype
+    out = []
+    for start in range(0, table.num_embeddings, HEAD_CHUNK_ROWS):
+        rows = torch.arange(start, min(start + HEAD_CHUNK_ROWS, table.num_embeddings), device=x.device)
+        out.append(torch.nn.functional.linear(x, table.dequantize_rows(rows, dtype)))
+    return torch.cat(out, dim=-1)
+
+
+class TiedQuantHead(nn.Module):
+    """The output head of a tied pair: logits from the input embedding's packed data, nothing stored of its own."""
+
+    tied_to_embedding = True
+
+    def __init__(self, embedding: QuantEmbedding) -> None:
+        super().__init__()
+        object.__setattr__(self, "_table", embedding)  # not a submodule: its tensors are stored once, under the embedding
+        self.in_features, self.out_features = embedding.embedding_dim, embedding.num_embeddings
+
+    @property
+    def table(self) -> QuantEmbedding:
+        return self._table
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._table.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return head_logits(self._table, x)
+
+    def extra_repr(self) -> str:
+        return f"tied to the quantised input embedding ({self._table.label()})"
+
+
+# -- quantising a model ---------------------------------------------------------
+
+def _head(model: nn.Module) -> tuple[Optional[str], Optional[nn.Module]]:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        return None, None
+    name = next((n for n, m in model.named_modules() if m is head), None)
+    return name, head
+
+
+def embedding_problems(model: nn.Module, kind: Optional[str], group_size: int) -> list[str]:
+    """Every reason the embeddings (and an untied head) cannot be quantised as ``kind``; empty when they can."""
+    if kind is None:
+        return []
+    if kind not in EMBEDDING_FORMATS:
+        return [f"embeddings must be one of {', '.join(EMBEDDING_FORMATS)} or None, got {kind!r}"]
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embed is None or isinstance(embed, QuantEmbedding):
+        return ["the model has no float input embedding to quantise (it may already be quantised)"] if embed is None else []
+    if not isinstance(embed, nn.Embedding):
+        return [f"the input embedding is a {type(embed).__name__}, not an nn.Embedding; quantise without embeddings="]
+    out = []
+    D = embed.embedding_dim
+    if kind == "int4" and (D % group_size or group_size % 2):
+        out.append(f"embedding_group_size {group_size} does not divide the embedding width {D}; use a divisor of {D} "
+                   f"(32 by default)")
+    name, head = _head(model)
+    if head is not None and not isinstance(head, (QuantEmbedding, TiedQuantHead)):
+        tied = getattr(head, "weight", None) is embed.weight
+        shared = not tied and isinstance(getattr(head, "weight", None), torch.Tensor) and \
+            head.weight.untyped_storage().data_ptr() == embed.weight.untyped_storage().data_ptr()
+        if shared:
+            out.append(f"{name} shares storage with the input embedding without being a plain tie (same tensor); "
+                       f"tie it (model.tie_weights()) or quantise without embeddings=")
+        if not isinstance(head, nn.Linear):
+            out.append(f"{name} is a {type(head).__name__}, not an nn.Linear; quantise without embeddings=")
+        elif head.bias is not None:
+            out.append(f"{name} has a bias, which a quantised head does not store; quantise without embeddings=")
+        elif tied and tuple(head.weight.shape) != tuple(embed.weight.shape):
+            out.append(f"{name} is tied but shaped {tuple(head.weight.shape)}; quantise without embeddings=")
+    return out
+
+
+def predicted_embeddings(model: nn.Module, kind: str, group_size: int = 32,
+                         scale_dtype: torch.dtype = torch.float16) -> None:
+    """Put empty (meta) quantised embedding modules where ``quantize_embeddings`` would: pre-flight checks of a skeleton."""
+    embed = model.get_input_embeddings()
+    if not isinstance(embed, nn.Embedding):
+        return
+    bits = 8 if kind == "int8" else 4
+    name_e = next(n for n, m in model.named_modules() if m is embed)
+    head_name, head = _head(model)
+    tied = head is not None and getattr(head, "weight", None) is embed.weight
+    q = QuantEmbedding(embed.num_embeddings, embed.embedding_dim, bits=bits, group_size=group_size,
+                       padding_idx=embed.padding_idx, scale_dtype=scale_dtype, device="meta")
+    model.set_submodule(name_e, q)
+    if isinstance(head, nn.Linear):
+        model.set_submodule(head_name, TiedQuantHead(q) if tied else QuantEmbedding(
+            head.out_features, head.in_features, bits=bits, group_size=group_size, scale_dtype=scale_dtype,
+            role="head", device="meta"))
+
+
+@torch.no_grad()
+def quantize_embeddings(model: nn.Module, kind: str, group_size: int = 32,
+                        scale_dtype: torch.dtype = torch.float16) -> list[tuple[str, str, int]]:
+    """Replace the input embedding (and the output head, tied or not) with quantised ones, in place.
+
+    Returns ``(module name, label, packed bytes)`` per replaced module.
+    Raises ``QuantError`` (one sentence per problem) before changing anything.
+    """
+    problems = embedding_problems(model, kind, group_size)
+    if problems:
+        raise QuantError("Cannot quantise the embeddings: " + "; ".join(problems) + ".")
+    bits = 8 if kind == "int8" else 4
+    embed = model.get_input_embeddings()
+    done: list[tuple[str, str, int]] = []
+    if isinstance(embed, QuantEmbedding):
+        return done
+    name_e = next(n for n, m in model.named_modules() if m is embed)
+    head_name, head = _head(model)
+    tied = head is not None and getattr(head, "weight", None) is embed.weight
+    q = QuantEmbedding.from_weight(embed.weight, bits, group_size, padding_idx=embed.padding_idx, scale_dtype=scale_dtype)
+    model.set_submodule(name_e, q)
+    done.append((name_e, q.label(), q.packed_bytes()))
+    if head is not None and isinstance(head, nn.Linear):
+        if tied:
+            model.set_submodule(head_name, TiedQuantHead(q))
+            done.append((head_name, f"{q.label()} (tied to {name_e})", 0))
+        else:
+            h = QuantEmbedding.from_weight(head.weight, bits, group_size, scale_dtype=scale_dtype, role="head")
+            model.set_submodule(head_name, h)
+            done.append((head_name, h.label(), h.packed_bytes()))
+    return done

@@ -1,0 +1,246 @@
+"""Quantiser math: plain functions ``(weight, config) -> codes and scales``.
+
+No modules, no hooks: everything here works on a bare ``[N, K]`` tensor
+(out_features x in_features) and is testable on a 6x8 matrix.  Scales are
+rounded to their storage dtype *before* the codes are computed, so the
+fake-quantised weight used in QAT and the packed weight that ``QuantLinear``
+dequantises are the same numbers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+
+from compress.kernels.formats import int4_num_groups, quantize_activations_int8
+from compress.quantization.config import QuantConfig
+
+TERNARY_EPS = 1e-5  # BitNet's clamp on the absmean scale
+INT4_MAX = 15
+INT4_SYM_OFFSET = 8  # the packed format's fixed zero point for symmetric weights
+
+
+@dataclass
+class Int4Weights:
+    """Unpacked int4: ``codes`` uint8 ``[N, K]`` in 0..15, ``scales``/``zeros`` ``[ceil(K/G), N]``.
+
+    ``zeros`` is None for symmetric weights (offset 8); dequantised
+    ``w[n, k] = (codes[n, k] - z[k // G, n]) * scales[k // G, n]``.
+    """
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    zeros: Optional[torch.Tensor]
+    group_size: int
+
+
+@dataclass
+class TernaryWeights:
+    """Unpacked ternary: ``codes`` int8 ``[N, K]`` in {-1, 0, 1}; ``scale`` ``[1]`` or ``[N]``."""
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+
+
+Quantised = Union[Int4Weights, TernaryWeights]
+
+
+def _stored(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` rounded to the *nearest* value of the storage dtype (ties to even), as float32.
+
+    Rounding up instead would keep the largest weight of a group just inside the
+    grid, but it stretches every step of the group: on weights that already lie
+    on a 4-bit grid (SmolLM2 is dequantised from GGUF Q4_1) it flips the codes
+    that sit on rounding ties.  A scale rounded down by at most half an fp16 ulp
+    leaves the extreme weight at most that far outside, where the clamp of
+    :func:`int4_codes` catches it.
+    """
+    x = x.to(torch.float32).clamp(min=torch.finfo(dtype).tiny)
+    return x.to(dtype).to(torch.float32)
+
+
+# Clip (scale) search: each group's range is shrunk by these factors and the
+# one with the least (weighted) squared rounding error is kept.  1.0 is the
+# plain min-max range, so the search never does worse on that error.
+CLIP_FACTORS = tuple(1.0 - 0.02 * i for i in range(11))  # 1.00, 0.98, ..., 0.80
+
+
+def effective_group_size(cfg: QuantConfig, in_features: int) -> int:
+    """The int4 group size for a weight with ``in_features`` inputs (-1 means all of them)."""
+    return in_features if cfg.group_size == -1 else cfg.group_size
+
+
+# --------------------------------------------------------------------------- ternary
+
+def ternary_scale(w: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
+    """gamma = mean(|W|) or median(|W|) (torch.median: the lower median), per tensor ``[1]`` or per row ``[N]``."""
+    a = w.detach().abs().to(torch.float32)
+    a = a if cfg.per_channel else a.reshape(1, -1)
+    gamma = a.mean(dim=1) if cfg.scale == "absmean" else a.median(dim=1).values
+    return _stored(gamma.clamp(min=TERNARY_EPS), cfg.torch_scale_dtype)
+
+
+def quantize_ternary(w: torch.Tensor, cfg: QuantConfig) -> TernaryWeights:
+    """W_t = clip(round(W / gamma), -1, 1) (BitNet b1.58 / Reloaded)."""
+    gamma = ternary_scale(w, cfg)
+    codes = (w.detach().to(torch.float32) / gamma[:, None]).round().clamp(-1, 1)
+    return TernaryWeights(codes=codes.to(torch.int8), scale=gamma.to(cfg.torch_scale_dtype))
+
+
+# --------------------------------------------------------------------------- int4
+
+def _int4_range_params(
+    w: torch.Tensor, symmetric: bool, dtype: torch.dtype, float_zero: bool, shrink: float = 1.0
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Scale and zero point per row of ``w[N, G]`` for its range shrunk by ``shrink`` (see :func:`int4_params`)."""
+    if symmetric:
+        return _stored(w.abs().amax(dim=1) * shrink / 7.5, dtype), None
+    lo, hi = w.amin(dim=1), w.amax(dim=1)
+    if not float_zero:
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    lo, hi = lo * shrink, hi * shrink
+    scale = _stored((hi - lo) / INT4_MAX, dtype)
+    zero = -lo / scale
+    zero = zero.to(dtype).to(torch.float32) if float_zero else zero.round().clamp(0, INT4_MAX)
+    return scale, zero
+
+
+def int4_params(
+    w: torch.Tensor,
+    symmetric: bool,
+    dtype: torch.dtype,
+    float_zero: bool = False,
+    *,
+    clip_search: bool = False,
+    weight: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Scale and zero point per row of ``w[N, G]`` (one group), as float32 ``[N]`` (zero None if symmetric).
+
+    Symmetric: s = max|w| / 7.5 with the fixed offset 8, so codes -8..7 cover
+    [-max, max] with at most s/2 error (GPTQ's convention).  Asymmetric: the
+    range [min(w, 0), max(w, 0)] in 15 steps with the zero point rounded to a
+    code, or with ``float_zero`` the exact range [min, max] and a fractional
+    zero point (stored in ``dtype``), as GGUF's Q4_1 does.
+
+    ``clip_search``: try the range shrunk by each of ``CLIP_FACTORS`` and keep,
+    per row, the one whose rounding error ``sum_k c_k (w - q(w))^2`` is least,
+    with ``c = weight`` (``[G]`` per column or ``[N, G]``; GPTQ passes its
+    Hessian diagonal, RTN zeros for padding; None: all 1).
+    Clipping a few outliers buys a finer step for all the other weights.
+    """
+    w = w.detach().to(torch.float32)
+    best_scale, best_zero = _int4_range_params(w, symmetric, dtype, float_zero)
+    if not clip_search:
+        return best_scale, best_zero
+    c = None if weight is None else weight.to(torch.float32)
+    buf = torch.empty_like(w)
+    best_err = None
+    for shrink in CLIP_FACTORS:
+        scale, zero = (best_scale, best_zero) if best_err is None else _int4_range_params(w, symmetric, dtype, float_zero, shrink)
+        err = _rounding_error(w, scale, zero, c, buf)
+        if best_err is None:
+            best_err = err
+            continue
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_scale = torch.where(better, scale, best_scale)
+        if zero is not None:
+            best_zero = torch.where(better, zero, best_zero)
+    return best_scale, best_zero
+
+
+def _rounding_error(w: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor], c: Optional[torch.Tensor],
+                    buf: torch.Tensor) -> torch.Tensor:
+    """Per row ``sum_k c_k (w - q(w))^2`` for ``w[R, G]``, in place in ``buf`` (the clip search's inner loop)."""
+    s = scale[:, None]
+    torch.div(w, s, out=buf)
+    if zero is None:
+        buf.round_().clamp_(-INT4_SYM_OFFSET, INT4_MAX - INT4_SYM_OFFSET)
+    else:
+        z = zero[:, None]
+        buf.add_(z).round_().clamp_(0, INT4_MAX).sub_(z)
+    buf.mul_(s).sub_(w).square_()
+    if c is None:
+        return buf.sum(dim=1)
+    return buf @ c if c.dim() == 1 else buf.mul_(c).sum(dim=1)
+
+
+def int4_codes(w: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor]) -> torch.Tensor:
+    """float codes 0..15 of ``w[N, ...]`` for per-row ``scale``/``zero`` (broadcast over trailing dims)."""
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    z = INT4_SYM_OFFSET if zero is None else zero.reshape(shape)
+    return (w.to(torch.float32) / scale.reshape(shape)).add(z).round().clamp(0, INT4_MAX)
+
+
+def int4_dequant(codes: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor]) -> torch.Tensor:
+    """Inverse of :func:`int4_codes` (float32), the arithmetic the packed format uses."""
+    shape = (-1,) + (1,) * (codes.dim() - 1)
+    z = float(INT4_SYM_OFFSET) if zero is None else zero.reshape(shape)
+    return (codes - z) * scale.reshape(shape)
+
+
+def num_groups(in_features: int, group_size: int) -> int:
+    """Groups along K; the last one may be partial (K = 576 with G = 128 gives 5), as in GPTQ's format."""
+    return int4_num_groups(in_features, group_size)
+
+
+def quantize_int4(w: torch.Tensor, cfg: QuantConfig) -> Int4Weights:
+    """Round-to-nearest int4 in groups of ``cfg.group_size`` inputs (each group's range searched when ``cfg.clip_search``)."""
+    N, K = w.shape
+    G = effective_group_size(cfg, K)
+    n = num_groups(K, G)
+    # A partial last group is padded with copies of its first column, which leaves its range as it is.
+    wf = w.detach().to(torch.float32)
+    wp = torch.cat([wf, wf[:, -(K % G or G):][:, :1].expand(N, n * G - K)], dim=1)
+    flat = wp.reshape(N, n, G).transpose(0, 1).reshape(-1, G)  # [n*N, G]
+    pad_weight = None
+    if cfg.clip_search and n * G > K:  # the padding copies must not count in the search
+        pad_weight = torch.ones(n, N, G, device=wf.device)
+        pad_weight[-1, :, K - (n - 1) * G:] = 0
+        pad_weight = pad_weight.reshape(-1, G)
+    scale, zero = int4_params(flat, cfg.symmetric, cfg.torch_scale_dtype, cfg.zero_point == "float",
+                              clip_search=cfg.clip_search, weight=pad_weight)
+    codes = int4_codes(flat, scale, zero).reshape(n, N, G).transpose(0, 1).reshape(N, n * G)[:, :K]
+    dtype = cfg.torch_scale_dtype
+    return Int4Weights(
+        codes=codes.to(torch.uint8).contiguous(),
+        scales=scale.reshape(n, N).to(dtype),
+        zeros=None if zero is None else zero.reshape(n, N).to(dtype),
+        group_size=G,
+    )
+
+
+# --------------------------------------------------------------------------- shared
+
+def quantize_weight(w: torch.Tensor, cfg: QuantConfig) -> Quantised:
+    """Round-to-nearest quantisation of ``w[N, K]`` as ``cfg`` says (GPTQ lives in gptq.py)."""
+    return quantize_ternary(w, cfg) if cfg.method == "ternary" else quantize_int4(w, cfg)
+
+
+def dequantize(q: Quantised) -> torch.Tensor:
+    """The float32 weight ``[N, K]`` the quantised values stand for (same arithmetic as the kernels)."""
+    if isinstance(q, TernaryWeights):
+        return q.codes.to(torch.float32) * q.scale.to(torch.float32).reshape(-1, 1)
+    N, K = q.codes.shape
+    G = q.group_size
+    s = q.scales.to(torch.float32).t().repeat_interleave(G, dim=1)[:, :K]
+    z = float(INT4_SYM_OFFSET) if q.zeros is None else q.zeros.to(torch.float32).t().repeat_interleave(G, dim=1)[:, :K]
+    return (q.codes.to(torch.float32) - z) * s
+
+
+def fake_quantize(w: torch.Tensor, cfg: QuantConfig) -> torch.Tensor:
+    """q(w): the dequantised round-to-nearest weight, in ``w``'s dtype, without gradient."""
+    with torch.no_grad():
+        return dequantize(quantize_weight(w, cfg)).to(w.dtype)
+
+
+def fake_quantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """8-bit absmax per token (BitNet): ``round(x * 127/max|x|) / (127/max|x|)``, no gradient.
+
+    The arithmetic of ``compress.kernels.formats.quantize_activations_int8`` (and of
+    transformers' ``ActQuant``), dequantised by dividing by the same ``inv``.
+    """
+    with torch.no_grad():
+        x_q, inv = quantize_activations_int8(x)
+        return (x_q.to(torch.float32) / inv[:, None]).to(x.dtype).reshape(x.shape)

@@ -1,0 +1,34 @@
+"""Each model-changing recipe stage applies itself; the runner only builds the context."""
+import torch
+
+from compress.data import TextConfig, load_text
+from compress.pipeline.stages import Prune, Quantize, StageContext
+from compress.pruning import PruneConfig
+from compress.quantization import QuantConfig
+from compress.quantization.linear import QuantLinear
+from tests.tiny import tiny_model, tiny_tokenizer
+
+
+def _splits():
+    return load_text(None, tiny_tokenizer(), TextConfig(seq_len=32, max_tokens=4000))
+
+
+def test_prune_stage_prunes_and_records_the_step():
+    model = tiny_model("llama")
+    before = sum(p.numel() for p in model.parameters())
+    as_dict, text = Prune(PruneConfig(sparsity=0.3, method="uniform", importance="magnitude", progress=False,
+                                           calib_seq_len=None)).apply(
+        model, StageContext(splits=_splits()))
+    assert sum(p.numel() for p in model.parameters()) < before
+    assert as_dict["achieved_sparsity"] > 0 and text
+    assert model.config.compress_methods[-1]["step"] == "prune"
+
+
+def test_quantize_stage_packs_or_prepares_qat():
+    packed, qat = tiny_model("llama"), tiny_model("llama")
+    stage = Quantize(QuantConfig(method="int4", group_size=32, progress=False))
+    stage.apply(packed, StageContext(splits=_splits()))
+    stage.apply(qat, StageContext(splits=_splits(), qat=True))
+    assert any(isinstance(m, QuantLinear) for m in packed.modules())
+    assert not any(isinstance(m, QuantLinear) for m in qat.modules())
+    assert any(isinstance(m, torch.nn.Linear) and type(m) is not torch.nn.Linear for m in qat.modules())

@@ -1,0 +1,172 @@
+"""GPTQ: the math on a correlated toy problem, and the layer-by-layer driver on a tiny model."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from compress.quantization import QuantConfig, QuantError, quantize
+from compress.quantization.gptq import accumulate_hessian, gptq_quantize
+from compress.quantization.quantizers import dequantize, quantize_int4
+from tests.tiny import tiny_model
+
+
+def correlated_inputs(n=2048, k=128, seed=0):
+    """Inputs whose features are strongly correlated (a low-rank mix plus noise, uneven scales)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 16, generator=g)
+    mix = torch.randn(16, k, generator=g)
+    return (z @ mix + 0.1 * torch.randn(n, k, generator=g)) * torch.linspace(0.2, 2.0, k)
+
+
+def hessian(x):
+    H = torch.zeros(x.shape[1], x.shape[1])
+    count = 0
+    for chunk in x.split(300):  # uneven chunks: the running average must not depend on them
+        count = accumulate_hessian(H, count, chunk)
+    return H, count
+
+
+def test_accumulated_hessian_is_2_over_n_xtx():
+    x = correlated_inputs(n=700, k=32)
+    H, count = hessian(x)
+    assert count == 700
+    assert torch.allclose(H, 2.0 / 700 * x.t() @ x, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        QuantConfig(group_size=32, gptq=True),
+        QuantConfig(group_size=32, gptq=True, symmetric=False),
+        QuantConfig(group_size=32, gptq=True, symmetric=False, zero_point="float"),
+        QuantConfig(group_size=-1, gptq=True),
+        QuantConfig(group_size=32, gptq=True, act_order=True),
+        QuantConfig(group_size=64, gptq=True, block_size=16),
+    ],
+    ids=["g32", "g32-asym", "g32-float-zero", "per-channel", "act-order", "small-blocks"],
+)
+def test_gptq_beats_rtn_on_layer_output_error(cfg):
+    torch.manual_seed(0)
+    x = correlated_inputs()
+    w = torch.randn(48, 128) * 0.05
+    H, _ = hessian(x)
+    out = x @ w.t()
+    rtn_err = (x @ dequantize(quantize_int4(w, cfg)).t() - out).pow(2).mean()
+    q = gptq_quantize(w, H, cfg)
+    gptq_err = (x @ dequantize(q).t() - out).pow(2).mean()
+    assert q.codes.shape == (48, 128) and int(q.codes.max()) <= 15
+    assert gptq_err < 0.5 * rtn_err, (gptq_err, rtn_err)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [QuantConfig(group_size=16), QuantConfig(group_size=32, symmetric=False),
+     QuantConfig(group_size=32, symmetric=False, zero_point="float"), QuantConfig(group_size=-1)],
+)
+def test_gptq_with_identity_hessian_is_round_to_nearest(cfg):
+    # no correlation between inputs: there is nothing to compensate, so the codes equal RTN's exactly
+    torch.manual_seed(1)
+    w = torch.randn(12, 64)
+    q, rtn = gptq_quantize(w, torch.eye(64), cfg), quantize_int4(w, cfg)
+    assert torch.equal(q.codes, rtn.codes)
+    assert torch.equal(q.scales, rtn.scales)
+    assert (q.zeros is None and rtn.zeros is None) or torch.equal(q.zeros, rtn.zeros)
+
+
+def test_gptq_zeroes_dead_inputs_and_rejects_a_broken_hessian():
+    w = torch.randn(4, 32)
+    H = torch.eye(32)
+    H[5, 5] = 0.0  # an input that was always zero
+    q = gptq_quantize(w, H, QuantConfig(group_size=16, symmetric=False))
+    assert dequantize(q)[:, 5].abs().max() < 1e-6
+    with pytest.raises(QuantError, match="not positive definite"):
+        gptq_quantize(w, -torch.eye(32), QuantConfig(group_size=16))
+
+
+def _kl(model, ids, ref):
+    with torch.no_grad():
+        out = model(ids).logits
+    return F.kl_div(out.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="batchmean").item()
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_gptq_beats_rtn_on_a_tiny_models_calibration_loss(family):
+    base = tiny_model(family)
+    ids = torch.randint(4, 300, (16, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = base(ids).logits
+    rtn, gptq = copy.deepcopy(base), copy.deepcopy(base)
+    quantize(rtn, QuantConfig(group_size=32, progress=False))
+    report = quantize(gptq, QuantConfig(group_size=32, gptq=True, progress=False), data=ids)
+    assert len(report.modules) == 14 and all(m.label.endswith("gptq") for m in report.modules)
+    assert _kl(gptq, ids, ref) < 0.8 * _kl(rtn, ids, ref)
+
+
+def test_gptq_without_calibration_data_is_a_clear_error(llama):
+    with pytest.raises(QuantError, match="GPTQ needs calibration data"):
+        quantize(llama, QuantConfig(group_size=32, gptq=True))
+    with pytest.raises(QuantError, match=r"integer tensor \[n, seq_len\]"):
+        quantize(llama, QuantConfig(group_size=32, gptq=True), data=torch.randn(4, 8))
+    assert isinstance(llama.model.layers[0].self_attn.q_proj, torch.nn.Linear)  # nothing was touched
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_handles_a_partial_last_group(act_order):
+    x = correlated_inputs(n=1024, k=96)
+    w = torch.randn(16, 96) * 0.05
+    H, _ = hessian(x)
+    cfg = QuantConfig(group_size=64, gptq=True, act_order=act_order)
+    q = gptq_quantize(w, H, cfg)
+    assert q.scales.shape == (2, 16)
+    identity = gptq_quantize(w, torch.eye(96), QuantConfig(group_size=64, act_order=act_order))
+    rtn = quantize_int4(w, cfg)
+    assert torch.equal(identity.codes, rtn.codes) and torch.equal(identity.scales, rtn.scales)
+    # the partial group's scale comes from its 32 real columns only (min-max range: without the clip search)
+    minmax = quantize_int4(w, QuantConfig(group_size=64, clip_search=False))
+    assert torch.allclose(minmax.scales[1].float(), w[:, 64:].abs().amax(1) / 7.5, rtol=1e-3)
+    rtn_err = (x @ dequantize(quantize_int4(w, cfg)).t() - x @ w.t()).pow(2).mean()
+    assert (x @ dequantize(q).t() - x @ w.t()).pow(2).mean() < 0.5 * rtn_err
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_stage_passes_stop_early_with_the_same_hessians(family):
+    from compress.arch import adapter_for
+    from compress.quantization.calibrate import _hessians, _stages, capture_layer_calls
+    from compress.quantization.plan import make_plan
+
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    batches = list(torch.randint(4, 300, (6, 16), generator=torch.Generator().manual_seed(1)).split(2))
+    hidden, calls = capture_layer_calls(adapter, batches)
+    prefix = adapter.layer_name(0) + "."
+    targets = [t for t in make_plan(model, QuantConfig(group_size=32, gptq=True)).targets if t.name.startswith(prefix)]
+    layer, parts = adapter.layers[0], adapter.layer(0)
+    ran = []
+    handle = parts.mlp_out.register_forward_pre_hook(lambda m, a: ran.append(1))
+    stages = _stages(adapter, 0, targets, true_sequential=True)
+    assert [len(s) for s in stages] == ([3, 1, 2, 1] if family == "llama" else [3, 1, 1, 1])
+    for stage in stages:
+        ran.clear()
+        full = _hessians(layer, stage, hidden, calls[0], stop_early=False)
+        assert len(ran) == len(batches)  # the whole layer ran once per batch
+        ran.clear()
+        early = _hessians(layer, stage, hidden, calls[0])
+        assert len(ran) == (len(batches) if stage[0].module is parts.mlp_out else 0)  # ... and now stopped before
+        assert full.keys() == early.keys() == {t.name for t in stage}
+        for name in full:
+            assert torch.equal(full[name], early[name])
+    handle.remove()
+
+
+def test_gptq_reads_at_most_calibration_sequences_and_says_so():
+    ids = torch.randint(4, 300, (6, 16), generator=torch.Generator().manual_seed(2))
+    capped, first = tiny_model("llama"), tiny_model("llama")
+    report = quantize(capped, QuantConfig(group_size=32, gptq=True, calibration_sequences=2, progress=False), data=ids)
+    assert "GPTQ calibrated on the first 2 of 6 calibration sequences" in str(report)
+    quantize(first, QuantConfig(group_size=32, gptq=True, progress=False), data=ids[:2])
+    assert torch.equal(capped.model.layers[1].mlp.down_proj.qweight, first.model.layers[1].mlp.down_proj.qweight)
+    everything = tiny_model("llama")
+    report = quantize(everything, QuantConfig(group_size=32, gptq=True, calibration_sequences=None, progress=False), data=ids)
+    assert "calibrated on the first" not in str(report)
+    assert not torch.equal(everything.model.layers[1].mlp.down_proj.qweight, first.model.layers[1].mlp.down_proj.qweight)

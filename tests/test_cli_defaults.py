@@ -1,0 +1,37 @@
+"""The CLI holds no defaults of its own for configs: a flag not given leaves the config's default."""
+import dataclasses
+
+from compress.cli import _given, build_parser
+from compress.pruning import PruneConfig
+
+# Fields reached another way: recover through --stage-lr, progress through --quiet.
+PRUNE_INDIRECT = {"recover", "progress"}
+
+
+def _dests(command: str) -> set[str]:
+    sub = next(a for a in build_parser()._subparsers._group_actions).choices[command]
+    return {a.dest for a in sub._actions}
+
+
+def test_every_prune_config_field_has_a_flag():
+    missing = {f.name for f in dataclasses.fields(PruneConfig)} - PRUNE_INDIRECT - _dests("prune")
+    assert missing == set()
+
+
+def test_prune_flags_not_given_are_not_passed_on():
+    args = build_parser().parse_args(["prune", "m", "-o", "out"])
+    assert _given(args, PruneConfig) == {"seed": 0}  # --seed belongs to the text options and is always set
+
+
+def test_prune_flags_given_reach_the_config():
+    args = build_parser().parse_args(["prune", "m", "-o", "out", "--step", "0.1", "--calib-samples", "8",
+                                      "--amplitude", "0.05", "--stage-split", "equal", "--protect-layers", "0", "3"])
+    given = _given(args, PruneConfig)
+    assert given == {"seed": 0, "step": 0.1, "calib_samples": 8, "amplitude": 0.05, "stage_split": "equal",
+                     "protect_layers": [0, 3]}
+
+
+def test_prune_help_shows_the_config_defaults():
+    sub = next(a for a in build_parser()._subparsers._group_actions).choices["prune"]
+    text = sub.format_help()
+    assert f"(default {PruneConfig.step})" in text and f"(default {PruneConfig.calib_samples})" in text
