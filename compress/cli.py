@@ -253,7 +253,7 @@ def _load_data(args: argparse.Namespace, tokenizer, writer):
     from compress.data import TextConfig, default_source
     from compress.generated import GenerateConfig
 
-    generate = GenerateConfig(tokens=args.generate_tokens) if args.generate_tokens else None
+    generate = GenerateConfig(tokens=args.generate_tokens) if args.generate_tokens is not None else None
     source = args.data if args.data else default_source(writer)
     return compress.load_text(source, tokenizer, TextConfig(seq_len=args.seq_len, seed=args.seed), model=writer,
                               generate=generate)
@@ -480,7 +480,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from compress.eval import evaluate_domains
         from compress.generated import GenerateConfig
 
-        generate = GenerateConfig(tokens=args.generate_tokens) if args.generate_tokens else None
+        generate = GenerateConfig(tokens=args.generate_tokens) if args.generate_tokens is not None else None
         # generated text comes from the uncompressed model: the reference when there is one
         domains = evaluation_domains(tokenizer, source, text_cfg, extra=args.eval_data,
                                      model=reference if reference is not None else model, generate=generate)

@@ -284,7 +284,7 @@ def _generate_batch(model: nn.Module, prompts: dict[str, Any], kind: str, config
     prompt = torch.tensor(prompts[kind], dtype=torch.long).repeat(B, 1)
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     out = model(input_ids=prompt.to(device), use_cache=True)
-    past, logits = out.past_key_values, out.logits[:, -1].float().cpu()
+    past, logits = _cache(out), out.logits[:, -1].float().cpu()
     # chat rows keep their template prefix: calibration then sees the template as the model will
     rows: list[list[int]] = [list(prompts[kind]) if kind == "chat" else [] for _ in range(B)]
     queues: list[list[int]] = [[] for _ in range(B)]
@@ -319,9 +319,14 @@ def _generate_batch(model: nn.Module, prompts: dict[str, Any], kind: str, config
         if bool(done.all()) or step == config.sample_len - 1:
             break
         out = model(input_ids=tokens.view(B, 1).to(device), use_cache=True, **{cache_kw: past})
-        past, logits = out.past_key_values, out.logits[:, -1].float().cpu()
+        past, logits = _cache(out), out.logits[:, -1].float().cpu()
         nxt = _sample(logits, config, gen)
     return rows, n_new
+
+
+def _cache(out: Any) -> Any:
+    # transformers >= 5.2x names the KV cache ``cache`` (``past_key_values`` is deprecated); older ones the latter
+    return out["cache"] if "cache" in out else out.past_key_values
 
 
 def _text(tokenizer: Any, ids: list[int], kind: str) -> str:

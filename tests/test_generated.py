@@ -201,3 +201,10 @@ def test_cli_bad_share_exits_2(tiny_dir, capsys):
 
     assert main(["eval", str(tiny_dir), "--data", "generated=0.9", "shakespeare=0.9", "--seq-len", "16"]) == 2
     assert "sum to 1.8" in capsys.readouterr().err
+
+
+def test_cli_bad_generate_tokens_exits_2(tiny_dir, capsys):
+    from compress.cli import main
+
+    assert main(["eval", str(tiny_dir), "--data", "generated", "--generate-tokens", "0", "--seq-len", "16"]) == 2
+    assert "generate tokens must be an integer >= 1, got 0" in capsys.readouterr().err
