@@ -139,10 +139,13 @@ def test_eval_real_smollm2_directory_against_builtin(tmp_path, capsys):
     code = main(["eval", str(tmp_path / "hf"), "--reference", "smollm2-135m", "--max-sequences", "2",
                  "--seq-len", "128", "--json", str(out)])
     assert code == 0
-    r = json.loads(out.read_text())
-    assert r["kl_to_reference"] == pytest.approx(0.0, abs=1e-5) and r["top1_agreement"] == 1.0
-    assert 5 < r["model"]["perplexity"] < 500  # a working LM on English verse
-    assert r["model"]["params_total"] == 134_515_008
+    report = json.loads(out.read_text())
+    assert report["unseen"] == "news" and report["headline_ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert "news" in report["domains"] and len(report["domains"]) >= 2  # the calibration domain and the unseen one
+    for r in report["domains"].values():
+        assert r["kl_to_reference"] == pytest.approx(0.0, abs=1e-5) and r["top1_agreement"] == 1.0
+        assert 5 < r["model"]["perplexity"] < 500  # a working LM on English
+        assert r["model"]["params_total"] == 134_515_008
 
 
 @pytest.mark.parametrize("flags, act_order, clip_search", [

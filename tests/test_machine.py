@@ -15,8 +15,9 @@ def test_memory_now_and_at_the_peak_after_a_reset():
     assert now is not None and now > 1
     big = bytearray(64 * 2**20)  # touched below, so resident
     big[:: 4096] = b"x" * len(big[:: 4096])
-    assert process_memory_mib("VmHWM") >= now + 60
+    peak = process_memory_mib("VmHWM")
+    assert peak >= now + 60
     del big
-    if reset_peak_memory():  # the mark falls back to what the process holds now
-        assert process_memory_mib("VmHWM") < now + 60
+    if reset_peak_memory():  # the mark falls back to what the process holds now, without the 64 MiB freed
+        assert process_memory_mib("VmHWM") <= peak - 32
     assert process_memory_mib("NoSuchField") is None
