@@ -21,7 +21,7 @@ from compress.quantization.report import ModuleRecord, QuantReport
 from compress.sizes import bytes_in_memory, count_parameters
 
 
-def quantize(model: nn.Module, config: ConfigLike = None, data: Any = None) -> QuantReport:
+def quantize(model: nn.Module, config: ConfigLike = None, data: Any = None, *, dtype: Any = None) -> QuantReport:
     """Quantise ``model``'s linear layers in place to packed ``QuantLinear`` modules.
 
     ``config``: a ``QuantConfig`` or a shorthand (``"int4"``, ``"ternary"``,
@@ -31,10 +31,21 @@ def quantize(model: nn.Module, config: ConfigLike = None, data: Any = None) -> Q
     ``[n, seq_len]`` (or a ``TextSplits``, whose calibration part is used),
     needed by GPTQ only.  Every targeted module is checked before any weight
     changes; one ``QuantError`` lists all that cannot be packed.
+    A config with ``target_size`` chooses each module's format within that
+    many bytes of weights file (``compress.quantization.budget``; needs
+    ``data``; ``dtype`` is what the checkpoint will store floats in, None:
+    bfloat16) and returns a ``BudgetReport``.
     """
     start = time.perf_counter()
     has_qat = any(isinstance(m, FakeQuantLinear) for m in model.modules())
     cfg = resolve_config(config)
+    if cfg.target_size is not None:
+        if has_qat:
+            raise QuantError("A size budget chooses formats by measuring float modules, but the model holds "
+                             "fake-quantised (QAT) modules; convert them with quantize(model), or budget the float model.")
+        from compress.quantization.budget import quantize_to_size
+
+        return quantize_to_size(model, cfg, data, dtype=dtype)
     plan = make_plan(model, cfg, qat_only=config is None and has_qat)
     if cfg.embeddings is not None:  # before any weight changes
         from compress.quantization.embedding import embedding_problems
