@@ -321,21 +321,11 @@ def plan_budget(model: nn.Module, config: QuantConfig, data: Any, *, dtype: Any 
     ``errors``: predicted KL per unit name and format from an earlier plan
     (``plan_errors``), to plan another size without measuring again.
     """
-    from compress.io.storage import stored_dtype
-
     start = time.perf_counter()
     if config.target_size is None:
         raise QuantError("plan_budget needs a QuantConfig with target_size set, e.g. QuantConfig(target_size='80MiB').")
-    stored = stored_dtype(dtype)
-    units, fixed, notes = _units_and_fixed(model, config, stored)
+    units, fixed, notes = check_budget(model, config, dtype)
     target = int(config.target_size)
-    least = smallest_bytes(units, fixed)
-    if target < least:
-        allowed = ", ".join(config.target_formats)
-        raise QuantError(
-            f"target size {format_size(target)} ({target:,} bytes) is below the smallest weights file these formats "
-            f"reach, {format_size(least)} ({least:,} bytes, every module in its smallest of {allowed}); "
-            f"give a target of at least {format_size(least)} or allow smaller formats (ternary, embeddings-int4).")
     probe, scale, seqs, seq_len = None, 1.0, 0, 0
     if errors is None:
         probe, scale, seqs, seq_len, more = _measure(model, config, data, units)
@@ -350,6 +340,23 @@ def plan_budget(model: nn.Module, config: QuantConfig, data: Any, *, dtype: Any 
                                  embeddings=_embedding_choice(config, units))
     return BudgetPlan(target, units, fixed, chosen, config.target_metric, scale, seqs, seq_len,
                       time.perf_counter() - start, notes, probe)
+
+
+def check_budget(model: nn.Module, config: QuantConfig, dtype: Any = None) -> tuple[list[Unit], int, list[str]]:
+    """Raise one ``QuantError`` if ``config.target_size`` is below the smallest reachable weights file (nothing measured)."""
+    from compress.io.storage import stored_dtype
+
+    units, fixed, notes = _units_and_fixed(model, config, stored_dtype(dtype))
+    target = int(config.target_size)
+    least = smallest_bytes(units, fixed)
+    if target < least:
+        smaller = [f for f in ("ternary", "embeddings-int4") if f not in config.target_formats]
+        more = f" or allow smaller formats (target_formats with {' and '.join(smaller)})" if smaller else ""
+        raise QuantError(
+            f"target size {format_size(target)} ({target:,} bytes) is below the smallest weights file the allowed "
+            f"formats ({', '.join(config.target_formats)}) reach, {format_size(least)} ({least:,} bytes); "
+            f"give a target of at least {format_size(least)}{more}.")
+    return units, fixed, notes
 
 
 def plan_errors(plan: BudgetPlan) -> dict[str, dict[str, float]]:
@@ -486,11 +493,16 @@ def _measure_embedding(model: nn.Module, config: QuantConfig, probe: Any, unit: 
 
 # -- quantising to the plan, and the report ------------------------------------------------------------
 
-def quantize_to_size(model: nn.Module, config: QuantConfig, data: Any = None, *, dtype: Any = None) -> "BudgetReport":
-    """Plan (nothing changes if the budget cannot be met), quantise as planned, measure the result."""
+def quantize_to_size(model: nn.Module, config: QuantConfig, data: Any = None, *, dtype: Any = None,
+                     errors: Optional[dict[str, dict[str, float]]] = None) -> "BudgetReport":
+    """Plan (nothing changes if the budget cannot be met), quantise as planned, measure the result.
+
+    ``errors`` (``BudgetReport.errors()`` of an earlier run on the same model):
+    plan without measuring again; the report then has no measured KL.
+    """
     from compress.quantization.apply import quantize
 
-    plan = plan_budget(model, config, data, dtype=dtype)
+    plan = plan_budget(model, config, data, dtype=dtype, errors=errors)
     report = quantize(model, plan.config, data)
     measured = None
     if plan.probe is not None:
@@ -545,6 +557,10 @@ class BudgetReport(QuantReport):
     choices: list[dict[str, Any]] = field(default_factory=list)
     saved_bytes: Optional[int] = None  # the file compress.save wrote, when the caller records it
 
+    def errors(self) -> dict[str, dict[str, float]]:
+        """Predicted KL per unit and format: ``quantize_to_size(..., errors=...)`` plans another size from them."""
+        return {c["name"]: {f: o["predicted_kl"] for f, o in c["options"].items()} for c in self.choices}
+
     def format_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for c in self.choices:
@@ -573,7 +589,7 @@ class BudgetReport(QuantReport):
             m = re.fullmatch(r"(.*?\.\d+)\.(.*)", c["name"])
             if c["kind"] != "linear" or m is None:
                 other.append(f"  {c['name']} {list(c['shape'])}: {c['format']} ({format_size(c['bytes'])}, "
-                             f"predicted KL {c["predicted_kl"]:.4g})")
+                             f"predicted KL {c['predicted_kl']:.4g})")
                 continue
             rows.setdefault(m.group(1), {})[m.group(2)] = _SHORT.get(c["format"], c["format"])
             if m.group(2) not in columns:
