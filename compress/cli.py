@@ -320,11 +320,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.target_formats:
         target["target_formats"] = tuple(args.target_formats)
     if args.method is None and args.target_size is None:
-        raise CompressError("quantize needs --method int4 or ternary, or --target-size SIZE (e.g. 80MiB) to choose "
+        raise CompressError("quantize needs --method int4 or ternary, or --target-size SIZE (such as 80MiB) to choose "
                             "each module's format within a size budget.")
     if args.target_size is None and len(target):
         raise CompressError(f"--{next(iter(target)).replace('_', '-')} only applies with --target-size; add "
-                            f"--target-size SIZE (e.g. 80MiB) or drop it.")
+                            f"--target-size SIZE (such as 80MiB) or drop it.")
     config = QuantConfig(method=args.method or "int4", group_size=args.group_size, symmetric=not args.asymmetric,
                          gptq=args.gptq, scale=args.scale, activations="a8" if args.a8 else "a16",
                          calibration_sequences=args.calibration_sequences, act_order=args.act_order,

@@ -139,7 +139,8 @@ class Quantize:
         else:
             from compress import api
 
-            ids = context.splits.calibration[: self.calibration_sequences] if self.config.gptq else None
+            budget = self.config.target_size is not None
+            ids = context.splits.calibration[: self.calibration_sequences] if self.config.gptq or budget else None
             report = api.quantize(model, self.config, data=ids)
         return report.to_dict(), report.table()
 

@@ -29,8 +29,12 @@ Steps (``plan_budget``), all before any weight changes:
    projection at once to the anchor format (int4 g128) over the sum of their
    squared errors.  Under ``target_metric="kl"`` the errors are KL already.
 4. **Choice.**  A multiple-choice knapsack (dynamic programme over bytes in
-   steps of about 1/20,000 of the budget, rounded up so the plan never
-   exceeds it) picks one format per unit minimising the summed predicted KL.
+   steps of about 1/200,000 of the budget, rounded up so the plan never
+   exceeds it) picks one format per unit minimising the summed predicted KL;
+   the bytes the rounding left are then spent greedily (most error saved per
+   byte); where the rounding leaves no plan at all (a budget within a few
+   quanta of the smallest size), the classic greedy (least error added per
+   byte saved) decides.
 
 ``quantize_to_size`` then quantises through ``QuantConfig.overrides`` and
 ``embeddings`` and measures the result's KL on the same windows:
@@ -44,6 +48,7 @@ import json
 import math
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -56,13 +61,13 @@ from compress.quantization.config import OUTPUT_HEAD, QuantConfig, QuantError
 from compress.quantization.report import QuantReport
 
 UNITS = {"b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
-_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", re.IGNORECASE)
+_SIZE = re.compile(r"\s*([+-]?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", re.IGNORECASE)
 LINEAR_FORMATS = ("keep", "int4-g128", "int4-g64", "int4-g32", "ternary")
 EMBEDDING_CHOICES = {"keep": None, "embeddings-int8": "int8", "embeddings-int4": "int4"}
 # the sensitivity format that measures each of our linear formats
-_SENSITIVITY_NAME = {"int4-g128": "int4-g128", "int4-g64": "int4-g64", "int4-g32": "int4-g32", "ternary": "ternary-absmean"}
+SENSITIVITY_NAMES = {"int4-g128": "int4-g128", "int4-g64": "int4-g64", "int4-g32": "int4-g32", "ternary": "ternary-absmean"}
 ANCHOR = "int4-g128"
-DP_STEPS = 20_000  # byte quanta of the knapsack
+DP_STEPS = 200_000  # byte quanta of the knapsack
 _SAFETENSORS_DTYPE = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int32: "I32",
                       torch.int64: "I64", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
 
@@ -80,7 +85,7 @@ def parse_size(value: Any) -> int:
         unit = m.group(2).lower() if m else None
         if m is None or not unit or unit not in UNITS:
             raise ConfigError(f"target size {str(value)!r} needs a number and a unit (B, KB, KiB, MB, MiB, GB, GiB), "
-                              f"e.g. 80MiB.")
+                              f"such as 80MiB.")
         size = int(float(m.group(1)) * UNITS[unit])
     if size <= 0:
         raise ConfigError(f"target size {value!r} must be more than 0 bytes; give one such as 80MiB.")
@@ -232,7 +237,7 @@ def _units_and_fixed(model: nn.Module, cfg: QuantConfig, dtype: torch.dtype) -> 
             if fmt == "keep":
                 options.append(Option(fmt, None, linear_bytes(t.name, lin, None, dtype)))
                 continue
-            fitted = format_config(_SENSITIVITY_NAME[fmt], lin.out_features, lin.in_features)
+            fitted = format_config(SENSITIVITY_NAMES[fmt], lin.out_features, lin.in_features)
             if fitted is None:
                 continue
             if fitted.method == "ternary":
@@ -398,10 +403,54 @@ def _choose(units: list[Unit], available: int) -> None:
         pick = np.argmin(table, axis=0)  # first minimum: the smallest option among equal errors
         best = table[pick, np.arange(capacity + 1)]
         picks.append((pick, costs))
-    c = capacity
-    for u, (pick, costs) in zip(reversed(units), reversed(picks)):
-        u.choice = int(pick[c])
-        c -= costs[u.choice]
+    if not np.isfinite(best[capacity]):  # the byte quanta rounded a tight budget out of reach: the greedy instead
+        _greedy(units, available)
+    else:
+        c = capacity
+        for u, (pick, costs) in zip(reversed(units), reversed(picks)):
+            u.choice = int(pick[c])
+            c -= costs[u.choice]
+    _spend_rest(units, available - sum(u.chosen.bytes for u in units))
+
+
+def _greedy(units: list[Unit], available: int) -> None:
+    """From every unit at its least error, take the step that adds the least error per byte saved until it fits."""
+    for u in units:
+        u.choice = min(range(len(u.options)), key=lambda i: (u.options[i].error, u.options[i].bytes))
+    total = sum(u.chosen.bytes for u in units)
+    while total > available:
+        best, move = math.inf, None
+        for u in units:
+            for i, o in enumerate(u.options):
+                saved = u.chosen.bytes - o.bytes
+                if saved > 0:
+                    rate = (o.error - u.chosen.error) / saved
+                    if rate < best:
+                        best, move = rate, (u, i)
+        if move is None:  # cannot happen above the smallest reachable size
+            raise QuantError("internal: no smaller format left while the plan is over the budget.")
+        u, i = move
+        total -= u.chosen.bytes - u.options[i].bytes
+        u.choice = i
+
+
+def _spend_rest(units: list[Unit], left: int) -> None:
+    """Spend the bytes the quanta rounded away: move units to lower-error options, most error saved per byte first."""
+    while True:
+        best, move = 0.0, None
+        for u in units:
+            for i, o in enumerate(u.options):
+                extra = o.bytes - u.chosen.bytes
+                gain = u.chosen.error - o.error
+                if gain > 0 and extra <= left:
+                    rate = gain / max(extra, 1)
+                    if rate > best:
+                        best, move = rate, (u, i)
+        if move is None:
+            return
+        u, i = move
+        left -= u.options[i].bytes - u.chosen.bytes
+        u.choice = i
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -421,7 +470,7 @@ def _measure(model: nn.Module, config: QuantConfig, data: Any, units: list[Unit]
     linear = [u for u in units if u.kind == "linear"]
     formats = sorted({o.format for u in linear for o in u.options if o.format != "keep"},
                      key=lambda f: LINEAR_FORMATS.index(f))
-    scfg = SensitivityConfig(metric=config.target_metric, formats=tuple(_SENSITIVITY_NAME[f] for f in formats) or
+    scfg = SensitivityConfig(metric=config.target_metric, formats=tuple(SENSITIVITY_NAMES[f] for f in formats) or
                              ("int4-g128",), importance="magnitude", sequences=config.target_sequences,
                              batch_size=config.calibration_batch_size, progress=config.progress)
     windows = calibration_windows(data, scfg, adapter)
@@ -437,7 +486,7 @@ def _measure(model: nn.Module, config: QuantConfig, data: Any, units: list[Unit]
             for u in linear:
                 for o in u.options:
                     if o.format != "keep":
-                        value = raw.get(u.name, {}).get(_SENSITIVITY_NAME[o.format])
+                        value = raw.get(u.name, {}).get(SENSITIVITY_NAMES[o.format])
                         o.raw_error = float("inf") if value is None else float(value)
         scale = 1.0
         if config.target_metric != "kl" and linear:
@@ -503,7 +552,9 @@ def quantize_to_size(model: nn.Module, config: QuantConfig, data: Any = None, *,
     from compress.quantization.apply import quantize
 
     plan = plan_budget(model, config, data, dtype=dtype, errors=errors)
-    report = quantize(model, plan.config, data)
+    with warnings.catch_warnings():  # a budget that keeps every module is a plan, not a mistake
+        warnings.filterwarnings("ignore", message="compress.quantize found no linear module")
+        report = quantize(model, plan.config, data)
     measured = None
     if plan.probe is not None:
         was_training = model.training
