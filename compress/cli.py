@@ -191,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["native", "hf", "bitnet", "gptq", "compressed-tensors", "gguf"], required=True,
                    help="hf: float weights; bitnet: ternary models (transformers' BitNet); gptq / compressed-tensors: "
                         "int4 models; gguf: llama.cpp; native: compress.save's checkpoint")
-    p.add_argument("--gguf-type", choices=["f16", "q8_0", "q4_0", "q4_1", "tq2_0", "tq1_0"],
-                   help="gguf only (default: tq2_0 for ternary, q4_0/q4_1 for int4, f16 for float models)")
+    p.add_argument("--gguf-type", choices=["f16", "q8_0", "q4_0", "q4_1", "tq2_0", "tq1_0", "mixed"],
+                   help="gguf only (default: mixed, each tensor in its own type, for layers of more than one kind, as a "
+                        "--target-size model's; else tq2_0 for ternary, q4_0/q4_1 for int4, f16 for float models)")
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("--force", action="store_true", help="replace the output directory if it exists")
     p.add_argument("--no-verify", action="store_true",

@@ -43,6 +43,7 @@ class StageContext:
     qat: bool = False  # a quantize stage followed by recover: fake-quantise for QAT instead of packing
     train_dir: Callable[[], Path] | None = None  # recover: made (and emptied of another run's state) on demand
     log: Callable[[str], Any] = print
+    stored_dtype: str | None = None  # what the first export after this stage stores floats in (a size budget's measure)
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class Quantize:
 
             budget = self.config.target_size is not None
             ids = context.splits.calibration[: self.calibration_sequences] if self.config.gptq or budget else None
-            report = api.quantize(model, self.config, data=ids)
+            report = api.quantize(model, self.config, data=ids, dtype=context.stored_dtype)
         return report.to_dict(), report.table()
 
 

@@ -2,6 +2,7 @@
 import itertools
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -289,3 +290,50 @@ def test_cli_bad_budget_input_exits_2_and_writes_nothing(tiny_dir_and_text, tmp_
     last = err.strip().splitlines()[-1]  # progress bars of the model load come before it
     assert message in last and last.startswith("compress-lm quantize: ") and last.count(". ") == 0
     assert not out.exists()
+
+
+# -- recipes -------------------------------------------------------------------------------------------
+
+def _splits():
+    import tempfile
+    from pathlib import Path
+
+    import compress
+
+    path = Path(tempfile.mkdtemp()) / "sonnet.txt"
+    path.write_text((SAMPLE_TEXT + "\n") * 20)
+    return compress.load_text([path], tiny_tokenizer(), compress.TextConfig(seq_len=32))
+
+
+def test_a_recipe_budget_is_checked_against_its_exports_one_format_at_a_time():
+    from compress.pipeline import load_recipe, preflight
+
+    recipe = load_recipe({"stages": [{"quantize": {"target_size": "80KiB"}}, {"export": ["compressed-tensors"]}]})
+    problems = preflight(recipe, tiny_model("llama"), _splits(), torch.device("cpu")).problems
+    assert any("target_formats allows ternary" in p and "ternary weights" in p for p in problems)
+    assert any("target_formats allows embeddings-int8" in p for p in problems)
+    assert all(p.count("; drop ") == 1 for p in problems)
+    fine = load_recipe({"stages": [{"quantize": {"target_size": "80KiB", "target_formats": ["keep", "int4-g32"]}},
+                                   {"export": ["compressed-tensors"]}]})
+    assert preflight(fine, tiny_model("llama"), _splits(), torch.device("cpu")).problems == []
+    qat = load_recipe({"stages": [{"quantize": {"target_size": "80KiB"}}, {"recover": {"steps": 2}}]})
+    assert any("target_size" in p and "QAT" in p for p in preflight(qat, tiny_model("llama"), _splits(),
+                                                                  torch.device("cpu")).problems)
+
+
+def test_a_recipe_quantize_stage_with_a_budget_runs_and_fits(tmp_path):
+    import compress
+    from compress.data import TextConfig  # noqa: F401  (the recipe's text settings)
+
+    model_dir, text = tmp_path / "tiny", tmp_path / "t.txt"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    text.write_text((SAMPLE_TEXT + "\n") * 20)
+    recipe = {"model": str(model_dir), "data": [str(text)], "text": {"seq_len": 32}, "eval": {"sequences": 2},
+              "stages": [{"quantize": {"target_size": "80KiB"}}, {"export": ["native", "gguf"]}]}
+    report = compress.run(None, recipe, tmp_path / "out", progress=False, log=None)
+    stage = report.stages[0]
+    assert stage["result"]["target_bytes"] == 80 * KiB and stage["result"]["choices"]
+    exported = tmp_path / "out" / "exports"
+    assert _weights_file(exported / "native") <= 80 * KiB  # the stage checkpoints keep float32, for exact resumption
+    assert list((exported / "gguf").glob("model.MIXED.gguf"))
