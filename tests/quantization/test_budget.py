@@ -337,3 +337,35 @@ def test_a_recipe_quantize_stage_with_a_budget_runs_and_fits(tmp_path):
     exported = tmp_path / "out" / "exports"
     assert _weights_file(exported / "native") <= 80 * KiB  # the stage checkpoints keep float32, for exact resumption
     assert list((exported / "gguf").glob("model.MIXED.gguf"))
+
+
+# -- exports of a mixed result ---------------------------------------------------------------------------
+
+def test_a_format_an_export_cannot_store_is_one_sentence_naming_module_and_format(tmp_path):
+    from compress.io.exports import ExportError, export
+
+    model = tiny_model("llama")
+    quantize(model, QuantConfig(group_size=32, overrides={"down_proj": "ternary"}, progress=False))
+    with pytest.raises(ExportError) as err:
+        export(model, tiny_tokenizer(), tmp_path / "ct", "compressed-tensors")
+    assert "down_proj" in str(err.value) and "ternary" in str(err.value) and "compressed-tensors" in str(err.value)
+    odd = tiny_model("llama")
+    quantize(odd, QuantConfig(group_size=32, overrides={"q_proj": {"group_size": 16}}, progress=False))
+    with pytest.raises(ExportError) as err:
+        export(odd, tiny_tokenizer(), tmp_path / "g", "gguf")
+    assert "q_proj" in str(err.value) and "int4 groups" in str(err.value)
+    assert not (tmp_path / "ct").exists() and not (tmp_path / "g").exists()
+
+
+def test_a_budget_result_exports_to_mixed_gguf_and_compressed_tensors(tmp_path):
+    from compress.io.exports import export
+
+    model = tiny_model("llama")
+    target = int(stored_file_bytes(model) * 0.6)
+    quantize(model, QuantConfig(target_size=target, target_formats=("keep", "int4-g32", "int4-g64"),
+                                progress=False), data=_ids())
+    report = export(model, tiny_tokenizer(), tmp_path / "ct", "compressed-tensors", verify=True)
+    config = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]
+    assert len(config["config_groups"]) == len({m.group_size for m in model.modules() if isinstance(m, QuantLinear)})
+    report = export(model, tiny_tokenizer(), tmp_path / "g", "gguf", verify=True)
+    assert report.details["gguf_type"] in ("mixed", "q4_0")
