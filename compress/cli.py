@@ -338,7 +338,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
         precheck = lambda model: check_budget(model, config, args.dtype)  # noqa: E731  before any text is read
     return _compress_and_save(args, config.gptq or budget,
-                              lambda model, data: api.quantize(model, config, data=data, dtype=args.dtype),
+                              lambda model, data: api.quantize(model, config, data=data,
+                                                               **({"dtype": args.dtype} if budget else {})),
                               16.0 if budget else bits, precheck=precheck, budget=budget)
 
 
