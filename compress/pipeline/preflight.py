@@ -226,7 +226,8 @@ def _check_budget_formats(cfg: QuantConfig, predicted: list[tuple[str, nn.Module
         else:
             fields = FORMATS[SENSITIVITY_NAMES[fmt]]
             cand = dataclasses.replace(base, method=fields["method"], group_size=fields.get("group_size", base.group_size),
-                                       gptq=base.gptq and fields["method"] == "int4")
+                                       gptq=base.gptq and fields["method"] == "int4",
+                                       gptaq=base.gptaq and fields["method"] == "int4")
         found: list[str] = []
         skeletons = _check_quantize(cand, [(label, copy.deepcopy(m)) for label, m in predicted], round_to, where, found)
         for export in exports:

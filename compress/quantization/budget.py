@@ -242,7 +242,8 @@ def _units_and_fixed(model: nn.Module, cfg: QuantConfig, dtype: torch.dtype) -> 
             if fitted is None:
                 continue
             if fitted.method == "ternary":
-                qcfg = dataclasses.replace(base, method="ternary", gptq=False, overrides={}, modules_to_not_convert=())
+                qcfg = dataclasses.replace(base, method="ternary", gptq=False, gptaq=False, overrides={},
+                                           modules_to_not_convert=())
             else:
                 qcfg = dataclasses.replace(base, method="int4", group_size=fitted.group_size, overrides={},
                                            modules_to_not_convert=())

@@ -163,6 +163,15 @@ def test_exactly_the_smallest_reachable_size_is_accepted(tmp_path):
     assert _weights_file(save(model, tmp_path / "m")) <= smallest
 
 
+def test_a_gptq_base_applies_gptq_to_the_int4_modules_only():
+    model = tiny_model("llama")
+    target = int(stored_file_bytes(model) * 0.4)
+    report = quantize(model, QuantConfig(target_size=target, gptq=True, gptaq=True, progress=False), data=_ids())
+    labels = {m.label for m in report.modules if "embed" not in m.name and "lm_head" not in m.name}
+    assert any("gptq" in label for label in labels)
+    assert all("gptq" in label or label.startswith("ternary") for label in labels)
+
+
 def test_the_budget_needs_calibration_text():
     with pytest.raises(QuantError, match="calibration text"):
         quantize(tiny_model("llama"), QuantConfig(target_size=60 * KiB, progress=False))
