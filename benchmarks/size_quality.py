@@ -6,7 +6,8 @@ and builds, each from a fresh copy:
     uniform int4 RTN g128 / g64 / g32, each with the embedding table kept (bfloat16), int8 or int4 g32
     uniform ternary absmean, with the embedding table kept or int4 g32
     bitsandbytes NF4 and HQQ 4-bit g64 (benchmarks/quant_quality.py's builders; embedding kept)
-    size budgets (QuantConfig(target_size=...)), round-to-nearest, for each of --targets
+    size budgets (QuantConfig(target_size=...)), round-to-nearest, for each of --targets,
+    and with GPTQ on the chosen int4 modules for each of --gptq-targets (80MiB)
 
 The size budget measures every projection's error once (layer-error, the
 default metric, on calibration windows of the default text: the model's own
@@ -21,7 +22,7 @@ and on the unseen "news" text: perplexity and KL(original || row) per token,
 --windows x --seq-len tokens each, the original's distributions computed once.
 
     nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/size_quality.py          # JSON + PNG in benchmarks/results/
-    python benchmarks/size_quality.py --targets 70MiB 90MiB --skip-peers --windows 4    # quicker
+    python benchmarks/size_quality.py --targets 70MiB 90MiB --gptq-targets --skip-peers --windows 4    # quicker
 """
 from __future__ import annotations
 
@@ -85,8 +86,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--budget-sequences", type=int, default=4, help="calibration windows the budget measures errors on")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--gptq-targets", nargs="*", default=["80MiB"],
+                   help="targets also run with GPTQ (act-order, clip search) on the int4 modules the budget chooses")
+    p.add_argument("--calibration-fraction", type=float, default=0.5,
+                   help="share of the generated text used for calibration (default 0.5: about 25 x 256 tokens)")
     p.add_argument("--skip-peers", action="store_true", help="no NF4 / HQQ rows")
-    p.add_argument("--out", default=str(RESULTS_DIR / NAME))
+    p.add_argument("--data", default=None, help="calibration text (default: compress.data.DEFAULT_SOURCE, generated)")
+    p.add_argument("--out", default=str(RESULTS_DIR / NAME), help="path of the results without suffix (.json, .png)")
     args = p.parse_args(argv)
 
     import compress
@@ -100,8 +106,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     cfg = TextConfig(seq_len=args.seq_len, seed=0)
     held = {"shakespeare": compress.load_text("shakespeare", tok, cfg).eval[: args.windows],
             "news": compress.load_text("news", tok, cfg).eval[: args.windows]}
-    calib = compress.load_text(DEFAULT_SOURCE, tok, cfg, model=model)
-    print(f"[data] calibration: {DEFAULT_SOURCE} {tuple(calib.calibration.shape)}; held-out "
+    calib = compress.load_text(args.data or DEFAULT_SOURCE, tok, TextConfig(seq_len=args.seq_len, seed=0,
+                                                               calibration_fraction=args.calibration_fraction), model=model)
+    print(f"[data] calibration: {args.data or DEFAULT_SOURCE} {tuple(calib.calibration.shape)}; held-out "
           f"{ {k: tuple(v.shape) for k, v in held.items()} } ({time.perf_counter() - t0:.0f} s)", flush=True)
     refs = {d: reference_logprobs(model, ids, args.batch_size) for d, ids in held.items()}
     rows: dict[str, dict[str, Any]] = {}
@@ -134,16 +141,20 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     # the size budget: errors measured once, every target planned from them
     errors = None
-    for target in args.targets:
+    runs = [(t, False) for t in args.targets] + [(t, True) for t in args.gptq_targets]
+    for target, gptq in runs:
         m = copy.deepcopy(model)
         t = time.perf_counter()
-        rep = quantize_to_size(m, QuantConfig(target_size=target, target_sequences=args.budget_sequences,
-                                              progress=False), calib, errors=errors)
+        rep = quantize_to_size(m, QuantConfig(target_size=target, target_sequences=args.budget_sequences, gptq=gptq,
+                                              calibration_sequences=len(calib.calibration), progress=False),
+                               calib, errors=errors)
         seconds = time.perf_counter() - t
         errors = errors or rep.errors()
         size = saved_bytes(m)
         assert size <= parse_size(target), f"{target}: file of {size} bytes"
-        record(f"budget {target}", m, "budget", size, f"QuantConfig(target_size={target!r}) (RTN, layer-error)",
+        how = "GPTQ" if gptq else "RTN"
+        record(f"budget {target}" + (" GPTQ" if gptq else ""), m, "budget-gptq" if gptq else "budget", size,
+               f"QuantConfig(target_size={target!r}, gptq={gptq}) ({how}, layer-error)",
                {"quantise_seconds": seconds, "target_bytes": rep.target_bytes, "predicted_bytes": rep.predicted_bytes,
                 "predicted_kl": rep.predicted_kl, "measured_kl_calibration": rep.measured_kl,
                 "format_counts": rep.format_counts(), "kl_scale": rep.kl_scale,
@@ -206,8 +217,12 @@ def plot(result: dict, path: Path) -> None:
                         if r.get("kind") == "budget" and "domains" in r)
         if budget:
             ax.plot(*zip(*budget), "-D", color="black", label="--target-size sweep")
+        gptq = [(r["mib"], r["domains"][d]["kl"], label) for label, r in result["rows"].items()
+                if r.get("kind") == "budget-gptq" and "domains" in r]
+        for x, y, label in gptq:
+            ax.scatter(x, y, marker="D", color="tab:red", s=40, label=label)
         for label, r in result["rows"].items():
-            if r.get("kind") in ("budget", "original") or "domains" not in r:
+            if r.get("kind") in ("budget", "budget-gptq", "original") or "domains" not in r:
                 continue
             x, y = r["mib"], max(r["domains"][d]["kl"], 1e-5)
             ax.scatter(x, y, marker=markers.get(r["kind"], "o"), s=36)
