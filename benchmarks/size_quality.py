@@ -98,7 +98,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     import compress
     from compress.data import DEFAULT_SOURCE, TextConfig
     from compress.quantization import QuantConfig
-    from compress.quantization.budget import parse_size, quantize_to_size
+    from compress.quantization.apply import quantize_to_size
+    from compress.sizes import parse_size
 
     t0 = time.perf_counter()
     model, tok = compress.load_model(args.model)

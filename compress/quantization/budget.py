@@ -38,7 +38,7 @@ Steps (``plan_budget``), all before any weight changes:
    quanta of the smallest size), the classic greedy (least error added per
    byte saved) decides.
 
-``quantize_to_size`` then quantises through ``QuantConfig.overrides`` and
+``compress.quantization.apply.quantize_to_size`` then quantises through ``QuantConfig.overrides`` and
 ``embeddings`` and measures the result's KL on the same windows:
 ``BudgetReport`` holds the format of every module, predicted and stored
 bytes, predicted and measured KL.
@@ -50,7 +50,6 @@ import json
 import math
 import re
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -58,12 +57,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.errors import ConfigError
+from compress.sizes import format_size, parse_size  # noqa: F401  (re-exported)
 from compress.quantization.config import OUTPUT_HEAD, QuantConfig, QuantError
 from compress.quantization.report import QuantReport
 
-UNITS = {"b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
-_SIZE = re.compile(r"\s*([+-]?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", re.IGNORECASE)
 LINEAR_FORMATS = ("keep", "int4-g128", "int4-g64", "int4-g32", "ternary")
 EMBEDDING_CHOICES = {"keep": None, "embeddings-int8": "int8", "embeddings-int4": "int4"}
 # the sensitivity format that measures each of our linear formats
@@ -74,32 +71,6 @@ _SAFETENSORS_DTYPE = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16
 
 
 # -- sizes ----------------------------------------------------------------------------------------
-
-def parse_size(value: Any) -> int:
-    """Bytes from ``80MiB``, ``1.5 GB``, ``500KiB``, ``1000B`` (an int is bytes); refuses no unit or a size <= 0."""
-    if isinstance(value, bool):
-        value = str(value)
-    if isinstance(value, int):
-        size = value
-    else:
-        m = _SIZE.fullmatch(str(value))
-        unit = m.group(2).lower() if m else None
-        if m is None or not unit or unit not in UNITS:
-            raise ConfigError(f"target size {str(value)!r} needs a number and a unit (B, KB, KiB, MB, MiB, GB, GiB), "
-                              f"such as 80MiB.")
-        size = int(float(m.group(1)) * UNITS[unit])
-    if size <= 0:
-        raise ConfigError(f"target size {value!r} must be more than 0 bytes; give one such as 80MiB.")
-    return size
-
-
-def format_size(n: float) -> str:
-    """``83886080`` -> ``80.00 MiB``."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{int(n)} B"
-
 
 def _entry_bytes(name: str, t: torch.Tensor) -> int:
     """Bytes of one tensor in a safetensors file: its data and its header entry (offsets assumed 10 digits each)."""
@@ -544,51 +515,6 @@ def _measure_embedding(model: nn.Module, config: QuantConfig, probe: Any, unit: 
 
 
 # -- quantising to the plan, and the report ------------------------------------------------------------
-
-def quantize_to_size(model: nn.Module, config: QuantConfig, data: Any = None, *, dtype: Any = None,
-                     errors: Optional[dict[str, dict[str, float]]] = None) -> "BudgetReport":
-    """Plan (nothing changes if the budget cannot be met), quantise as planned, measure the result.
-
-    ``errors`` (``BudgetReport.errors()`` of an earlier run on the same model):
-    plan without measuring again; the report then has no measured KL.
-    """
-    from compress.quantization.apply import quantize
-
-    plan = plan_budget(model, config, data, dtype=dtype, errors=errors)
-    with warnings.catch_warnings():  # a budget that keeps every module is a plan, not a mistake
-        warnings.filterwarnings("ignore", message="compress.quantize found no linear module")
-        report = quantize(model, plan.config, data)
-    measured = None
-    if plan.probe is not None:
-        was_training = model.training
-        model.eval()
-        try:
-            measured = plan.probe.error(0, [])  # the quantised model against the original's distributions
-        finally:
-            model.train(was_training)
-        plan.probe = None
-    fields = {f.name: getattr(report, f.name) for f in dataclasses.fields(report)}
-    fields["config"] = f"{config.label()} -> {report.config}"
-    fields["seconds"] = report.seconds + plan.seconds
-    fields["notes"] = report.notes + plan.notes
-    return BudgetReport(
-        **fields,
-        target_bytes=plan.target_bytes,
-        predicted_bytes=plan.predicted_bytes,
-        stored_bytes=stored_file_bytes(model, dtype),
-        smallest_bytes=smallest_bytes(plan.units, plan.fixed_bytes),
-        predicted_kl=plan.predicted_error,
-        measured_kl=measured,
-        metric=plan.metric,
-        kl_scale=plan.scale,
-        sequences=plan.sequences,
-        seq_len=plan.seq_len,
-        choices=[{"name": u.name, "kind": u.kind, "shape": list(u.shape), "format": u.chosen.format,
-                  "bytes": u.chosen.bytes, "predicted_kl": u.chosen.error, "probe_error": u.chosen.raw_error,
-                  "options": {o.format: {"bytes": o.bytes, "predicted_kl": o.error} for o in u.options}}
-                 for u in plan.units],
-    )
-
 
 _SHORT = {"keep": "keep", "int4-g128": "g128", "int4-g64": "g64", "int4-g32": "g32", "ternary": "tern",
           "embeddings-int8": "int8", "embeddings-int4": "int4"}

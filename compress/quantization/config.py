@@ -162,7 +162,7 @@ class QuantConfig:
 
     def _check_target(self) -> None:
         if self.target_size is not None:
-            from compress.quantization.budget import parse_size
+            from compress.sizes import parse_size
 
             object.__setattr__(self, "target_size", parse_size(self.target_size))
         formats = self.target_formats
@@ -229,7 +229,7 @@ class QuantConfig:
     def label(self) -> str:
         """Short human name, e.g. ``int4 g128 sym gptq`` or ``ternary absmean a16``."""
         if self.target_size is not None:
-            from compress.quantization.budget import format_size
+            from compress.sizes import format_size
 
             return f"size budget {format_size(self.target_size)} ({self.target_metric}, {'gptq' if self.gptq else 'rtn'})"
         if self.method == "ternary":
