@@ -241,7 +241,7 @@ def plot(result: dict, path: Path) -> None:
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("size on disk vs quality: size budgets (RTN) vs uniform formats (CPU, contended)", fontsize=10)
+    fig.suptitle("size on disk vs quality: size budgets (RTN; GPTQ dashed) vs uniform formats (CPU, contended)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
