@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="ternary or int4 quantisation to packed weights")
     _add_model(p)
+    from compress.quantization.config import QuantConfig
     p.add_argument("--method", choices=["ternary", "int4"], required=True)
     p.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64, 128 (a last partial group is fine) or -1 per channel (default 128)")
     p.add_argument("--asymmetric", action="store_true", help="int4 with zero points")
@@ -124,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPTQ in plain column order instead of by decreasing input energy (act_order overfits less; on by default)")
     p.add_argument("--no-clip-search", dest="clip_search", action="store_false",
                    help="int4 group ranges from min/max alone, without searching shrink factors 1.0..0.8 (on by default)")
-    p.add_argument("--calibration-sequences", type=int, default=128, metavar="N",
-                   help="GPTQ reads at most N calibration sequences of --seq-len tokens (default 128)")
+    p.add_argument("--calibration-sequences", type=int, default=argparse.SUPPRESS, metavar="N",
+                   help=f"GPTQ reads at most N calibration sequences of --seq-len tokens "
+                        f"(default {QuantConfig.calibration_sequences}, QuantConfig's)")
     p.add_argument("--scale", choices=["absmean", "absmedian"], default="absmean", help="ternary scale (default absmean, BitNet b1.58)")
     p.add_argument("--a8", action="store_true", help="ternary with 8-bit activations (W1.58A8)")
     p.add_argument("--embeddings", choices=["int8", "int4", "none"],
@@ -293,13 +295,14 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from compress import api
     from compress.quantization import QuantConfig
 
-    embedding = {"embeddings": None if args.embeddings == "none" else args.embeddings} if args.embeddings else {}
+    given = {"embeddings": None if args.embeddings == "none" else args.embeddings} if args.embeddings else {}
     if args.embedding_group_size is not None:
-        embedding["embedding_group_size"] = args.embedding_group_size
+        given["embedding_group_size"] = args.embedding_group_size
+    if hasattr(args, "calibration_sequences"):  # passed on only when given: QuantConfig holds the default
+        given["calibration_sequences"] = args.calibration_sequences
     config = QuantConfig(method=args.method, group_size=args.group_size, symmetric=not args.asymmetric,
                          gptq=args.gptq, scale=args.scale, activations="a8" if args.a8 else "a16",
-                         calibration_sequences=args.calibration_sequences, act_order=args.act_order,
-                         clip_search=args.clip_search, **embedding)
+                         act_order=args.act_order, clip_search=args.clip_search, **given)
     bits = 2.2 if config.method == "ternary" else 4.5  # packed weights and their scales, rounded up
     return _compress_and_save(args, config.gptq, lambda model, data: api.quantize(model, config, data=data), bits)
 

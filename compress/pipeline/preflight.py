@@ -107,8 +107,9 @@ def preflight(recipe: Recipe, model: nn.Module, splits: TextSplits, device: torc
                 )
             predicted = _check_quantize(stage.config, predicted, round_to, where, problems)
             _note_tied(stage.config, adapter, notes)
-            if stage.config.gptq and stage.calibration_sequences > len(splits.calibration):
-                notes.append(f"{where}: GPTQ asks for {stage.calibration_sequences} calibration sequences; the text "
+            wanted = stage.config.calibration_sequences  # None: all of them
+            if stage.config.gptq and wanted is not None and wanted > len(splits.calibration):
+                notes.append(f"{where}: GPTQ asks for {wanted} calibration sequences; the text "
                              f"gives {len(splits.calibration)}, and all of them are used.")
         elif isinstance(stage, Export):
             _check_export(stage, predicted, where, problems, notes)

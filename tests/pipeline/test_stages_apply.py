@@ -32,3 +32,34 @@ def test_quantize_stage_packs_or_prepares_qat():
     assert any(isinstance(m, QuantLinear) for m in packed.modules())
     assert not any(isinstance(m, QuantLinear) for m in qat.modules())
     assert any(isinstance(m, torch.nn.Linear) and type(m) is not torch.nn.Linear for m in qat.modules())
+
+
+def test_quantize_stage_gptq_reads_the_configs_calibration_sequences(monkeypatch):
+    from compress import api
+
+    seen = []
+    monkeypatch.setattr(api, "quantize", lambda model, config, data=None: seen.append((config, data)) or
+                        QuantReportStub())
+    splits = _splits()
+    assert len(splits.calibration) > 2
+    Quantize(QuantConfig(group_size=32, gptq=True, calibration_sequences=2, progress=False)).apply(
+        tiny_model("llama"), StageContext(splits=splits))
+    config, data = seen[0]
+    assert config.calibration_sequences == 2 and torch.equal(data, splits.calibration)  # quantize caps it, once
+
+
+def test_one_default_for_gptq_calibration_size():
+    from compress.pipeline import Recipe
+
+    stage = Recipe.from_dict({"stages": [{"quantize": {"method": "int4", "gptq": True}}]}).stages[0]
+    assert stage.config.calibration_sequences == QuantConfig().calibration_sequences
+    assert not hasattr(stage, "calibration_sequences")  # no second knob on the stage
+    assert stage.options()["calibration_sequences"] == QuantConfig().calibration_sequences
+
+
+class QuantReportStub:
+    def to_dict(self):
+        return {}
+
+    def table(self):
+        return ""
