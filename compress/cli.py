@@ -34,9 +34,9 @@ def _add_data(p: argparse.ArgumentParser, what: str, default: str | None = None)
 STORAGE_DTYPES = ["bfloat16", "float16", "float32"]
 
 
-def _add_output(p: argparse.ArgumentParser) -> None:
+def _add_output(p: argparse.ArgumentParser, force: str = "replace the output directory if it exists") -> None:
     p.add_argument("-o", "--output", required=True, help="output checkpoint directory (reopen with compress.load)")
-    p.add_argument("--force", action="store_true", help="replace the output directory if it exists")
+    p.add_argument("--force", action="store_true", help=force)
     p.add_argument("--dtype", choices=STORAGE_DTYPES,
                    help="dtype the checkpoint stores float tensors in (default bfloat16; compress.load computes in float32)")
 
@@ -149,10 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
     p.add_argument("--lora", type=int, default=0, metavar="R", help="train rank-R LoRA adapters only, merged at the end")
-    p.add_argument("--resume", action="store_true", help="continue from the last training checkpoint in OUTPUT/train-state")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="training checkpoints and log (default OUTPUT.train-state beside OUTPUT); the same command "
+                        "again continues from the newest checkpoint there, as `run` does; the checkpoints are deleted "
+                        "once OUTPUT is written, the log stays")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in --state-dir (what the same command does anyway), "
+                        "and replace OUTPUT if a finished run wrote it")
     p.add_argument("--distributed", choices=["auto", "ddp", "fsdp"], default="auto",
                    help="under torchrun: DDP (whole model on every process) or FSDP (sharded); auto: FSDP from 1e9 parameters")
-    _add_output(p)
+    _add_output(p, force="replace the output directory if it exists, and start training over (the checkpoints in "
+                         "--state-dir are deleted)")
     p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("sensitivity", help="per-layer and per-module error of pruning and of each quantisation format; heat map, override map")
@@ -212,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", help="a directory compress-lm wrote")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("bench", help="kernel microbenchmarks and end-to-end decode speed (need a GPU; `bench model --smoke` checks on the CPU)")
+    p = sub.add_parser("bench", help="kernel microbenchmarks and end-to-end decode speed (need a GPU; `bench model --smoke` "
+                                     "checks on the CPU); checkout only: runs benchmarks/ of a clone of compress-lm, "
+                                     "which a wheel does not install")
     p.add_argument("what", choices=["kernels", "model"])
     p.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the benchmark script (see its --help)")
     p.set_defaults(func=cmd_bench)
@@ -280,7 +289,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from compress.pruning import PruneConfig
 
     given = _given(args, PruneConfig)
-    given.setdefault("calib_seq_len", min(PruneConfig.calib_seq_len, args.seq_len))  # windows cut from --seq-len
+    given["calib_seq_len"] = _calib_seq_len(given.get("calib_seq_len"), args.seq_len, PruneConfig.calib_seq_len)
     if "protect_layers" in given:
         given["protect_layers"] = tuple(given["protect_layers"])
     if given.get("stages", 1) > 1:  # the training between stages; held-out figures on 16 sequences before and after each
@@ -289,6 +298,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
         given["recover"] = RecoverConfig(lr=args.stage_lr, eval_every=0, eval_sequences=16)
     config = PruneConfig(progress=not args.quiet, **given)  # given holds --seed too
     return _compress_and_save(args, config.needs_data, lambda model, data: api.prune(model, config, data=data))
+
+
+def _calib_seq_len(given: int | None, seq_len: int, default: int | None) -> int | None:
+    """Calibration windows are cut from the text's --seq-len sequences: a longer --calib-seq-len is refused
+    before any loading; the default, when longer, becomes --seq-len with a one-line notice."""
+    if given is not None:
+        if given > seq_len:
+            raise CompressError(f"--calib-seq-len {given} is longer than --seq-len {seq_len}, the sequences calibration "
+                                f"windows are cut from; lower --calib-seq-len or raise --seq-len.")
+        return given
+    if default is not None and default > seq_len:
+        print(f"note: calibration windows of {seq_len} tokens (--seq-len), shorter than the default --calib-seq-len "
+              f"{default}.")
+        return seq_len
+    return default
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -314,9 +338,10 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from compress.recovery import RecoverConfig, is_main_process
 
     out = Path(args.output).expanduser().resolve()
+    state = _state_dir(args, out)
     config = RecoverConfig(steps=args.steps, tokens=args.tokens, batch_size=args.batch_size, lr=args.lr,
-                           lora_rank=args.lora, resume=args.resume, seed=args.seed, distributed=args.distributed,
-                           output_dir=str(out.parent / f".{out.name}.train-state"))
+                           lora_rank=args.lora, resume=True, seed=args.seed, distributed=args.distributed,
+                           output_dir=str(state))
     if not args.resume:
         _check_output(args)
     model, tokenizer = compress.load_model(args.model)
@@ -325,13 +350,48 @@ def cmd_recover(args: argparse.Namespace) -> int:
         check_location(out, needed)
     else:
         _check_output(args, needed)
+    if args.force and is_main_process():
+        _start_over(state)
     teacher = compress.load_model(args.teacher).model if args.teacher else None
     data = _load_data(args, tokenizer, teacher if teacher is not None else model)
     report = api.recover(model, teacher, data, config)
     if is_main_process():  # under torchrun only rank 0 writes
         print(report)
         print(f"checkpoint written to {compress.save(model, out, tokenizer, overwrite=args.force or args.resume, dtype=args.dtype)}")
+        _start_over(state)  # only a resume needs the training checkpoints, as in `run`
+        print(f"training log kept in {state}")
     return 0
+
+
+TRAIN_STATE_SUFFIX = ".train-state"
+
+
+def _state_dir(args: argparse.Namespace, out: Path) -> Path:
+    """--state-dir, or OUTPUT.train-state beside OUTPUT (an interrupted run of an earlier version left its
+    checkpoints in the hidden .OUTPUT.train-state: that one is used while it exists alone)."""
+    if args.state_dir:
+        state = Path(args.state_dir).expanduser().resolve()
+    else:
+        state = out.parent / f"{out.name}{TRAIN_STATE_SUFFIX}"
+        legacy = out.parent / f".{out.name}{TRAIN_STATE_SUFFIX}"
+        if legacy.is_dir() and not state.exists():
+            print(f"note: continuing from the training state an earlier version left in {legacy}.")
+            state = legacy
+    if state == out or out in state.parents:
+        raise CompressError(f"--state-dir '{state}' lies inside the output directory '{out}', which is written whole "
+                            f"at the end; put the training state beside it (the default is '{out}{TRAIN_STATE_SUFFIX}').")
+    if state.exists() and not state.is_dir():
+        raise CompressError(f"--state-dir '{state}' is a file; give a directory for the training checkpoints.")
+    return state
+
+
+def _start_over(state: Path) -> None:
+    """Delete the training checkpoints in ``state`` (nothing else: --state-dir may be a folder the user shares)."""
+    import shutil
+
+    from compress.recovery.state import checkpoint_root
+
+    shutil.rmtree(checkpoint_root(state), ignore_errors=True)
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
@@ -421,18 +481,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"  # beside compress/ in a checkout only
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     script = {"kernels": "kernel_matmul", "model": "model_decode"}[args.what]
     return _benchmark_script(script).main(args.args)
 
 
 def _benchmark_script(name: str):
-    """Load benchmarks/<name>.py from the source checkout (benchmarks/ is not installed)."""
+    """Load benchmarks/<name>.py from the source checkout (benchmarks/ is not installed: checkout only)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    path = BENCHMARKS / f"{name}.py"
     if not path.is_file():
-        raise CompressError(f"The benchmark {path} is not here: benchmarks ship with the source checkout; run from a clone of compress-lm.")
+        raise CompressError(f"compress-lm bench runs the benchmarks of a source checkout, and {path} is not there "
+                            f"(a wheel does not install benchmarks/); run it from a clone of compress-lm "
+                            f"(pip install -e .).")
     spec = importlib.util.spec_from_file_location(f"compress_benchmarks_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up here
