@@ -76,6 +76,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--variant", action="append", required=True, help="NAME:field=value,... (QuantConfig fields, calib=N)")
+    ap.add_argument("--calib-source", default="shakespeare", choices=("shakespeare", "generated"),
+                    help="calibration text: the Shakespeare calibration split, or text the model generates (cached)")
+    ap.add_argument("--generate-tokens", type=int, default=32768, help="generated tokens for --calib-source generated")
     ap.add_argument("--output", default=str(RESULTS_DIR / "gptq_variants.json"))
     args = ap.parse_args(argv)
 
@@ -91,12 +94,22 @@ def main(argv=None) -> int:
     splits = compress.load_text(None, tokenizer, TextConfig(seq_len=args.seq_len))
     news = compress.load_text(UNSEEN_TEXT, tokenizer, TextConfig(seq_len=args.seq_len))
     held = {"shakespeare": splits.eval[: args.eval_seqs], UNSEEN_TEXT: news.eval[: args.eval_seqs]}
+    calibration = splits.calibration
+    if args.calib_source == "generated":
+        from compress.generated import GenerateConfig
+
+        # All of the generated text calibrates: the evaluation is on Shakespeare's and news's held-out splits.
+        gen = compress.load_text(
+            "generated", tokenizer, TextConfig(seq_len=args.seq_len, eval_fraction=0.01, calibration_fraction=0.5),
+            model=model, generate=GenerateConfig(tokens=args.generate_tokens))
+        calibration = torch.cat([gen.calibration, gen.train])
+    print(f"calibration: {args.calib_source}, {tuple(calibration.shape)} tokens available", flush=True)
     out = Path(args.output)
     result = {"benchmark": "gptq_variants",
               "command": "python benchmarks/gptq_variants.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": f"CPU, {os.cpu_count()} cores shared with other jobs (load {os.getloadavg()[0]:.1f} at start)",
-              "model": args.model, "seq_len": args.seq_len, "eval_sequences": args.eval_seqs, "variants": {}}
+              "model": args.model, "seq_len": args.seq_len, "calibration_source": args.calib_source, "eval_sequences": args.eval_seqs, "variants": {}}
     for text in args.variant:
         name, fields = parse_variant(text)
         calib_n = fields.pop("calib", args.calib_seqs)
@@ -107,10 +120,10 @@ def main(argv=None) -> int:
         print(f"[variant] {name}: {cfg.label()} {fields} calib {calib_n}", flush=True)
         start = time.perf_counter()
         with _scales_rounded_up(round_up):
-            compress.quantize(m, cfg, data=splits.calibration[:calib_n] if cfg.gptq else None)
+            compress.quantize(m, cfg, data=calibration[:calib_n] if cfg.gptq else None)
         seconds = time.perf_counter() - start
         m.eval()
-        row = {"fields": fields, "scales_rounded_up": round_up, "calibration_sequences": calib_n, "quantise_seconds": seconds, "domains": {}}
+        row = {"fields": fields, "scales_rounded_up": round_up, "calibration_sequences": min(calib_n, len(calibration)), "quantise_seconds": seconds, "domains": {}}
         for domain, ids in held.items():
             r = bench.compare_causal(model, {name: m}, ids, args.batch_size)
             row["domains"][domain] = {"fp32_perplexity": r["fp32"]["perplexity"], "perplexity": r[name]["perplexity"],

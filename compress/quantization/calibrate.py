@@ -11,9 +11,14 @@ straight back, so the pass costs little more than the embeddings and no layer
 runs.  The keyword arguments the backbone builds per layer (masks, rotary
 embeddings; they differ per layer type in Gemma3) are kept per layer; the
 hidden states are then computed for real, one quantised layer after another.
+
+GPTAQ targets also need the original model's inputs to each module: a second
+stream of hidden states runs through a copy of each layer as it was before
+quantisation, batch by batch beside the quantised one.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -23,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from compress.arch import Adapter
-from compress.quantization.gptq import accumulate_hessian, gptq_quantize
+from compress.quantization.gptq import accumulate_drift, accumulate_hessian, gptq_quantize
 from compress.quantization.memory import release_freed_memory
 from compress.quantization.plan import Target, set_module
 from compress.quantization.quantizers import Quantised
@@ -140,6 +145,66 @@ def _hessians(
     return {name: H for name, (H, _) in stats.items()}
 
 
+@torch.no_grad()
+def _hessians_and_drift(
+    layer: nn.Module, original: nn.Module, stage: list[Target], hidden: list[torch.Tensor],
+    fp_hidden: list[torch.Tensor], calls: list[LayerCall],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Hessians of the stage's GPTQ targets, and GPTAQ's drift dXX^T for those that ask for it.
+
+    Per batch, ``original`` (the layer before quantisation) runs on the
+    original model's hidden states and records its modules' inputs; then
+    ``layer`` runs on the quantised model's and folds both into the statistics.
+    """
+    wanted = [t for t in stage if t.config.gptq and t.config.gptaq]
+    if not wanted:
+        return _hessians(layer, stage, hidden, calls), {}
+    H = _hessians(layer, [t for t in stage if not t.config.gptaq], hidden, calls)
+    path = {id(m): n for n, m in layer.named_modules()}
+    fp_modules = {t.name: original.get_submodule(path[id(t.module)]) for t in wanted}
+    stats = {t.name: [torch.zeros(t.module.in_features, t.module.in_features, device=t.module.weight.device), 0,
+                      torch.zeros(t.module.in_features, t.module.in_features, device=t.module.weight.device), 0]
+             for t in wanted}
+    fp_inputs: dict[str, torch.Tensor] = {}
+
+    def record(name: str) -> Callable:
+        def pre_hook(module: nn.Module, args: tuple) -> None:
+            fp_inputs[name] = args[0].detach()
+            if len(fp_inputs) == len(wanted):
+                raise _StageInputsSeen
+
+        return pre_hook
+
+    def fold(name: str) -> Callable:
+        def pre_hook(module: nn.Module, args: tuple) -> None:
+            s = stats[name]
+            s[1] = accumulate_hessian(s[0], s[1], args[0])
+            s[3] = accumulate_drift(s[2], s[3], fp_inputs[name], args[0])
+            seen.add(name)
+            if len(seen) == len(wanted):
+                raise _StageInputsSeen
+
+        return pre_hook
+
+    seen: set[str] = set()
+    handles = [fp_modules[t.name].register_forward_pre_hook(record(t.name)) for t in wanted]
+    handles += [t.module.register_forward_pre_hook(fold(t.name)) for t in wanted]
+    try:
+        for h, fp_h, call in zip(hidden, fp_hidden, calls):
+            fp_inputs.clear()
+            seen.clear()
+            for module, states in ((original, fp_h), (layer, h)):
+                try:
+                    call.run(module, states)
+                except _StageInputsSeen:
+                    pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    H.update({name: s[0] for name, s in stats.items()})
+    return H, {name: s[2] for name, s in stats.items()}
+
+
 def quantize_sequential(
     adapter: Adapter,
     layer_targets: list[list[Target]],
@@ -158,15 +223,22 @@ def quantize_sequential(
     device = next(adapter.model.parameters()).device
     batches = list(data.to(device).split(batch_size))
     hidden, calls = capture_layer_calls(adapter, batches)
-    bar = tqdm(range(adapter.num_layers), desc="GPTQ", unit="layer", disable=not progress)
+    gptaq = any(t.config.gptq and t.config.gptaq for targets in layer_targets for t in targets)
+    fp_hidden = [h.clone() for h in hidden] if gptaq else []  # the original model's hidden states (GPTAQ)
+    bar = tqdm(range(adapter.num_layers), desc="GPTAQ" if gptaq else "GPTQ", unit="layer", disable=not progress)
     for i in bar:
         layer, packed = adapter.layers[i], []
+        original = copy.deepcopy(layer) if gptaq else None
         try:
             for stage in _stages(adapter, i, layer_targets[i], true_sequential):
-                H = _hessians(layer, stage, hidden, calls[i])
+                if gptaq:
+                    H, drift = _hessians_and_drift(layer, original, stage, hidden, fp_hidden, calls[i])
+                else:
+                    H, drift = _hessians(layer, stage, hidden, calls[i]), {}
                 for t in stage:
                     dtype = t.module.weight.dtype
-                    module = convert(t, gptq_quantize(t.module.weight, H.pop(t.name), t.config, overwrite_hessian=True)
+                    module = convert(t, gptq_quantize(t.module.weight, H.pop(t.name), t.config, overwrite_hessian=True,
+                                                      drift=drift.pop(t.name, None))
                                      if t.name in H else None)
                     # Later passes over this layer run a dense copy: the reference kernel would unpack
                     # the weights on every call.  Same weights; the packed module goes back below.
@@ -177,7 +249,10 @@ def quantize_sequential(
                 with torch.no_grad():
                     for h, call in zip(hidden, calls[i]):
                         h.copy_(call.run(layer, h))  # in place: one copy of the calibration activations, not two
+                    for h, call in zip(fp_hidden, calls[i]):
+                        h.copy_(call.run(original, h))
         finally:
+            del original
             for name, module in packed:
                 set_module(adapter.model, name, module)
 

@@ -6,6 +6,14 @@ same ``Int4Weights`` as round-to-nearest, with codes chosen column by column
 so that each column's rounding error is pushed onto the columns not yet
 quantised (through the Cholesky factor of H^-1), in blocks for speed.
 
+With ``gptaq`` (GPTQv2, Li et al. 2025, "asymmetric calibration") the target
+is the original model's output, not the output of the original weights on the
+already-quantised model's inputs: besides H = X X^T (quantised inputs) the
+driver accumulates dXX^T = (X_fp - X) X^T, and each column's update also moves
+the columns still to do by the part of the accumulated input drift that the
+column's weight carries (through P = alpha * triu(dXX^T U^T, 1) U, with U the
+Cholesky factor of H^-1 and alpha = ``gptaq_alpha``, 0.25 in the paper).
+
 Group parameters use the updated weights at each group's first column, as the
 reference implementation does.  With ``act_order`` they are fixed up front
 from the original weights ("static groups"), so the packed layout needs no
@@ -70,11 +78,26 @@ def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
     )
 
 
-def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, overwrite_hessian: bool = False) -> Int4Weights:
+def accumulate_drift(D: torch.Tensor, count: int, x_fp: torch.Tensor, x: torch.Tensor) -> int:
+    """Fold ``(x_fp - x)^T x`` into the running ``D[K, K]`` (scaled as ``accumulate_hessian`` scales H); return the count."""
+    x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
+    x_fp = x_fp.detach().reshape(-1, x_fp.shape[-1]).to(torch.float32)
+    m = x.shape[0]
+    if m == 0:
+        return count
+    total = count + m
+    D.mul_(count / total)
+    D.addmm_((x_fp - x).t(), x, alpha=2.0 / total)
+    return total
+
+
+def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, overwrite_hessian: bool = False,
+                  drift: torch.Tensor | None = None) -> Int4Weights:
     """GPTQ-quantise ``w[N, K]`` given the input Hessian ``H[K, K]``; returns codes in original column order.
 
     ``overwrite_hessian``: work in ``H`` itself instead of a copy (the layer-by-layer
     driver's Hessians are used once; K x K copies are the largest temporaries here).
+    ``drift``: dXX^T from ``accumulate_drift`` (GPTAQ); None is plain GPTQ.
     """
     N, K = w.shape
     G = effective_group_size(cfg, K)
@@ -85,6 +108,9 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, overwri
     dead = H.diagonal() == 0  # inputs that were always zero carry no information
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
+    if drift is not None:
+        drift = drift.to(torch.float32).clone()
+        drift[:, dead] = 0.0
     # The clip search weighs a column's rounding error by its input energy (undamped Hessian diagonal).
     hdiag = H.diagonal().clone() if cfg.clip_search else None
     search = {"clip_search": cfg.clip_search}
@@ -105,9 +131,15 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, overwri
     if cfg.act_order:
         perm = torch.argsort(H.diagonal(), descending=True)
         W, H = W[:, perm], H[perm][:, perm]
+        if drift is not None:
+            drift = drift[perm][:, perm]
 
     with _one_cpu_thread(dev):
         Hinv = _inverse_cholesky(H, cfg.damp)
+        P = None
+        if drift is not None:
+            P = cfg.gptaq_alpha * (drift @ Hinv.t()).triu_(diagonal=1) @ Hinv
+            del drift
     # Work on W^T so that a weight column is a contiguous row: the inner loop is row ops and rank-1 updates.
     Wt = W.t().contiguous()
     del H, W
@@ -117,7 +149,7 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, overwri
     # blocks hold whole groups so a group's columns are all up to date when its parameters are found
     B = cfg.block_size if static else G * max(1, cfg.block_size // G)
     with _one_cpu_thread(dev):
-        _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, (cfg.symmetric, dtype, float_zero), hdiag)
+        _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, (cfg.symmetric, dtype, float_zero), hdiag, P)
 
     codes = codes.t()
     if perm is not None:
@@ -145,10 +177,11 @@ def _one_cpu_thread(device: torch.device):
         torch.set_num_threads(before)
 
 
-def _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, param_args, hdiag=None) -> None:
+def _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, param_args, hdiag=None, P=None) -> None:
     """Quantise the rows of ``Wt`` (weight columns) in order, compensating each error (fills codes/scales/zeros).
 
     ``hdiag``: per-column weights of the clip search for groups found here (None: no search).
+    ``P``: GPTAQ's drift term (None: plain GPTQ).
     """
     K = Wt.shape[0]
     for i1 in range(0, K, B):
@@ -156,6 +189,7 @@ def _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, param_a
         W1 = Wt[i1:i2].clone()
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
+        P1 = None if P is None else P[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col, g = i1 + i, group_of[i1 + i]
             if not static and col % G == 0:
@@ -167,5 +201,9 @@ def _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, param_a
             q = int4_codes(W1[i], scales[g], z)
             codes[col] = q
             Err1[i] = (W1[i] - int4_dequant(q, scales[g], z)) / Hinv1[i, i]
+            if P1 is not None:  # the column's share of the input drift, before its error moves it (row i: P1[i, i] = 0)
+                W1[i + 1:].addr_(P1[i, i + 1:], W1[i])
             W1[i:].addr_(Hinv1[i, i:], Err1[i], alpha=-1.0)  # push the error onto the columns still to do
         Wt[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1.0)
+        if P is not None:  # W1's rows now hold the dequantised columns, as in the reference
+            Wt[i2:].addmm_(P[i1:i2, i2:].t(), W1)

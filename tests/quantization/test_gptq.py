@@ -170,3 +170,62 @@ def test_gptq_reads_at_most_calibration_sequences_and_says_so():
     report = quantize(everything, QuantConfig(group_size=32, gptq=True, calibration_sequences=None, progress=False), data=ids)
     assert "calibrated on the first" not in str(report)
     assert not torch.equal(everything.model.layers[1].mlp.down_proj.qweight, first.model.layers[1].mlp.down_proj.qweight)
+
+
+def test_gptaq_math_with_no_drift_or_alpha_0_is_plain_gptq():
+    x = correlated_inputs(n=1024, k=128)
+    w = torch.randn(24, 128) * 0.05
+    H, _ = hessian(x)
+    cfg = QuantConfig(group_size=32, gptq=True)
+    plain = gptq_quantize(w, H, cfg)
+    drift = torch.randn(128, 128) * 0.1
+    assert torch.equal(gptq_quantize(w, H, cfg, drift=torch.zeros(128, 128)).codes, plain.codes)
+    off = QuantConfig(group_size=32, gptq=True, gptaq=True, gptaq_alpha=0.0)
+    assert torch.equal(gptq_quantize(w, H, off, drift=drift).codes, plain.codes)
+    on = QuantConfig(group_size=32, gptq=True, gptaq=True)
+    assert not torch.equal(gptq_quantize(w, H, on, drift=drift).codes, plain.codes)
+
+
+def test_gptaq_targets_the_original_inputs():
+    """Quantised inputs that drifted from the original ones: GPTAQ's output error against W x_fp beats GPTQ's."""
+    from compress.quantization.gptq import accumulate_drift
+
+    x_fp = correlated_inputs(n=2048, k=128)
+    x = x_fp + 0.3 * correlated_inputs(n=2048, k=128, seed=1)  # the drift earlier layers' rounding caused
+    w = torch.randn(32, 128) * 0.05
+    H, _ = hessian(x)
+    drift, count = torch.zeros(128, 128), 0
+    for a, b in zip(x_fp.split(300), x.split(300)):
+        count = accumulate_drift(drift, count, a, b)
+    assert count == 2048
+    assert torch.allclose(drift, 2 / 2048 * (x_fp - x).t() @ x, rtol=1e-4, atol=1e-4)
+    target = x_fp @ w.t()
+    errors = {}
+    for alpha in (0.0, 0.25, 1.0):
+        cfg = QuantConfig(group_size=32, gptq=True, gptaq=True, gptaq_alpha=alpha)
+        errors[alpha] = (x @ dequantize(gptq_quantize(w, H, cfg, drift=drift)).t() - target).pow(2).mean().item()
+    assert errors[0.25] < errors[0.0] and errors[1.0] < errors[0.25]
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_gptaq_on_a_tiny_model_matches_the_original_at_least_as_well_as_gptq(family):
+    base = tiny_model(family)
+    ids = torch.randint(4, 300, (16, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = base(ids).logits
+    gptq, gptaq = copy.deepcopy(base), copy.deepcopy(base)
+    quantize(gptq, QuantConfig(group_size=32, gptq=True, progress=False), data=ids)
+    report = quantize(gptaq, QuantConfig(group_size=32, gptq=True, gptaq=True, progress=False), data=ids)
+    assert len(report.modules) == 14
+    assert _kl(gptaq, ids, ref) < _kl(gptq, ids, ref)
+
+
+def test_gptaq_needs_gptq_and_a_sane_alpha():
+    from compress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="set gptq=True"):
+        QuantConfig(gptaq=True)
+    with pytest.raises(ConfigError, match="gptaq_alpha must be between 0 and 1"):
+        QuantConfig(gptq=True, gptaq=True, gptaq_alpha=2.0)
+    cfg = QuantConfig(gptq=True, gptaq=True, overrides={"down_proj": {"gptq": False}})
+    assert cfg.for_module("model.layers.0.mlp.down_proj").gptaq is False  # dropping GPTQ drops GPTAQ
