@@ -15,9 +15,9 @@ modules in, and the recover stage ramps them in and packs them at the end.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Union
+from typing import Any, Callable, ClassVar, Mapping, Optional, Union
 
 from compress.errors import ConfigError, quote, shorten
 from compress.pruning.config import PruneConfig
@@ -115,11 +115,19 @@ class Quantize:
     sequences of the calibration split (``QuantConfig``'s field: one knob, one default)."""
 
     config: QuantConfig = field(default_factory=QuantConfig)
+    # the older spelling, Quantize(config, calibration_sequences=N): folded into the config, which holds the knob
+    calibration_sequences: InitVar[Optional[int]] = None
     kind: ClassVar[str] = "quantize"
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, calibration_sequences: Optional[int]) -> None:
         if isinstance(self.config, str) or self.config is None:
             object.__setattr__(self, "config", resolve_config(self.config))
+        if calibration_sequences is not None:
+            try:
+                config = dataclasses.replace(self.config, calibration_sequences=calibration_sequences)
+            except ConfigError as err:
+                raise RecipeError(str(err)) from None
+            object.__setattr__(self, "config", config)
 
     def label(self) -> str:
         return f"quantize {self.config.label()}"

@@ -1,8 +1,11 @@
 """Each model-changing recipe stage applies itself; the runner only builds the context."""
+import dataclasses
+
+import pytest
 import torch
 
 from compress.data import TextConfig, load_text
-from compress.pipeline.stages import Prune, Quantize, StageContext
+from compress.pipeline.stages import Prune, Quantize, RecipeError, StageContext
 from compress.pruning import PruneConfig
 from compress.quantization import QuantConfig
 from compress.quantization.linear import QuantLinear
@@ -53,8 +56,17 @@ def test_one_default_for_gptq_calibration_size():
 
     stage = Recipe.from_dict({"stages": [{"quantize": {"method": "int4", "gptq": True}}]}).stages[0]
     assert stage.config.calibration_sequences == QuantConfig().calibration_sequences
-    assert not hasattr(stage, "calibration_sequences")  # no second knob on the stage
+    assert "calibration_sequences" not in {f.name for f in dataclasses.fields(stage)}  # no second knob on the stage
     assert stage.options()["calibration_sequences"] == QuantConfig().calibration_sequences
+
+
+def test_the_older_python_spelling_folds_into_the_config():
+    config = QuantConfig(method="int4", gptq=True)
+    assert Quantize(config, calibration_sequences=8) == Quantize(QuantConfig(method="int4", gptq=True,
+                                                                             calibration_sequences=8))
+    assert Quantize(config).config.calibration_sequences == QuantConfig.calibration_sequences
+    with pytest.raises(RecipeError, match=r"calibration_sequences must be at least 1 \(or None to use them all\), got 0"):
+        Quantize(config, calibration_sequences=0)
 
 
 class QuantReportStub:
