@@ -20,6 +20,9 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="built-in name (smollm2-135m, gemma3-270m, minilm-l6), HF directory, .gguf file or hub id")
 
 
+SEQ_LEN = 512  # --seq-len when not given
+
+
 def _add_data(p: argparse.ArgumentParser, what: str, default: str | None = None) -> None:
     default = default or ("text the model writes itself ('generated', cached; encoders: the built-in Shakespeare)")
     p.add_argument("--data", nargs="+", metavar="FILE",
@@ -27,7 +30,9 @@ def _add_data(p: argparse.ArgumentParser, what: str, default: str | None = None)
                         f"or a mix with shares, e.g. generated=0.5 notes/=0.5 (default: {default})")
     p.add_argument("--generate-tokens", type=int, default=None, metavar="N",
                    help="tokens of generated text to write (and cache) when the data is 'generated' (default 8192)")
-    p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (default 512)")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help=f"tokens per sequence, at most the model's context (default {SEQ_LEN}, or the model's context "
+                        f"when that is shorter)")
     p.add_argument("--seed", type=int, default=0, help="seed of the private generator that splits the text (default 0)")
 
 
@@ -266,8 +271,33 @@ def _load_data(args: argparse.Namespace, tokenizer, writer):
 
     generate = GenerateConfig(tokens=args.generate_tokens) if args.generate_tokens is not None else None
     source = args.data if args.data else default_source(writer)
+    _fit_context(args, writer)
     return compress.load_text(source, tokenizer, TextConfig(seq_len=args.seq_len, seed=args.seed), model=writer,
                               generate=generate)
+
+
+def _seq_len_given(args: argparse.Namespace) -> None:
+    """``args.seq_len`` set (the default when not given), ``args.seq_len_given`` saying whether it was."""
+    if hasattr(args, "seq_len"):
+        args.seq_len_given = args.seq_len is not None
+        if args.seq_len is None:
+            args.seq_len = SEQ_LEN
+
+
+def _fit_context(args: argparse.Namespace, model: Any) -> None:
+    """--seq-len against the model's context (``max_position_embeddings``): a longer one given is one sentence;
+    the default, when longer, becomes the context with a one-line notice."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    context = getattr(text, "max_position_embeddings", None)
+    if not isinstance(context, int) or args.seq_len <= context:
+        return
+    if args.seq_len_given:
+        raise CompressError(f"--seq-len {args.seq_len} is longer than the model's context of {context} positions "
+                            f"(max_position_embeddings); lower --seq-len to at most {context}.")
+    print(f"note: sequences of {context} tokens, the model's context (max_position_embeddings), shorter than the "
+          f"default --seq-len {SEQ_LEN}.")
+    args.seq_len = context
 
 
 def _compress_and_save(args: argparse.Namespace, needs_data: bool, step: Callable, linear_bits: float | None = None) -> int:
@@ -516,7 +546,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     _check_file_output(args.json, force=True)
     device = check_device(args.device)
-    text_cfg = TextConfig(seq_len=args.seq_len, seed=args.seed)
     dtype = getattr(torch, args.dtype)
     task_cfg = runner = None
     if args.tasks is None and (args.include_path or args.limit is not None or args.num_fewshot is not None):
@@ -528,6 +557,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, seed=args.seed)
         runner = TaskRunner(args.tasks, task_cfg)  # lm-eval installed, names known, data readable: before loading any model
     model, tokenizer = compress.load_model(args.model, dtype=dtype, device=device)
+    _fit_context(args, model)
+    text_cfg = TextConfig(seq_len=args.seq_len, seed=args.seed)
     eval_cfg = EvalConfig(
         batch_size=args.batch_size,
         max_sequences=args.max_sequences,
@@ -577,6 +608,7 @@ def _short(err: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _seq_len_given(args)
     try:
         return args.func(args)
     except (CompressError, NotImplementedError) as err:

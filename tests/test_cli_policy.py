@@ -102,3 +102,34 @@ def test_bench_is_documented_as_checkout_only(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "checkout only" in " ".join(capsys.readouterr().out.split())
+
+
+# -- --seq-len against the model's context ----------------------------------------------------
+
+def test_a_seq_len_beyond_the_models_context_is_one_sentence_before_the_text_loads(tiny_dir, tmp_path, capsys,
+                                                                                    monkeypatch):
+    import compress
+
+    monkeypatch.setattr(compress, "load_text", lambda *a, **k: pytest.fail("the text was read"))
+    code = main(["quantize", str(tiny_dir), "--method", "int4", "--group-size", "32", "--gptq", "--seq-len", "300",
+                 "--data", "shakespeare", "-o", str(tmp_path / "q")])
+    assert code == 2
+    [line] = [l for l in capsys.readouterr().err.splitlines() if l.startswith("compress-lm")]
+    assert line == ("compress-lm quantize: --seq-len 300 is longer than the model's context of 256 positions "
+                    "(max_position_embeddings); lower --seq-len to at most 256.")
+    assert main(["eval", str(tiny_dir), "--seq-len", "300"]) == 2
+    assert "--seq-len 300 is longer than the model's context of 256 positions" in capsys.readouterr().err
+
+
+def test_the_default_seq_len_follows_a_shorter_context_with_a_notice(tiny_dir, text_file, tmp_path, capsys, monkeypatch):
+    from compress import api
+
+    seen = []
+    real = api.quantize
+    monkeypatch.setattr(api, "quantize", lambda model, config, data=None: seen.append(data) or real(model, config, data))
+    assert main(["quantize", str(tiny_dir), "--method", "int4", "--group-size", "32", "--gptq", "--data", str(text_file),
+                 "--calibration-sequences", "1", "-o", str(tmp_path / "q")]) == 0
+    assert seen[0].config.seq_len == 256  # tiny models have 256 positions; the default is 512
+    out = capsys.readouterr().out
+    assert out.count("note: sequences of 256 tokens, the model's context (max_position_embeddings), shorter than the "
+                     "default --seq-len 512.") == 1
