@@ -84,6 +84,10 @@ def preflight(recipe: Recipe, model: nn.Module, splits: TextSplits, device: torc
     except UnsupportedModelError as err:
         problems.append(str(err))
         adapter = None
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if isinstance(context, int) and splits.config.seq_len > context:
+        problems.append(f"the text's seq_len {splits.config.seq_len} is longer than the model's context of {context} "
+                        f"positions (max_position_embeddings); set text seq_len to at most {context}.")
     if device.type == "cuda" and not torch.cuda.is_available():
         problems.append("The recipe asks for device 'cuda' but this machine has no CUDA GPU; use device: cpu.")
 
