@@ -38,7 +38,8 @@ def prune_problems(model: nn.Module, cfg: PruneConfig, *, seq_len: int | None = 
     except CompressError as err:
         return [str(err)], False
     n = adapter.num_layers
-    found = protect_problems(n, cfg)
+    protect = protect_problems(n, cfg)
+    found = list(protect)
     if cfg.importance == "taylor" and adapter.lm_head is None:
         found.append(f"{type(adapter.model).__name__} has no LM head and returns no loss, so Taylor importance cannot "
                      f"be computed; use importance='magnitude' or 'activation'.")
@@ -61,7 +62,7 @@ def prune_problems(model: nn.Module, cfg: PruneConfig, *, seq_len: int | None = 
                      f"{seq_len}; lower calib_seq_len or raise text seq_len.")
     # Can the target be met at all?  (Which layers drop_layers removes depends on the text: the pruner
     # asks again, through the same unreachable(), once it has chosen them.)
-    if cfg.drop_layers == 0 and not any(p.startswith("protect_layers") for p in found):
+    if cfg.drop_layers == 0 and not protect:
         non_emb = count_parameters(model)[1]
         managed = [g for i, g in enumerate(groups) if i not in cfg.protect_layers]
         budgets = [layer_budget(g) for g in managed]
