@@ -224,9 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", help="a directory compress-lm wrote")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("bench", help="kernel microbenchmarks and end-to-end decode speed (need a GPU; `bench model --smoke` "
-                                     "checks on the CPU); checkout only: runs benchmarks/ of a clone of compress-lm, "
-                                     "which a wheel does not install")
+    bench_help = ("kernel microbenchmarks and end-to-end decode speed (need a GPU; `bench model --smoke` checks on the "
+                  "CPU); checkout only: runs benchmarks/ of a clone of compress-lm, which a wheel does not install")
+    p = sub.add_parser("bench", help=bench_help, description=bench_help)
     p.add_argument("what", choices=["kernels", "model"])
     p.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the benchmark script (see its --help)")
     p.set_defaults(func=cmd_bench)

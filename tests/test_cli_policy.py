@@ -98,9 +98,10 @@ def test_bench_outside_a_checkout_refuses_in_one_sentence(tmp_path, monkeypatch,
     assert "compress-lm bench runs the benchmarks of a source checkout" in err and "clone of compress-lm" in err
 
 
-def test_bench_is_documented_as_checkout_only(capsys):
+@pytest.mark.parametrize("argv", [["--help"], ["bench", "--help"]])
+def test_bench_is_documented_as_checkout_only(capsys, argv):
     with pytest.raises(SystemExit):
-        main(["--help"])
+        main(argv)
     assert "checkout only" in " ".join(capsys.readouterr().out.split())
 
 
