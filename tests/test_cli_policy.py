@@ -134,3 +134,20 @@ def test_the_default_seq_len_follows_a_shorter_context_with_a_notice(tiny_dir, t
     out = capsys.readouterr().out
     assert out.count("note: sequences of 256 tokens, the model's context (max_position_embeddings), shorter than the "
                      "default --seq-len 512.") == 1
+
+
+def test_an_earlier_versions_hidden_state_is_continued_while_it_exists_alone(tiny_dir, text_file, tmp_path, monkeypatch,
+                                                                             capsys):
+    import compress
+
+    out, legacy = tmp_path / "rec", tmp_path / ".rec.train-state"
+    real = compress.save
+    monkeypatch.setattr(compress, "save", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        _recover(tiny_dir, text_file, out, "--state-dir", str(legacy))  # where earlier versions kept it
+    monkeypatch.setattr(compress, "save", real)
+    capsys.readouterr()
+    assert _recover(tiny_dir, text_file, out) == 0
+    printed = capsys.readouterr().out
+    assert f"note: continuing from the training state an earlier version left in {legacy}." in printed
+    assert "resumed from the checkpoint at step 2" in printed and not (tmp_path / "rec.train-state").exists()
