@@ -151,3 +151,21 @@ def test_an_earlier_versions_hidden_state_is_continued_while_it_exists_alone(tin
     printed = capsys.readouterr().out
     assert f"note: continuing from the training state an earlier version left in {legacy}." in printed
     assert "resumed from the checkpoint at step 2" in printed and not (tmp_path / "rec.train-state").exists()
+
+
+def test_a_checkpoint_of_other_settings_is_refused_naming_the_difference_and_the_way_out(tiny_dir, text_file, tmp_path,
+                                                                                       monkeypatch, capsys):
+    import compress
+
+    out = tmp_path / "rec"
+    real = compress.save
+    monkeypatch.setattr(compress, "save", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        _recover(tiny_dir, text_file, out)
+    monkeypatch.setattr(compress, "save", real)
+    capsys.readouterr()
+    assert _recover(tiny_dir, text_file, out, "--lr", "0.001") == 2
+    [line] = [l for l in capsys.readouterr().err.splitlines() if l.startswith("compress-lm")]
+    assert "was made with another config (lr: 0.0001 -> 0.001)" in line
+    assert line.endswith("or use another output_dir (compress-lm recover: --state-dir, or --force to start over).")
+    assert _recover(tiny_dir, text_file, out, "--lr", "0.001", "--force") == 0
