@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64, 128 (a last partial group is fine) or -1 per channel (default 128)")
     p.add_argument("--asymmetric", action="store_true", help="int4 with zero points")
     p.add_argument("--gptq", action="store_true", help="int4 with GPTQ error compensation (uses --data)")
+    p.add_argument("--gptaq", action="store_true",
+                   help="with --gptq: match the original model's outputs, compensating earlier layers' error too (GPTQv2; "
+                        "about twice the calibration passes)")
+    p.add_argument("--zero-point", choices=["integer", "float"], default="integer",
+                   help="with --asymmetric: whole-code zero points (gptq, compressed-tensors, GGUF Q4_1) or exact "
+                        "min-max offsets (lower error; native and GGUF Q4_1 only) (default integer)")
     p.add_argument("--no-act-order", dest="act_order", action="store_false",
                    help="GPTQ in plain column order instead of by decreasing input energy (act_order overfits less; on by default)")
     p.add_argument("--no-clip-search", dest="clip_search", action="store_false",
@@ -356,7 +362,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         given["calibration_sequences"] = args.calibration_sequences
     config = QuantConfig(method=args.method, group_size=args.group_size, symmetric=not args.asymmetric,
                          gptq=args.gptq, scale=args.scale, activations="a8" if args.a8 else "a16",
-                         act_order=args.act_order, clip_search=args.clip_search, **given)
+                         act_order=args.act_order, clip_search=args.clip_search, gptaq=args.gptaq,
+                         zero_point=args.zero_point, **given)
     bits = 2.2 if config.method == "ternary" else 4.5  # packed weights and their scales, rounded up
     return _compress_and_save(args, config.gptq, lambda model, data: api.quantize(model, config, data=data), bits)
 
