@@ -20,6 +20,9 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="built-in name (smollm2-135m, gemma3-270m, minilm-l6), HF directory, .gguf file or hub id")
 
 
+SEQ_LEN = 512  # --seq-len when not given
+
+
 def _add_data(p: argparse.ArgumentParser, what: str, default: str | None = None) -> None:
     default = default or ("text the model writes itself ('generated', cached; encoders: the built-in Shakespeare)")
     p.add_argument("--data", nargs="+", metavar="FILE",
@@ -27,16 +30,18 @@ def _add_data(p: argparse.ArgumentParser, what: str, default: str | None = None)
                         f"or a mix with shares, e.g. generated=0.5 notes/=0.5 (default: {default})")
     p.add_argument("--generate-tokens", type=int, default=None, metavar="N",
                    help="tokens of generated text to write (and cache) when the data is 'generated' (default 8192)")
-    p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (default 512)")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help=f"tokens per sequence, at most the model's context (default {SEQ_LEN}, or the model's context "
+                        f"when that is shorter)")
     p.add_argument("--seed", type=int, default=0, help="seed of the private generator that splits the text (default 0)")
 
 
 STORAGE_DTYPES = ["bfloat16", "float16", "float32"]
 
 
-def _add_output(p: argparse.ArgumentParser) -> None:
+def _add_output(p: argparse.ArgumentParser, force: str = "replace the output directory if it exists") -> None:
     p.add_argument("-o", "--output", required=True, help="output checkpoint directory (reopen with compress.load)")
-    p.add_argument("--force", action="store_true", help="replace the output directory if it exists")
+    p.add_argument("--force", action="store_true", help=force)
     p.add_argument("--dtype", choices=STORAGE_DTYPES,
                    help="dtype the checkpoint stores float tensors in (default bfloat16; compress.load computes in float32)")
 
@@ -116,17 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="ternary or int4 quantisation to packed weights")
     _add_model(p)
+    from compress.quantization.config import QuantConfig
     p.add_argument("--method", choices=["ternary", "int4"],
                    help="the format of every targeted module (required unless --target-size chooses them)")
     p.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64, 128 (a last partial group is fine) or -1 per channel (default 128)")
     p.add_argument("--asymmetric", action="store_true", help="int4 with zero points")
     p.add_argument("--gptq", action="store_true", help="int4 with GPTQ error compensation (uses --data)")
+    p.add_argument("--gptaq", action="store_true",
+                   help="with --gptq: match the original model's outputs, compensating earlier layers' error too (GPTQv2; "
+                        "about twice the calibration passes)")
+    p.add_argument("--zero-point", choices=["integer", "float"], default="integer",
+                   help="with --asymmetric: whole-code zero points (gptq, compressed-tensors, GGUF Q4_1) or exact "
+                        "min-max offsets (lower error; native and GGUF Q4_1 only) (default integer)")
     p.add_argument("--no-act-order", dest="act_order", action="store_false",
                    help="GPTQ in plain column order instead of by decreasing input energy (act_order overfits less; on by default)")
     p.add_argument("--no-clip-search", dest="clip_search", action="store_false",
                    help="int4 group ranges from min/max alone, without searching shrink factors 1.0..0.8 (on by default)")
-    p.add_argument("--calibration-sequences", type=int, default=128, metavar="N",
-                   help="GPTQ reads at most N calibration sequences of --seq-len tokens (default 128)")
+    p.add_argument("--calibration-sequences", type=int, default=argparse.SUPPRESS, metavar="N",
+                   help=f"GPTQ reads at most N calibration sequences of --seq-len tokens "
+                        f"(default {QuantConfig.calibration_sequences}, QuantConfig's)")
     p.add_argument("--scale", choices=["absmean", "absmedian"], default="absmean", help="ternary scale (default absmean, BitNet b1.58)")
     p.add_argument("--a8", action="store_true", help="ternary with 8-bit activations (W1.58A8)")
     p.add_argument("--embeddings", choices=["int8", "int4", "none"],
@@ -158,10 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
     p.add_argument("--lora", type=int, default=0, metavar="R", help="train rank-R LoRA adapters only, merged at the end")
-    p.add_argument("--resume", action="store_true", help="continue from the last training checkpoint in OUTPUT/train-state")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="training checkpoints and log (default OUTPUT.train-state beside OUTPUT); the same command "
+                        "again continues from the newest checkpoint there, as `run` does; the checkpoints are deleted "
+                        "once OUTPUT is written, the log stays")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in --state-dir (what the same command does anyway), "
+                        "and replace OUTPUT if a finished run wrote it")
     p.add_argument("--distributed", choices=["auto", "ddp", "fsdp"], default="auto",
                    help="under torchrun: DDP (whole model on every process) or FSDP (sharded); auto: FSDP from 1e9 parameters")
-    _add_output(p)
+    _add_output(p, force="replace the output directory if it exists, and start training over (the checkpoints in "
+                         "--state-dir are deleted)")
     p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("sensitivity", help="per-layer and per-module error of pruning and of each quantisation format; heat map, override map")
@@ -222,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", help="a directory compress-lm wrote")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("bench", help="kernel microbenchmarks and end-to-end decode speed (need a GPU; `bench model --smoke` checks on the CPU)")
+    bench_help = ("kernel microbenchmarks and end-to-end decode speed (need a GPU; `bench model --smoke` checks on the "
+                  "CPU); checkout only: runs benchmarks/ of a clone of compress-lm, which a wheel does not install")
+    p = sub.add_parser("bench", help=bench_help, description=bench_help)
     p.add_argument("what", choices=["kernels", "model"])
     p.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the benchmark script (see its --help)")
     p.set_defaults(func=cmd_bench)
@@ -267,8 +289,33 @@ def _load_data(args: argparse.Namespace, tokenizer, writer):
 
     generate = GenerateConfig(tokens=args.generate_tokens) if args.generate_tokens is not None else None
     source = args.data if args.data else default_source(writer)
+    _fit_context(args, writer)
     return compress.load_text(source, tokenizer, TextConfig(seq_len=args.seq_len, seed=args.seed), model=writer,
                               generate=generate)
+
+
+def _seq_len_given(args: argparse.Namespace) -> None:
+    """``args.seq_len`` set (the default when not given), ``args.seq_len_given`` saying whether it was."""
+    if hasattr(args, "seq_len"):
+        args.seq_len_given = args.seq_len is not None
+        if args.seq_len is None:
+            args.seq_len = SEQ_LEN
+
+
+def _fit_context(args: argparse.Namespace, model: Any) -> None:
+    """--seq-len against the model's context (``max_position_embeddings``): a longer one given is one sentence;
+    the default, when longer, becomes the context with a one-line notice."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    context = getattr(text, "max_position_embeddings", None)
+    if not isinstance(context, int) or args.seq_len <= context:
+        return
+    if args.seq_len_given:
+        raise CompressError(f"--seq-len {args.seq_len} is longer than the model's context of {context} positions "
+                            f"(max_position_embeddings); lower --seq-len to at most {context}.")
+    print(f"note: sequences of {context} tokens, the model's context (max_position_embeddings), shorter than the "
+          f"default --seq-len {SEQ_LEN}.")
+    args.seq_len = context
 
 
 def _compress_and_save(args: argparse.Namespace, needs_data: bool, step: Callable, linear_bits: float | None = None,
@@ -299,7 +346,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from compress.pruning import PruneConfig
 
     given = _given(args, PruneConfig)
-    given.setdefault("calib_seq_len", min(PruneConfig.calib_seq_len, args.seq_len))  # windows cut from --seq-len
+    given["calib_seq_len"] = _calib_seq_len(given.get("calib_seq_len"), args.seq_len, PruneConfig.calib_seq_len)
     if "protect_layers" in given:
         given["protect_layers"] = tuple(given["protect_layers"])
     if given.get("stages", 1) > 1:  # the training between stages; held-out figures on 16 sequences before and after each
@@ -310,13 +357,30 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return _compress_and_save(args, config.needs_data, lambda model, data: api.prune(model, config, data=data))
 
 
+def _calib_seq_len(given: int | None, seq_len: int, default: int | None) -> int | None:
+    """Calibration windows are cut from the text's --seq-len sequences: a longer --calib-seq-len is refused
+    before any loading; the default, when longer, becomes --seq-len with a one-line notice."""
+    if given is not None:
+        if given > seq_len:
+            raise CompressError(f"--calib-seq-len {given} is longer than --seq-len {seq_len}, the sequences calibration "
+                                f"windows are cut from; lower --calib-seq-len or raise --seq-len.")
+        return given
+    if default is not None and default > seq_len:
+        print(f"note: calibration windows of {seq_len} tokens (--seq-len), shorter than the default --calib-seq-len "
+              f"{default}.")
+        return seq_len
+    return default
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     from compress import api
     from compress.quantization import QuantConfig
 
-    embedding = {"embeddings": None if args.embeddings == "none" else args.embeddings} if args.embeddings else {}
+    given = {"embeddings": None if args.embeddings == "none" else args.embeddings} if args.embeddings else {}
     if args.embedding_group_size is not None:
-        embedding["embedding_group_size"] = args.embedding_group_size
+        given["embedding_group_size"] = args.embedding_group_size
+    if hasattr(args, "calibration_sequences"):  # passed on only when given: QuantConfig holds the default
+        given["calibration_sequences"] = args.calibration_sequences
     target = {k: getattr(args, k) for k in ("target_size", "target_metric", "target_sequences") if getattr(args, k) is not None}
     if args.target_formats:
         target["target_formats"] = tuple(args.target_formats)
@@ -328,8 +392,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                             f"--target-size SIZE (such as 80MiB) or drop it.")
     config = QuantConfig(method=args.method or "int4", group_size=args.group_size, symmetric=not args.asymmetric,
                          gptq=args.gptq, scale=args.scale, activations="a8" if args.a8 else "a16",
-                         calibration_sequences=args.calibration_sequences, act_order=args.act_order,
-                         clip_search=args.clip_search, **embedding, **target)
+                         act_order=args.act_order, clip_search=args.clip_search, gptaq=args.gptaq,
+                         zero_point=args.zero_point, **given, **target)
     bits = 2.2 if config.method == "ternary" else 4.5  # packed weights and their scales, rounded up
     budget = config.target_size is not None
     precheck = None
@@ -350,9 +414,10 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from compress.recovery import RecoverConfig, is_main_process
 
     out = Path(args.output).expanduser().resolve()
+    state = _state_dir(args, out)
     config = RecoverConfig(steps=args.steps, tokens=args.tokens, batch_size=args.batch_size, lr=args.lr,
-                           lora_rank=args.lora, resume=args.resume, seed=args.seed, distributed=args.distributed,
-                           output_dir=str(out.parent / f".{out.name}.train-state"))
+                           lora_rank=args.lora, resume=True, seed=args.seed, distributed=args.distributed,
+                           output_dir=str(state))
     if not args.resume:
         _check_output(args)
     model, tokenizer = compress.load_model(args.model)
@@ -361,13 +426,48 @@ def cmd_recover(args: argparse.Namespace) -> int:
         check_location(out, needed)
     else:
         _check_output(args, needed)
+    if args.force and is_main_process():
+        _start_over(state)
     teacher = compress.load_model(args.teacher).model if args.teacher else None
     data = _load_data(args, tokenizer, teacher if teacher is not None else model)
     report = api.recover(model, teacher, data, config)
     if is_main_process():  # under torchrun only rank 0 writes
         print(report)
         print(f"checkpoint written to {compress.save(model, out, tokenizer, overwrite=args.force or args.resume, dtype=args.dtype)}")
+        _start_over(state)  # only a resume needs the training checkpoints, as in `run`
+        print(f"training log kept in {state}")
     return 0
+
+
+TRAIN_STATE_SUFFIX = ".train-state"
+
+
+def _state_dir(args: argparse.Namespace, out: Path) -> Path:
+    """--state-dir, or OUTPUT.train-state beside OUTPUT (an interrupted run of an earlier version left its
+    checkpoints in the hidden .OUTPUT.train-state: that one is used while it exists alone)."""
+    if args.state_dir:
+        state = Path(args.state_dir).expanduser().resolve()
+    else:
+        state = out.parent / f"{out.name}{TRAIN_STATE_SUFFIX}"
+        legacy = out.parent / f".{out.name}{TRAIN_STATE_SUFFIX}"
+        if legacy.is_dir() and not state.exists():
+            print(f"note: continuing from the training state an earlier version left in {legacy}.")
+            state = legacy
+    if state == out or out in state.parents:
+        raise CompressError(f"--state-dir '{state}' lies inside the output directory '{out}', which is written whole "
+                            f"at the end; put the training state beside it (the default is '{out}{TRAIN_STATE_SUFFIX}').")
+    if state.exists() and not state.is_dir():
+        raise CompressError(f"--state-dir '{state}' is a file; give a directory for the training checkpoints.")
+    return state
+
+
+def _start_over(state: Path) -> None:
+    """Delete the training checkpoints in ``state`` (nothing else: --state-dir may be a folder the user shares)."""
+    import shutil
+
+    from compress.recovery.state import checkpoint_root
+
+    shutil.rmtree(checkpoint_root(state), ignore_errors=True)
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
@@ -457,18 +557,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"  # beside compress/ in a checkout only
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     script = {"kernels": "kernel_matmul", "model": "model_decode"}[args.what]
     return _benchmark_script(script).main(args.args)
 
 
 def _benchmark_script(name: str):
-    """Load benchmarks/<name>.py from the source checkout (benchmarks/ is not installed)."""
+    """Load benchmarks/<name>.py from the source checkout (benchmarks/ is not installed: checkout only)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    path = BENCHMARKS / f"{name}.py"
     if not path.is_file():
-        raise CompressError(f"The benchmark {path} is not here: benchmarks ship with the source checkout; run from a clone of compress-lm.")
+        raise CompressError(f"compress-lm bench runs the benchmarks of a source checkout, and {path} is not there "
+                            f"(a wheel does not install benchmarks/); run it from a clone of compress-lm "
+                            f"(pip install -e .).")
     spec = importlib.util.spec_from_file_location(f"compress_benchmarks_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up here
@@ -487,7 +592,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     _check_file_output(args.json, force=True)
     device = check_device(args.device)
-    text_cfg = TextConfig(seq_len=args.seq_len, seed=args.seed)
     dtype = getattr(torch, args.dtype)
     task_cfg = runner = None
     if args.tasks is None and (args.include_path or args.limit is not None or args.num_fewshot is not None):
@@ -499,6 +603,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, seed=args.seed)
         runner = TaskRunner(args.tasks, task_cfg)  # lm-eval installed, names known, data readable: before loading any model
     model, tokenizer = compress.load_model(args.model, dtype=dtype, device=device)
+    _fit_context(args, model)
+    text_cfg = TextConfig(seq_len=args.seq_len, seed=args.seed)
     eval_cfg = EvalConfig(
         batch_size=args.batch_size,
         max_sequences=args.max_sequences,
@@ -548,6 +654,7 @@ def _short(err: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _seq_len_given(args)
     try:
         return args.func(args)
     except (CompressError, NotImplementedError) as err:

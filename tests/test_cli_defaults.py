@@ -35,3 +35,37 @@ def test_prune_help_shows_the_config_defaults():
     sub = next(a for a in build_parser()._subparsers._group_actions).choices["prune"]
     text = sub.format_help()
     assert f"(default {PruneConfig.step})" in text and f"(default {PruneConfig.calib_samples})" in text
+
+
+def test_quantize_calibration_sequences_default_is_quant_configs(monkeypatch, tmp_path):
+    from compress import cli
+    from compress.quantization import QuantConfig
+
+    seen = []
+    monkeypatch.setattr(cli, "_compress_and_save", lambda args, needs, step, bits=None: seen.append(step) or 0)
+    import compress.api as api
+
+    monkeypatch.setattr(api, "quantize", lambda model, config, data=None: config)
+    assert cli.main(["quantize", "m", "--method", "int4", "--gptq", "-o", str(tmp_path / "q")]) == 0
+    assert cli.main(["quantize", "m", "--method", "int4", "--gptq", "--calibration-sequences", "7",
+                     "-o", str(tmp_path / "q")]) == 0
+    assert [step(None, None).calibration_sequences for step in seen] == [QuantConfig.calibration_sequences, 7]
+    sub = next(a for a in build_parser()._subparsers._group_actions).choices["quantize"]
+    assert f"(default {QuantConfig.calibration_sequences}" in " ".join(sub.format_help().split())
+
+
+def test_quantize_gptaq_and_zero_point_flags_reach_the_config(monkeypatch, tmp_path):
+    from compress import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_compress_and_save", lambda args, needs, step, bits=None: seen.append(step) or 0)
+    import compress.api as api
+
+    monkeypatch.setattr(api, "quantize", lambda model, config, data=None: config)
+    assert cli.main(["quantize", "m", "--method", "int4", "--gptq", "--gptaq", "--asymmetric", "--zero-point", "float",
+                     "-o", str(tmp_path / "q")]) == 0
+    assert cli.main(["quantize", "m", "--method", "int4", "--gptq", "-o", str(tmp_path / "q")]) == 0
+    first, plain = (step(None, None) for step in seen)
+    assert (first.gptaq, first.symmetric, first.zero_point) == (True, False, "float")
+    assert (plain.gptaq, plain.symmetric, plain.zero_point) == (False, True, "integer")
+    assert cli.main(["quantize", "m", "--method", "int4", "--gptaq", "-o", str(tmp_path / "q")]) == 2  # gptaq needs --gptq

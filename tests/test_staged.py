@@ -120,7 +120,7 @@ def test_staged_pruning_needs_a_training_split_and_touches_nothing_without_it():
 def test_staged_pruning_checks_the_whole_budget_before_the_first_stage():
     model = gqa_model("llama")
     before = {n: p.clone() for n, p in model.named_parameters()}
-    with pytest.raises(CompressError, match="would remove every channel or kv group"):
+    with pytest.raises(CompressError, match=r"sparsity 0.98 cannot be reached; at most [\d.]+% of the non-embedding"):
         prune(model, 0.98, data=splits(), stages=2, stage_tokens=64, method="uniform", importance="magnitude", **FAST)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 

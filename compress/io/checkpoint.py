@@ -1,15 +1,15 @@
 """The native checkpoint: ``compress.save`` and ``compress.load``.
 
-A checkpoint is a directory: ``config.json``, ``model.safetensors`` (or
-shards with ``model.safetensors.index.json``), tokenizer files when given,
-and ``compress.json`` (see ``compress.io.manifest``).  Loading builds the
+A checkpoint is a transformers model directory, written by the one writer
+``compress.io.model_files`` (``config.json``, ``model.safetensors`` or
+shards with ``model.safetensors.index.json``, tokenizer files when given),
+plus ``compress.json`` (see ``compress.io.manifest``).  Loading builds the
 model skeleton without allocating weights, swaps in pruned shapes and
 QuantLinear modules from the manifest, and assigns the stored tensors, so no
 full-size float copy is made.
 """
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -23,13 +23,11 @@ from compress.io import remote_code, stock_loaders
 from compress.io.atomic import atomic_directory, sha256_file
 from compress.io.integrity import check_listed, check_unlisted
 from compress.io.manifest import MANIFEST, CheckpointError, Manifest
+from compress.io.model_files import INDEX, MAX_SHARD_BYTES, WEIGHTS, stored_state, write_model_dir
 from compress.io.outputs import input_paths
-from compress.io.state import unique_state
-from compress.io.storage import DtypeLike, cast_state, dtype_name, packed_names, upcast_state
+from compress.io.storage import DtypeLike, dtype_name, packed_names, upcast_state
 
-WEIGHTS = "model.safetensors"
-INDEX = "model.safetensors.index.json"
-DEFAULT_SHARD_BYTES = 2 * 2**30
+DEFAULT_SHARD_BYTES = MAX_SHARD_BYTES
 
 
 def save(
@@ -49,71 +47,23 @@ def save(
     complete; an existing one is replaced only with ``overwrite=True``.
     Returns the directory.
     """
-    from safetensors.torch import save_file
-
     if getattr(model, "config", None) is None:
         raise CheckpointError(f"{type(model).__name__} has no config; compress.save takes transformers models.")
     stored = dtype_name(dtype)
-    tensors, tied = unique_state(model)
-    tensors = cast_state(tensors, getattr(torch, stored), packed_names(model))
+    tensors, tied = stored_state(model, getattr(torch, stored))
     manifest = _manifest(model, tied)
     manifest.dtype = stored
+    # always present: a copy that lost compress.json is then recognised and refused (compress.load_model)
+    methods = list(getattr(model.config, "compress_methods", None) or [])
     with atomic_directory(path, overwrite, protect=input_paths(model)) as tmp:
-        _write_config(model, tmp)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        shards = _shard(tensors, max_shard_bytes)
-        for file, part in shards.items():
-            save_file(part, tmp / file, metadata={"format": "pt"})
-        if len(shards) > 1:
-            index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
-                     "weight_map": {k: f for f, part in shards.items() for k in part}}
-            (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
+        write_model_dir(model, tokenizer, tmp, tensors, packed=any(hasattr(m, "qweight") for m in model.modules()),
+                        config_fields={"compress_methods": methods}, max_shard_bytes=max_shard_bytes)
         manifest.files = {
             f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
             for f in sorted(tmp.iterdir()) if f.is_file() and f.name != MANIFEST
         }
         manifest.write(tmp)
     return Path(path).expanduser().resolve()
-
-
-def _write_config(model: nn.Module, directory: Path) -> None:
-    """config.json, plus the modeling file stock transformers needs when layer widths differ."""
-    config = copy.deepcopy(model.config)
-    config.architectures = [type(model).__name__]  # what _skeleton rebuilds
-    # always present: a copy that lost compress.json is then recognised and refused (compress.load_model)
-    config.compress_methods = list(getattr(config, "compress_methods", None) or [])
-    try:
-        adapter = adapter_for(model)
-    except UnsupportedModelError:
-        adapter = None
-    quantized = any(hasattr(m, "qweight") for m in model.modules())
-    if adapter is not None and not quantized:
-        widths = remote_code.layer_widths(adapter)
-        if not remote_code.is_uniform(widths):
-            setattr(config, remote_code.WIDTHS_KEY, widths)
-            (directory / f"{remote_code.MODULE}.py").write_text(remote_code.modeling_file(adapter, type(model).__name__))
-            config.auto_map = {remote_code.auto_map_key(model): f"{remote_code.MODULE}.{remote_code.CLASS}"}
-    config.save_pretrained(directory)
-    if quantized:  # stock layers would load it with random weights (see stock_loaders)
-        stock_loaders.refuse_stock_layers(directory)
-
-
-def _shard(tensors: dict[str, torch.Tensor], max_bytes: int) -> dict[str, dict[str, torch.Tensor]]:
-    parts: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name, t in tensors.items():
-        if parts[-1] and size + t.nbytes > max_bytes:
-            parts.append({})
-            size = 0
-        parts[-1][name] = t
-        size += t.nbytes
-    if len(parts) == 1:
-        return {WEIGHTS: parts[0]}
-    n = len(parts)
-    return {f"model-{i + 1:05d}-of-{n:05d}.safetensors": p for i, p in enumerate(parts)}
 
 
 def _manifest(model: nn.Module, tied: dict[str, str]) -> Manifest:

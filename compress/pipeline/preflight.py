@@ -84,6 +84,10 @@ def preflight(recipe: Recipe, model: nn.Module, splits: TextSplits, device: torc
     except UnsupportedModelError as err:
         problems.append(str(err))
         adapter = None
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if isinstance(context, int) and splits.config.seq_len > context:
+        problems.append(f"the text's seq_len {splits.config.seq_len} is longer than the model's context of {context} "
+                        f"positions (max_position_embeddings); set text seq_len to at most {context}.")
     if device.type == "cuda" and not torch.cuda.is_available():
         problems.append("The recipe asks for device 'cuda' but this machine has no CUDA GPU; use device: cpu.")
 
@@ -116,8 +120,9 @@ def preflight(recipe: Recipe, model: nn.Module, splits: TextSplits, device: torc
                 continue
             predicted = _check_quantize(stage.config, predicted, round_to, where, problems)
             _note_tied(stage.config, adapter, notes)
-            if stage.config.gptq and stage.calibration_sequences > len(splits.calibration):
-                notes.append(f"{where}: GPTQ asks for {stage.calibration_sequences} calibration sequences; the text "
+            wanted = stage.config.calibration_sequences  # None: all of them
+            if stage.config.gptq and wanted is not None and wanted > len(splits.calibration):
+                notes.append(f"{where}: GPTQ asks for {wanted} calibration sequences; the text "
                              f"gives {len(splits.calibration)}, and all of them are used.")
         elif isinstance(stage, Export):
             _check_export(stage, predicted, where, problems, notes)

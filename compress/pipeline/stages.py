@@ -4,8 +4,8 @@
 and ``Export(formats)``.  A recipe may also list the bare configs (or a
 quantisation shorthand such as ``"int4"``); ``as_stage`` wraps them.  In YAML a
 stage is a one-key mapping, ``{prune: {sparsity: 0.3}}``, whose keys are the
-config's fields plus the stage's own (``calibration_sequences`` for
-quantize); ``{quantize: int4}``, ``{prune: 0.3}`` and ``{export: [hf, gguf]}``
+config's fields (GPTQ's ``calibration_sequences`` is ``QuantConfig``'s own
+field, with its one default); ``{quantize: int4}``, ``{prune: 0.3}`` and ``{export: [hf, gguf]}``
 are shorthands.
 
 A quantize stage directly followed by a recover stage is trained with
@@ -15,9 +15,9 @@ modules in, and the recover stage ramps them in and packs them at the end.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Union
+from typing import Any, Callable, ClassVar, Mapping, Optional, Union
 
 from compress.errors import ConfigError, quote, shorten
 from compress.pruning.config import PruneConfig
@@ -112,24 +112,29 @@ class Recover:
 
 @dataclass(frozen=True)
 class Quantize:
-    """Quantisation (``compress.quantize``); GPTQ calibrates on ``calibration_sequences`` of the calibration split."""
+    """Quantisation (``compress.quantize``); GPTQ calibrates on the first ``config.calibration_sequences``
+    sequences of the calibration split (``QuantConfig``'s field: one knob, one default)."""
 
     config: QuantConfig = field(default_factory=QuantConfig)
-    calibration_sequences: int = 32
+    # the older spelling, Quantize(config, calibration_sequences=N): folded into the config, which holds the knob
+    calibration_sequences: InitVar[Optional[int]] = None
     kind: ClassVar[str] = "quantize"
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, calibration_sequences: Optional[int]) -> None:
         if isinstance(self.config, str) or self.config is None:
             object.__setattr__(self, "config", resolve_config(self.config))
-        n = self.calibration_sequences
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise RecipeError(f"calibration_sequences must be an integer >= 1, got {quote(n)}.")
+        if calibration_sequences is not None:
+            try:
+                config = dataclasses.replace(self.config, calibration_sequences=calibration_sequences)
+            except ConfigError as err:
+                raise RecipeError(str(err)) from None
+            object.__setattr__(self, "config", config)
 
     def label(self) -> str:
         return f"quantize {self.config.label()}"
 
     def options(self) -> dict[str, Any]:
-        return {**self.config.to_dict(), "calibration_sequences": self.calibration_sequences}
+        return self.config.to_dict()
 
     def apply(self, model: Any, context: StageContext) -> tuple[dict[str, Any], str]:
         """Quantise ``model`` in place (or prepare it for QAT when a recover stage follows)."""
@@ -141,8 +146,9 @@ class Quantize:
             from compress import api
 
             budget = self.config.target_size is not None
-            ids = context.splits.calibration[: self.calibration_sequences] if self.config.gptq or budget else None
-            report = api.quantize(model, self.config, data=ids, dtype=context.stored_dtype)
+            # quantize caps GPTQ at calibration_sequences; a budget measures target_sequences windows of it
+            ids = context.splits.calibration if self.config.gptq or budget else None
+            report = api.quantize(model, self.config, data=ids, **({"dtype": context.stored_dtype} if budget else {}))
         return report.to_dict(), report.table()
 
 
@@ -241,9 +247,7 @@ def _from_mapping(item: Mapping[str, Any], where: str) -> Stage:
         if kind == "quantize":
             if isinstance(value, str):
                 return Quantize(resolve_config(value))
-            options = _options(value, where)
-            extra = {k: options.pop(k) for k in ("calibration_sequences",) if k in options}
-            return Quantize(build_config(QuantConfig, options, where, extra=("calibration_sequences",)), **extra)
+            return Quantize(build_config(QuantConfig, _options(value, where), where))
         if isinstance(value, Mapping):
             return build_config(Export, dict(value), where)
         return Export(NATIVE if value is None else value)
@@ -261,12 +265,12 @@ def _options(value: Any, where: str) -> dict[str, Any]:
     return dict(value)
 
 
-def build_config(cls: type, options: dict[str, Any], where: str, extra: tuple[str, ...] = ()) -> Any:
+def build_config(cls: type, options: dict[str, Any], where: str) -> Any:
     """``cls(**options)`` after naming unknown keys and coercing what YAML reads differently."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(options) - set(fields)
     if unknown:
-        allowed = ", ".join(sorted([*fields, *extra]))
+        allowed = ", ".join(sorted(fields))
         raise RecipeError(f"Unknown key(s) {_keys(unknown)} in {where}; allowed keys are: {allowed}.")
     for name, value in options.items():
         options[name] = _coerce(value, str(fields[name].type))

@@ -23,16 +23,15 @@ from compress.pruning import allocation as alloc
 from compress.pruning.calibrate import Calibration, calibrate, calibration_rows, check_in_vocabulary, sample_windows
 from compress.pruning.config import PruneConfig
 from compress.pruning.groups import LayerGroups, layer_groups
+from compress.pruning.problems import layer_budget, prune_problems, unreachable
 from compress.pruning.report import LayerWidths, PruneReport
 from compress.pruning.scores import kv_group_scores, mlp_channel_scores, top_k
 from compress.pruning.surgery import (
-    check_prunable,
     drop_layers,
     prune_attention,
     prune_mlp,
     record_widths,
     source_layers,
-    unknown_head_attrs,
 )
 from compress.sizes import count_parameters
 
@@ -88,40 +87,10 @@ def check_budget(model: nn.Module, adapter: Adapter, cfg: PruneConfig, tokens: t
 
 
 def check_model(adapter: Adapter, cfg: PruneConfig) -> None:
-    check_prunable(adapter)
-    _check_protected(adapter.num_layers, cfg)
-    if cfg.importance == "taylor" and adapter.lm_head is None:
-        raise CompressError(
-            f"{type(adapter.model).__name__} has no LM head and returns no loss, so Taylor importance cannot be "
-            "computed; use importance='magnitude' or 'activation'."
-        )
-    unknown = unknown_head_attrs(adapter)
-    if unknown:
-        raise CompressError(
-            f"The {adapter.spec.family} adapter names attention attribute(s) {unknown} whose meaning surgery "
-            "does not know, so their values cannot be rewritten after pruning heads."
-        )
-    for i in range(adapter.num_layers):
-        layer_groups(adapter.layer(i))  # raises on heads that don't form GQA groups
-
-
-def _check_protected(n: int, cfg: PruneConfig) -> None:
-    protected = cfg.protect_layers
-    outside = [i for i in protected if i >= n]
-    if outside:
-        raise CompressError(
-            f"protect_layers names layer(s) {outside}, but the model has {n} decoder layers (0-{n - 1}); "
-            "give indices in that range."
-        )
-    if len(protected) == n:
-        raise CompressError(
-            f"protect_layers names all {n} decoder layers, which leaves nothing to prune; protect fewer layers."
-        )
-    if protected and cfg.drop_layers >= n - len(protected):
-        raise CompressError(
-            f"drop_layers={cfg.drop_layers} would drop every layer outside protect_layers {list(protected)}, "
-            "leaving none to prune; drop fewer layers or protect fewer."
-        )
+    """Raise one ``CompressError`` with every problem ``compress.pruning.problems`` finds; touches no weight."""
+    found, _ = prune_problems(adapter.model, cfg, adapter=adapter)
+    if found:
+        raise CompressError(" ".join(p if p.endswith(".") else p + "." for p in found))
 
 
 def calibration_tokens(cfg: PruneConfig, data: Any, adapter: Adapter) -> torch.Tensor | None:
@@ -237,25 +206,17 @@ class _Pruning:
                 f"parameters, more than sparsity {cfg.sparsity}; drop fewer layers or raise sparsity."
             )
         managed = [groups0[kept[j]] for j in self.active]
-        budgets = [_budget(g) for g in managed]
+        budgets = [layer_budget(g) for g in managed]
         widths = [(g.mlp_width, g.num_kv_heads) for g in managed]
         # Parameters no pruning touches: embeddings aside, norms, the o/down biases and protected layers.
         fixed = non_emb0 - dropped_params - alloc.prunable_params(budgets, widths)
-        cap = torch.full((len(budgets),), alloc.MAX_SPARSITY)
-        floor = fixed + alloc.prunable_params(budgets, alloc.widths_at(budgets, widths, cap, cfg.round_to))
-        if floor > target:
-            protected = f" while protect_layers {list(cfg.protect_layers)} keep their full width" if cfg.protect_layers else ""
-            raise CompressError(
-                f"sparsity {cfg.sparsity} would remove every channel or kv group of some layer: at most "
-                f"{1 - floor / non_emb0:.1%} of non-embedding parameters can go while each layer keeps one kv "
-                f"group and {cfg.round_to} MLP channels{protected}."
-            )
+        message = unreachable(cfg, budgets, widths, fixed, non_emb0)
+        if message:
+            raise CompressError(message)
         return budgets, widths, fixed
 
     def choose_dropped_layers(self) -> list[int]:
-        n, protected = self.adapter.num_layers, self.cfg.protect_layers
-        if self.cfg.drop_layers >= n:
-            raise CompressError(f"drop_layers={self.cfg.drop_layers} would leave no layer of {n}; drop fewer.")
+        protected = self.cfg.protect_layers  # check_model made sure drop_layers leaves layers to keep
         cos = self.calibrate(cosine=True, scores=False).cosine
         assert cos is not None
         # The layers that change their input least (highest similarity) matter least; protected ones stay.
@@ -360,10 +321,6 @@ class _Pruning:
                 params=(g0.params(g0.mlp_width, g0.num_kv_heads), g1.params(g1.mlp_width, g1.num_kv_heads)),
             ))
         return rows
-
-
-def _budget(g: LayerGroups) -> alloc.LayerBudget:
-    return alloc.LayerBudget(g.mlp_width, g.num_kv_heads, g.mlp_channel_params, g.kv_group_params)
 
 
 def _numel(module: nn.Module) -> int:

@@ -217,7 +217,7 @@ class _Run:
             )
         state = read_state(path)
         diffs = cfg.differences(state.get("config", {}))
-        elsewhere = "or use another output_dir"
+        elsewhere = "or use another output_dir (compress-lm recover: --state-dir, or --force to start over)"
         if diffs:
             raise RecoverError(
                 f"Checkpoint '{path}' was made with another config ({'; '.join(diffs)}); resume with the same "

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-import compress.io.checkpoint as ckpt
+import compress.io.model_files as model_files
 from compress.arch import adapter_for
 from compress.io import FORMAT_VERSION, CheckpointError, load, save
 from compress.errors import CompressError
@@ -110,7 +110,7 @@ def test_interrupted_save_leaves_old_checkpoint_intact(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ckpt, "_shard", crash)
+    monkeypatch.setattr(model_files, "shard", crash)
     with pytest.raises(KeyboardInterrupt):
         save(tiny_model("llama", seed=1), tmp_path / "ck", overwrite=True)
     assert {p.name: p.read_bytes() for p in (tmp_path / "ck").iterdir()} == before

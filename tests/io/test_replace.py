@@ -6,7 +6,7 @@ import stat
 import pytest
 import torch
 
-import compress.io.checkpoint as ckpt
+import compress.io.model_files as model_files
 import compress.io.outputs as outputs
 from compress.io import load, save, tempdirs
 from compress.io.atomic import check_output_dir
@@ -75,14 +75,14 @@ def test_an_empty_directory_may_be_written(tmp_path):
 
 def test_a_directory_appearing_during_the_write_is_left_alone(tmp_path, monkeypatch):
     target = tmp_path / "ck"
-    real = ckpt._shard
+    real = model_files.shard
 
     def interloper(*args, **kwargs):
         target.mkdir()
         (target / "theirs.txt").write_text("not yours")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ckpt, "_shard", interloper)
+    monkeypatch.setattr(model_files, "shard", interloper)
     with pytest.raises(OutputError, match="appeared while compress-lm was writing it and was left as it is"):
         save(tiny_model("llama"), target)
     assert _names(target) == ["theirs.txt"] and _names(tmp_path) == ["ck"]
@@ -91,7 +91,7 @@ def test_a_directory_appearing_during_the_write_is_left_alone(tmp_path, monkeypa
 def test_a_checkpoint_swapped_for_user_files_during_a_replace_is_left_alone(tmp_path, monkeypatch):
     target = tmp_path / "ck"
     save(tiny_model("llama"), target)
-    real = ckpt._shard
+    real = model_files.shard
 
     def swap(*args, **kwargs):
         for p in target.iterdir():
@@ -99,7 +99,7 @@ def test_a_checkpoint_swapped_for_user_files_during_a_replace_is_left_alone(tmp_
         (target / "theirs.txt").write_text("not yours")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ckpt, "_shard", swap)
+    monkeypatch.setattr(model_files, "shard", swap)
     with pytest.raises(OutputError, match="not a compress-lm checkpoint"):
         save(tiny_model("llama", seed=1), target, overwrite=True)
     assert _names(target) == ["theirs.txt"] and _names(tmp_path) == ["ck"]
@@ -219,10 +219,11 @@ def test_a_write_killed_with_sigkill_leaves_a_leftover_the_next_process_lists_an
     killed = textwrap.dedent(f"""
         import os, signal
         import compress.io.checkpoint as ckpt
+        import compress.io.model_files as model_files
         from tests.tiny import tiny_model
         def die(*a, **k):
             os.kill(os.getpid(), signal.SIGKILL)
-        ckpt._shard = die
+        model_files.shard = die
         ckpt.save(tiny_model("llama", seed=1), {str(tmp_path / "ck")!r}, overwrite=True)
     """)
     assert subprocess.run([sys.executable, "-c", killed], cwd=os.getcwd()).returncode == -9

@@ -141,3 +141,12 @@ def test_quantised_embeddings_are_checked_against_the_exports_before_the_run():
                                                 "embedding_group_size": 128}}]})
     problems = preflight(bad, tiny_model("llama"), _splits(), CPU).problems
     assert any("embedding_group_size 128 does not divide the embedding width 64" in p for p in problems)
+
+
+def test_a_text_longer_than_the_models_context_is_a_problem():
+    model = tiny_model("llama")  # 256 positions
+    ok = preflight(Recipe(stages=["int4"]), model, _splits(seq_len=256), CPU)
+    assert not any("context" in p for p in ok.problems)
+    report = preflight(Recipe(stages=["int4"]), model, _splits(seq_len=300), CPU)
+    assert ("the text's seq_len 300 is longer than the model's context of 256 positions (max_position_embeddings); "
+            "set text seq_len to at most 256.") in report.problems

@@ -28,7 +28,7 @@ def test_yaml_file_becomes_the_same_dataclasses_python_builds(tmp_path):
     assert recipe.stages == (
         Prune(PruneConfig(sparsity=0.25, round_to=32)),
         Recover(RecoverConfig(steps=10, lr=1e-4, lora_targets=("q_proj",))),  # YAML's 1e-4 is a string: coerced
-        Quantize(QuantConfig(method="int4", group_size=32, gptq=True), calibration_sequences=8),
+        Quantize(QuantConfig(method="int4", group_size=32, gptq=True, calibration_sequences=8)),
         Export(("native", "hf")),
     )
     assert recipe.text.seq_len == 128 and recipe.eval.sequences == 4 and recipe.name == "mine"
@@ -70,7 +70,8 @@ def test_smallest_trains_ternary_in_the_loop():
     ({"stages": [{"export": {"format": "hf"}}]}, r"Unknown key\(s\) 'format' in stage 1 \(export\); allowed keys are: dtype, formats, gguf_type, verify"),
     ({"stages": [{"export": {"formats": ["hf"], "gguf_type": "q4_0"}}]}, r"gguf_type applies to the gguf format"),
     ({"stages": [{"export": {"formats": ["hf"], "verify": "yes"}}]}, r"export verify must be true or false, got 'yes'"),
-    ({"stages": [{"quantize": {"calibration_sequences": 0}}]}, r"calibration_sequences must be an integer >= 1, got 0"),
+    ({"stages": [{"quantize": {"calibration_sequences": 0}}]},
+     r"In stage 1 \(quantize\): calibration_sequences must be at least 1 \(or None to use them all\), got 0"),
     ({"stages": []}, r"The recipe has no stages"),
     ({"model": "x"}, r"the recipe has no stages; add a list"),
     ({"stages": ["int4"], "modle": "x"}, r"Unknown key\(s\) 'modle' in the recipe; allowed keys are: name, description, model"),

@@ -1,12 +1,12 @@
-"""What every export shares: the error type, the model's packed modules, tensors and config on disk.
+"""What every export shares: the error type, the model's packed modules, its tensors, what was written.
 
 Nothing here knows a target format; the format modules (``hf``, ``bitnet``,
-``gptq``, ``compressed_tensors``, ``gguf_file``) build on it.
+``gptq``, ``compressed_tensors``, ``gguf_file``) build on it.  The
+transformers directory itself (config, safetensors, tokenizer) is written by
+``compress.io.model_files``, the writer the native checkpoint uses too.
 """
 from __future__ import annotations
 
-import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -17,11 +17,8 @@ from torch import nn
 from compress.arch import UnsupportedModelError, adapter_for
 from compress.errors import CompressError
 from compress.io import remote_code
+from compress.io.model_files import stored_state, write_model_dir
 from compress.io.state import unique_state
-
-SAFETENSORS = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-MAX_SHARD_BYTES = 2 * 2**30
 
 
 class ExportError(CompressError):
@@ -91,9 +88,7 @@ def layer_linear_names(model: nn.Module) -> set[str]:
 def state_without_packed(model: nn.Module, modules: dict[str, nn.Module], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """``unique_state`` with float tensors in ``dtype`` (the stored dtype), less the packed buffers (qweight,
     scales, zeros) of ``modules``: each format then adds those modules' weights in its own layout."""
-    from compress.io.storage import cast_state, packed_names
-
-    tensors = cast_state(unique_state(model)[0], dtype, packed_names(model))
+    tensors = stored_state(model, dtype)[0]
     for name, module in modules.items():
         for buf in ("qweight", "scales", "zeros"):
             tensors.pop(f"{name}.{buf}", None)
@@ -114,37 +109,12 @@ def float_state(model: nn.Module, dtype: Optional[torch.dtype] = None) -> dict[s
 
 def write_model_files(model: nn.Module, tokenizer: Any, directory: Path, tensors: dict[str, torch.Tensor], *,
                       dtype: torch.dtype, quantization_config: Optional[dict[str, Any]] = None) -> Written:
-    """``config.json``, the safetensors and the tokenizer files of a transformers directory; what was written."""
-    write_config(model, directory, dtype=dtype, quantization_config=quantization_config)
-    write_safetensors(tensors, directory)
-    save_tokenizer(tokenizer, directory)
+    """``config.json``, the safetensors and the tokenizer files of a transformers directory (the one writer,
+    ``compress.io.model_files``, with the stored ``dtype`` in the config); what was written."""
+    write_model_dir(model, tokenizer, directory, tensors, dtype=dtype, quantization_config=quantization_config)
     written = Written()
     account(model, tensors, written)
     return written
-
-
-def write_safetensors(tensors: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int = MAX_SHARD_BYTES) -> list[str]:
-    """``model.safetensors`` (or shards plus the index transformers reads); returns the file names."""
-    from safetensors.torch import save_file
-
-    parts: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name, t in tensors.items():
-        if parts[-1] and size + t.nbytes > max_shard_bytes:
-            parts.append({})
-            size = 0
-        parts[-1][name] = t.contiguous()
-        size += t.nbytes
-    if len(parts) == 1:
-        save_file(parts[0], directory / SAFETENSORS, metadata={"format": "pt"})
-        return [SAFETENSORS]
-    names = [f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors" for i in range(len(parts))]
-    for name, part in zip(names, parts):
-        save_file(part, directory / name, metadata={"format": "pt"})
-    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
-             "weight_map": {k: f for f, part in zip(names, parts) for k in part}}
-    (directory / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
-    return [*names, SAFETENSORS_INDEX]
 
 
 def account(model: nn.Module, tensors: dict[str, torch.Tensor], written: Written) -> None:
@@ -166,45 +136,3 @@ def account(model: nn.Module, tensors: dict[str, torch.Tensor], written: Written
             written.add("layers", t.nbytes, weights)
         else:
             written.add("other", t.nbytes, t.numel() if t.is_floating_point() else 0)
-
-
-# -- config and tokenizer --------------------------------------------------------
-
-def write_config(model: nn.Module, directory: Path, *, dtype: torch.dtype,
-                 quantization_config: Optional[dict[str, Any]] = None) -> list[str]:
-    """``config.json`` (+ ``generation_config.json``) that stock transformers builds the model from.
-
-    When pruning left layers of different widths, the directory also gets
-    ``modeling_compress.py`` named in ``auto_map`` (see ``compress.io.remote_code``),
-    so ``from_pretrained(..., trust_remote_code=True)`` builds them.
-    """
-    config = copy.deepcopy(model.config)
-    config.architectures = [type(model).__name__]
-    config.dtype = dtype
-    for stale in ("quantization_config", remote_code.WIDTHS_KEY, "auto_map"):
-        if hasattr(config, stale):
-            delattr(config, stale)
-    files = ["config.json"]
-    adapter = adapter_or_none(model)
-    if adapter is not None:
-        widths = remote_code.layer_widths(adapter)
-        if not remote_code.is_uniform(widths):
-            setattr(config, remote_code.WIDTHS_KEY, widths)
-            module_file = f"{remote_code.MODULE}.py"
-            (directory / module_file).write_text(remote_code.modeling_file(adapter, type(model).__name__))
-            config.auto_map = {remote_code.auto_map_key(model): f"{remote_code.MODULE}.{remote_code.CLASS}"}
-            files.append(module_file)
-    if quantization_config is not None:
-        config.quantization_config = quantization_config
-    config.save_pretrained(directory)
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(directory)
-        files.append("generation_config.json")
-    return files
-
-
-def save_tokenizer(tokenizer: Any, directory: Path) -> list[str]:
-    if tokenizer is None:
-        return []
-    return [Path(f).name for f in tokenizer.save_pretrained(directory) if Path(f).is_file()]
-
