@@ -228,13 +228,18 @@ def _units_and_fixed(model: nn.Module, cfg: QuantConfig, dtype: torch.dtype) -> 
         notes.append(f"embeddings={cfg.embeddings!r} was given: the embedding table is {cfg.embeddings}, not chosen.")
         emb_formats = [f"embeddings-{cfg.embeddings}"]
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if emb_formats and cfg.embeddings is None and any(t.module is head for t in plan.targets):
+        notes.append("the output head is quantised as a linear module (modules_to_not_convert lacks 'lm_head'), which "
+                     "leaves no quantised embedding format for the table: it stays as it is.")
+        emb_formats = []
     if emb_formats and isinstance(embed, nn.Embedding):
         problems = embedding_problems(model, emb_formats[0].split("-")[1], cfg.embedding_group_size)
         if problems:
             raise QuantError("Cannot quantise the embeddings: " + "; ".join(problems) + ".")
         unit = _embedding_unit(model, embed, cfg, emb_formats, dtype)
         units.append(unit)
-        owned.update(unit_state_names(model))
+        owned.update(unit_state_names(model, cfg))
     tensors, _ = unique_state(model)
     rest = {n: t for n, t in tensors.items() if n not in owned}
     fixed = file_overhead() + state_bytes(rest, dtype, packed_names(model))
@@ -247,14 +252,14 @@ def _units_and_fixed(model: nn.Module, cfg: QuantConfig, dtype: torch.dtype) -> 
     return units, fixed, notes
 
 
-def unit_state_names(model: nn.Module) -> set[str]:
-    """State names of the input embedding and the output head."""
+def unit_state_names(model: nn.Module, cfg: QuantConfig) -> set[str]:
+    """State names of the input embedding and of the output head where the embedding unit accounts for it."""
     from compress.quantization.embedding import _head
 
     embed = model.get_input_embeddings()
     names = {f"{n}.weight" for n, m in model.named_modules() if m is embed}
     head_name, head = _head(model)
-    if head is not None:
+    if head is not None and any(p == OUTPUT_HEAD for p in cfg.modules_to_not_convert):
         names |= {f"{head_name}.weight", f"{head_name}.bias"}
     return names
 
@@ -272,15 +277,14 @@ def _embedding_unit(model: nn.Module, embed: nn.Embedding, cfg: QuantConfig, for
     keep = state_bytes({f"{name_e}.weight": embed.weight}, dtype)
     if untied_head is not None and head_kept:
         keep += state_bytes({f"{head_name}.{k}": v for k, v in untied_head.state_dict().items()}, dtype)
-    options = [Option("keep", None, keep)] if "keep" in cfg.target_formats or cfg.embeddings is not None else []
-    if cfg.embeddings is not None:
-        options = []
+    # embeddings= given fixes the format; otherwise "keep" is a candidate when target_formats allows it
+    options = [Option("keep", None, keep)] if cfg.embeddings is None and "keep" in cfg.target_formats else []
     for fmt in formats:
         bits = 8 if fmt.endswith("int8") else 4
         q = QuantEmbedding(embed.num_embeddings, embed.embedding_dim, bits=bits, group_size=cfg.embedding_group_size,
                            scale_dtype=cfg.torch_scale_dtype, device="meta")
         nbytes = _module_bytes(name_e, q, dtype)
-        if untied_head is not None:
+        if untied_head is not None and head_kept:  # a head the base config converts is a QuantLinear, counted apart
             h = QuantEmbedding(untied_head.out_features, untied_head.in_features, bits=bits,
                                group_size=cfg.embedding_group_size, scale_dtype=cfg.torch_scale_dtype, role="head",
                                device="meta")

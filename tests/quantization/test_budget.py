@@ -378,3 +378,19 @@ def test_a_budget_result_exports_to_mixed_gguf_and_compressed_tensors(tmp_path):
     assert len(config["config_groups"]) == len({m.group_size for m in model.modules() if isinstance(m, QuantLinear)})
     report = export(model, tiny_tokenizer(), tmp_path / "g", "gguf", verify=True)
     assert report.details["gguf_type"] in ("mixed", "q4_0")
+
+
+@pytest.mark.parametrize("keep_head", [True, False])
+def test_an_untied_head_is_counted_once_whether_the_embedding_unit_or_the_base_config_quantises_it(tmp_path, keep_head):
+    model = tiny_model("mistral")  # untied lm_head
+    target = int(stored_file_bytes(model) * 0.5)
+    extra = {} if keep_head else {"modules_to_not_convert": ()}
+    report = quantize(model, QuantConfig(target_size=target, progress=False, **extra), data=_ids())
+    # compress.save cannot write a QuantLinear head yet (the adapter reads head.weight): compare with the
+    # bytes the quantised tensors take, which test_predicted_file_size_matches_the_written_file ties to the file
+    held = _weights_file(save(model, tmp_path / "m")) if keep_head else report.stored_bytes
+    assert held <= report.predicted_bytes <= target
+    assert report.predicted_bytes - held < 4096
+    # a head the base config converts leaves the table out of the choice (quantize cannot do both), with a note
+    assert keep_head == ("embedding" in {c["kind"] for c in report.choices})
+    assert keep_head or any("output head is quantised as a linear module" in n for n in report.notes)
