@@ -396,15 +396,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                          zero_point=args.zero_point, **given, **target)
     bits = 2.2 if config.method == "ternary" else 4.5  # packed weights and their scales, rounded up
     budget = config.target_size is not None
-    precheck = None
-    if budget:
-        from compress.quantization.budget import check_budget
+    if not budget:
+        return _compress_and_save(args, config.gptq, lambda model, data: api.quantize(model, config, data=data), bits)
+    from compress.quantization.budget import check_budget
 
-        precheck = lambda model: check_budget(model, config, args.dtype)  # noqa: E731  before any text is read
-    return _compress_and_save(args, config.gptq or budget,
-                              lambda model, data: api.quantize(model, config, data=data,
-                                                               **({"dtype": args.dtype} if budget else {})),
-                              16.0 if budget else bits, precheck=precheck, budget=budget)
+    return _compress_and_save(args, True, lambda model, data: api.quantize(model, config, data=data, dtype=args.dtype),
+                              16.0, precheck=lambda model: check_budget(model, config, args.dtype),  # before any text
+                              budget=True)
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
