@@ -43,11 +43,11 @@ def prune(model: Any, config_or_sparsity: Any = None, data: Any = None, **kwargs
     return report
 
 
-def quantize(model: Any, config: Any = None, data: Any = None) -> Any:
+def quantize(model: Any, config: Any = None, data: Any = None, *, dtype: Any = None) -> Any:
     """Ternary or int4 quantisation in place to packed modules; see ``compress.quantization.quantize``."""
     from compress.quantization import quantize as quantize_model
 
-    report = quantize_model(model, config, data)
+    report = quantize_model(model, config, data, dtype=dtype)
     _record(model, {"step": "quantize", "config": report.config, "bits_per_weight": report.bits_per_weight})
     return report
 

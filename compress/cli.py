@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="ternary or int4 quantisation to packed weights")
     _add_model(p)
     from compress.quantization.config import QuantConfig
-    p.add_argument("--method", choices=["ternary", "int4"], required=True)
+    p.add_argument("--method", choices=["ternary", "int4"],
+                   help="the format of every targeted module (required unless --target-size chooses them)")
     p.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64, 128 (a last partial group is fine) or -1 per channel (default 128)")
     p.add_argument("--asymmetric", action="store_true", help="int4 with zero points")
     p.add_argument("--gptq", action="store_true", help="int4 with GPTQ error compensation (uses --data)")
@@ -146,7 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "groups (default none: kept in --dtype)")
     p.add_argument("--embedding-group-size", type=int, metavar="G",
                    help="int4 embedding group size along the row, a power of two (default 32, GGUF's Q4_0 block)")
-    _add_data(p, "calibration text for GPTQ")
+    p.add_argument("--target-size", metavar="SIZE",
+                   help="size budget of the weights file, e.g. 80MiB (B, KB, KiB, MB, MiB, GB, GiB): each module's "
+                        "format is chosen by measured error per byte (uses --data); --method is then the base")
+    p.add_argument("--target-formats", nargs="+", metavar="FORMAT",
+                   help="formats --target-size chooses among (default: keep int4-g128 int4-g64 int4-g32 ternary "
+                        "embeddings-int8 embeddings-int4)")
+    p.add_argument("--target-metric", choices=["layer-error", "module-error", "kl"],
+                   help="sensitivity probe --target-size measures errors with (default layer-error; kl is slowest)")
+    p.add_argument("--target-sequences", type=int, metavar="N",
+                   help="calibration windows --target-size measures errors on (default 4)")
+    _add_data(p, "calibration text for GPTQ and --target-size")
     _add_output(p)
     p.set_defaults(func=cmd_quantize)
 
@@ -200,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["native", "hf", "bitnet", "gptq", "compressed-tensors", "gguf"], required=True,
                    help="hf: float weights; bitnet: ternary models (transformers' BitNet); gptq / compressed-tensors: "
                         "int4 models; gguf: llama.cpp; native: compress.save's checkpoint")
-    p.add_argument("--gguf-type", choices=["f16", "q8_0", "q4_0", "q4_1", "tq2_0", "tq1_0"],
-                   help="gguf only (default: tq2_0 for ternary, q4_0/q4_1 for int4, f16 for float models)")
+    p.add_argument("--gguf-type", choices=["f16", "q8_0", "q4_0", "q4_1", "tq2_0", "tq1_0", "mixed"],
+                   help="gguf only (default: mixed, each tensor in its own type, for layers of more than one kind, as a "
+                        "--target-size model's; else tq2_0 for ternary, q4_0/q4_1 for int4, f16 for float models)")
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("--force", action="store_true", help="replace the output directory if it exists")
     p.add_argument("--no-verify", action="store_true",
@@ -306,17 +318,26 @@ def _fit_context(args: argparse.Namespace, model: Any) -> None:
     args.seq_len = context
 
 
-def _compress_and_save(args: argparse.Namespace, needs_data: bool, step: Callable, linear_bits: float | None = None) -> int:
+def _compress_and_save(args: argparse.Namespace, needs_data: bool, step: Callable, linear_bits: float | None = None,
+                       precheck: Callable | None = None, budget: bool = False) -> int:
     """Load MODEL (and text when ``needs_data``), run ``step(model, data)`` in place, print its report, save."""
     import compress
     from compress.io.outputs import estimated_bytes
 
     _check_output(args)
     model, tokenizer = compress.load_model(args.model)
+    if precheck is not None:
+        precheck(model)
     _check_output(args, estimated_bytes(model, linear_bits))  # the free space, now that the size is known
     data = _load_data(args, tokenizer, model) if needs_data else None
-    print(step(model, data).table())
-    print(f"checkpoint written to {compress.save(model, args.output, tokenizer, overwrite=args.force, dtype=args.dtype)}")
+    report = step(model, data)
+    if not budget:
+        print(report.table())
+    path = compress.save(model, args.output, tokenizer, overwrite=args.force, dtype=args.dtype)
+    if budget:  # the report's last line compares the file written with the prediction
+        report.saved_bytes = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+        print(report.table())
+    print(f"checkpoint written to {path}")
     return 0
 
 
@@ -360,12 +381,30 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         given["embedding_group_size"] = args.embedding_group_size
     if hasattr(args, "calibration_sequences"):  # passed on only when given: QuantConfig holds the default
         given["calibration_sequences"] = args.calibration_sequences
-    config = QuantConfig(method=args.method, group_size=args.group_size, symmetric=not args.asymmetric,
+    target = {k: getattr(args, k) for k in ("target_size", "target_metric", "target_sequences") if getattr(args, k) is not None}
+    if args.target_formats:
+        target["target_formats"] = tuple(args.target_formats)
+    if args.method is None and args.target_size is None:
+        raise CompressError("quantize needs --method int4 or ternary, or --target-size SIZE (such as 80MiB) to choose "
+                            "each module's format within a size budget.")
+    if args.target_size is None and len(target):
+        raise CompressError(f"--{next(iter(target)).replace('_', '-')} only applies with --target-size; add "
+                            f"--target-size SIZE (such as 80MiB) or drop it.")
+    config = QuantConfig(method=args.method or "int4", group_size=args.group_size, symmetric=not args.asymmetric,
                          gptq=args.gptq, scale=args.scale, activations="a8" if args.a8 else "a16",
                          act_order=args.act_order, clip_search=args.clip_search, gptaq=args.gptaq,
-                         zero_point=args.zero_point, **given)
+                         zero_point=args.zero_point, **given, **target)
     bits = 2.2 if config.method == "ternary" else 4.5  # packed weights and their scales, rounded up
-    return _compress_and_save(args, config.gptq, lambda model, data: api.quantize(model, config, data=data), bits)
+    budget = config.target_size is not None
+    precheck = None
+    if budget:
+        from compress.quantization.budget import check_budget
+
+        precheck = lambda model: check_budget(model, config, args.dtype)  # noqa: E731  before any text is read
+    return _compress_and_save(args, config.gptq or budget,
+                              lambda model, data: api.quantize(model, config, data=data,
+                                                               **({"dtype": args.dtype} if budget else {})),
+                              16.0 if budget else bits, precheck=precheck, budget=budget)
 
 
 def cmd_recover(args: argparse.Namespace) -> int:

@@ -1,8 +1,13 @@
 """Parameter counts and bytes of a model: what its report says about size."""
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import torch
 from torch import nn
+
+from compress.errors import ConfigError
 
 
 def _unique(tensors) -> list[torch.Tensor]:
@@ -53,3 +58,36 @@ def bytes_in_memory(model: nn.Module) -> int:
 def bytes_on_disk(model: nn.Module) -> int:
     """Bytes a safetensors checkpoint of the state dict holds (tied tensors once, headers aside)."""
     return sum(t.nbytes for t in _unique(model.state_dict().values()))
+
+
+# -- sizes with units (QuantConfig.target_size, --target-size) -------------------------------------------------
+
+UNITS = {"b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
+_SIZE = re.compile(r"\s*([+-]?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", re.IGNORECASE)
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from ``80MiB``, ``1.5 GB``, ``500KiB``, ``1000B`` (an int is bytes); refuses no unit or a size <= 0."""
+    if isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, int):
+        size = value
+    else:
+        m = _SIZE.fullmatch(str(value))
+        unit = m.group(2).lower() if m else None
+        if m is None or not unit or unit not in UNITS:
+            raise ConfigError(f"target size {str(value)!r} needs a number and a unit (B, KB, KiB, MB, MiB, GB, GiB), "
+                              f"such as 80MiB.")
+        size = int(float(m.group(1)) * UNITS[unit])
+    if size <= 0:
+        raise ConfigError(f"target size {value!r} must be more than 0 bytes; give one such as 80MiB.")
+    return size
+
+
+def format_size(n: float) -> str:
+    """``83886080`` -> ``80.00 MiB``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+

@@ -109,6 +109,15 @@ def preflight(recipe: Recipe, model: nn.Module, splits: TextSplits, device: torc
                     f"{where} uses GPTQ and is followed by a recover stage, which trains with round-to-nearest fake "
                     f"quantisation (QAT); drop gptq, or put an export (or nothing) after the quantize stage."
                 )
+            if stage.config.target_size is not None:
+                if qat:
+                    problems.append(
+                        f"{where} chooses formats within target_size and is followed by a recover stage, which trains "
+                        f"one format with fake quantisation (QAT); drop target_size, or the recover stage after it."
+                    )
+                exports = [s for s in recipe.stages[i + 1:] if isinstance(s, Export)]
+                predicted = _check_budget_formats(stage.config, predicted, round_to, exports, where, problems, notes)
+                continue
             predicted = _check_quantize(stage.config, predicted, round_to, where, problems)
             _note_tied(stage.config, adapter, notes)
             wanted = stage.config.calibration_sequences  # None: all of them
@@ -197,6 +206,42 @@ def _check_quantize(cfg: QuantConfig, predicted: list[tuple[str, nn.Module]], ro
             predicted_embeddings(skeleton, cfg.embeddings, cfg.embedding_group_size, cfg.torch_scale_dtype)
         quantised.append((label, skeleton))
     return quantised
+
+
+def _check_budget_formats(cfg: QuantConfig, predicted: list[tuple[str, nn.Module]], round_to: int | None,
+                          exports: list[Export], where: str, problems: list[str],
+                          notes: list[str]) -> list[tuple[str, nn.Module]]:
+    """A size budget may choose any of ``target_formats`` per module: each must pack and be stored by every export.
+
+    Returns no predicted model: which format each module gets is known only after the budget has measured them,
+    so the exports after it were checked here, one candidate format at a time.
+    """
+    import copy
+    import dataclasses
+
+    from compress.quantization.budget import EMBEDDING_CHOICES, SENSITIVITY_NAMES
+    from compress.sensitivity.config import FORMATS
+
+    base = dataclasses.replace(cfg, target_size=None)
+    for fmt in cfg.target_formats:
+        if fmt == "keep":
+            continue
+        if fmt in EMBEDDING_CHOICES:
+            cand = dataclasses.replace(base, embeddings=EMBEDDING_CHOICES[fmt], overrides={".*": None})
+        else:
+            fields = FORMATS[SENSITIVITY_NAMES[fmt]]
+            cand = dataclasses.replace(base, method=fields["method"], group_size=fields.get("group_size", base.group_size),
+                                       gptq=base.gptq and fields["method"] == "int4",
+                                       gptaq=base.gptaq and fields["method"] == "int4")
+        found: list[str] = []
+        skeletons = _check_quantize(cand, [(label, copy.deepcopy(m)) for label, m in predicted], round_to, where, found)
+        for export in exports:
+            _check_export(export, skeletons, where, found, notes)
+        if found:
+            first = found[0].split(": ", 1)[-1]
+            problems.append(f"{where}: target_formats allows {fmt}, which {first.rstrip('.')}; drop {fmt} from "
+                            f"target_formats (or the export).")
+    return []
 
 
 def _predicted_quant_linear(lin: nn.Module, cfg: QuantConfig) -> QuantLinear:

@@ -319,8 +319,10 @@ def _stage_input(r: _Run, i: int) -> nn.Module:
 
 def _apply(r: _Run, i: int, stage: Stage, model: nn.Module) -> tuple[dict[str, Any], str]:
     """Carry out one model-changing stage in place; its report as a dict and as text."""
+    export = next((s for s in r.recipe.stages[i + 1:] if isinstance(s, Export)), None)
     context = StageContext(splits=r.splits, original=r.original, qat=is_qat(r.recipe.stages, i),
-                           train_dir=lambda: r.dirs.train_state(i, stage.kind, r.fingerprints[i]), log=r.log)
+                           train_dir=lambda: r.dirs.train_state(i, stage.kind, r.fingerprints[i]), log=r.log,
+                           stored_dtype=getattr(export, "dtype", None))
     return stage.apply(model, context)
 
 

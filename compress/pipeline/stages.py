@@ -43,6 +43,7 @@ class StageContext:
     qat: bool = False  # a quantize stage followed by recover: fake-quantise for QAT instead of packing
     train_dir: Callable[[], Path] | None = None  # recover: made (and emptied of another run's state) on demand
     log: Callable[[str], Any] = print
+    stored_dtype: str | None = None  # what the first export after this stage stores floats in (a size budget's measure)
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,10 @@ class Quantize:
         else:
             from compress import api
 
-            ids = context.splits.calibration if self.config.gptq else None  # quantize caps it at calibration_sequences
-            report = api.quantize(model, self.config, data=ids)
+            budget = self.config.target_size is not None
+            # quantize caps GPTQ at calibration_sequences; a budget measures target_sequences windows of it
+            ids = context.splits.calibration if self.config.gptq or budget else None
+            report = api.quantize(model, self.config, data=ids, **({"dtype": context.stored_dtype} if budget else {}))
         return report.to_dict(), report.table()
 
 

@@ -9,9 +9,12 @@ Files: ``config.py`` (QuantConfig, shorthands), ``quantizers.py`` and
 ``qat.py`` (FakeQuantLinear, straight-through estimator), ``plan.py``
 (targets and validation), ``calibrate.py`` (layer-by-layer GPTQ),
 ``memory.py`` (giving replaced float weights back), ``apply.py`` (the entry
-points), ``report.py``.
+points), ``budget.py`` (``target_size``: formats chosen per module within a
+size budget), ``report.py``.
 """
-from compress.quantization.apply import prepare_qat, quantize
+from compress.quantization.apply import prepare_qat, quantize, quantize_to_size
+from compress.quantization.budget import BudgetReport
+from compress.sizes import parse_size
 from compress.quantization.config import SHORTHANDS, QuantConfig, QuantError, resolve_config
 from compress.quantization.linear import QuantLinear
 from compress.quantization.qat import FakeQuantLinear, set_qat_lambda
@@ -19,14 +22,17 @@ from compress.quantization.report import ModuleRecord, QuantReport
 
 __all__ = [
     "SHORTHANDS",
+    "BudgetReport",
     "FakeQuantLinear",
     "ModuleRecord",
     "QuantConfig",
     "QuantError",
     "QuantLinear",
     "QuantReport",
+    "parse_size",
     "prepare_qat",
     "quantize",
+    "quantize_to_size",
     "resolve_config",
     "set_qat_lambda",
 ]

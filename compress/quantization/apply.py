@@ -21,7 +21,7 @@ from compress.quantization.report import ModuleRecord, QuantReport
 from compress.sizes import bytes_in_memory, count_parameters
 
 
-def quantize(model: nn.Module, config: ConfigLike = None, data: Any = None) -> QuantReport:
+def quantize(model: nn.Module, config: ConfigLike = None, data: Any = None, *, dtype: Any = None) -> QuantReport:
     """Quantise ``model``'s linear layers in place to packed ``QuantLinear`` modules.
 
     ``config``: a ``QuantConfig`` or a shorthand (``"int4"``, ``"ternary"``,
@@ -31,10 +31,19 @@ def quantize(model: nn.Module, config: ConfigLike = None, data: Any = None) -> Q
     ``[n, seq_len]`` (or a ``TextSplits``, whose calibration part is used),
     needed by GPTQ only.  Every targeted module is checked before any weight
     changes; one ``QuantError`` lists all that cannot be packed.
+    A config with ``target_size`` chooses each module's format within that
+    many bytes of weights file (``compress.quantization.budget``; needs
+    ``data``; ``dtype`` is what the checkpoint will store floats in, None:
+    bfloat16) and returns a ``BudgetReport``.
     """
     start = time.perf_counter()
     has_qat = any(isinstance(m, FakeQuantLinear) for m in model.modules())
     cfg = resolve_config(config)
+    if cfg.target_size is not None:
+        if has_qat:
+            raise QuantError("A size budget chooses formats by measuring float modules, but the model holds "
+                             "fake-quantised (QAT) modules; convert them with quantize(model), or budget the float model.")
+        return quantize_to_size(model, cfg, data, dtype=dtype)
     plan = make_plan(model, cfg, qat_only=config is None and has_qat)
     if cfg.embeddings is not None:  # before any weight changes
         from compress.quantization.embedding import embedding_problems
@@ -93,6 +102,53 @@ def quantize(model: nn.Module, config: ConfigLike = None, data: Any = None) -> Q
         bytes_after=bytes_in_memory(model),
         seconds=time.perf_counter() - start,
         notes=notes,
+    )
+
+
+def quantize_to_size(model: nn.Module, config: QuantConfig, data: Any = None, *, dtype: Any = None,
+                     errors: Optional[dict[str, dict[str, float]]] = None) -> QuantReport:
+    """Plan (nothing changes if the budget cannot be met), quantise as planned, measure the result.
+
+    ``errors`` (``BudgetReport.errors()`` of an earlier run on the same model):
+    plan without measuring again; the report then has no measured KL.
+    """
+    import dataclasses
+
+    from compress.quantization.budget import BudgetReport, format_size, plan_budget, smallest_bytes, stored_file_bytes
+
+    plan = plan_budget(model, config, data, dtype=dtype, errors=errors)
+    with warnings.catch_warnings():  # a budget that keeps every module is a plan, not a mistake
+        warnings.filterwarnings("ignore", message="compress.quantize found no linear module")
+        report = quantize(model, plan.config, data)
+    measured = None
+    if plan.probe is not None:
+        was_training = model.training
+        model.eval()
+        try:
+            measured = plan.probe.error(0, [])  # the quantised model against the original's distributions
+        finally:
+            model.train(was_training)
+        plan.probe = None
+    fields = {f.name: getattr(report, f.name) for f in dataclasses.fields(report)}
+    fields["config"] = f"{config.label()} -> {report.config}"
+    fields["seconds"] = report.seconds + plan.seconds
+    fields["notes"] = report.notes + plan.notes
+    return BudgetReport(
+        **fields,
+        target_bytes=plan.target_bytes,
+        predicted_bytes=plan.predicted_bytes,
+        stored_bytes=stored_file_bytes(model, dtype),
+        smallest_bytes=smallest_bytes(plan.units, plan.fixed_bytes),
+        predicted_kl=plan.predicted_error,
+        measured_kl=measured,
+        metric=plan.metric,
+        kl_scale=plan.scale,
+        sequences=plan.sequences,
+        seq_len=plan.seq_len,
+        choices=[{"name": u.name, "kind": u.kind, "shape": list(u.shape), "format": u.chosen.format,
+                  "bytes": u.chosen.bytes, "predicted_kl": u.chosen.error, "probe_error": u.chosen.raw_error,
+                  "options": {o.format: {"bytes": o.bytes, "predicted_kl": o.error} for o in u.options}}
+                 for u in plan.units],
     )
 
 

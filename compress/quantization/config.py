@@ -24,6 +24,10 @@ ZERO_POINTS = ("integer", "float")
 EMBEDDING_FORMATS = ("int8", "int4")  # see compress.quantization.embedding
 # The pseudo-name for the model's output head, whatever its path is.
 OUTPUT_HEAD = "lm_head"
+# Candidate formats a size budget (``target_size``) chooses among: per linear module, and for the embedding table
+# (with the output head).  See compress.quantization.budget.
+TARGET_FORMATS = ("keep", "int4-g128", "int4-g64", "int4-g32", "ternary", "embeddings-int8", "embeddings-int4")
+TARGET_METRICS = ("layer-error", "module-error", "kl")
 
 
 class QuantError(CompressError):
@@ -71,6 +75,15 @@ class QuantConfig:
     regex to a config, a shorthand, a dict of field changes, or None (keep);
     the first matching key wins.  A name matches a key when it equals it,
     ends with ``"." + key``, or ``re.fullmatch``-es it.
+
+    ``target_size`` (bytes, or a string with a unit: ``"80MiB"``, ``"1.2GB"``)
+    turns on the size budget (``compress.quantization.budget``): each decoder
+    projection's error under each of ``target_formats`` is measured with the
+    sensitivity probes (``target_metric`` on ``target_sequences`` calibration
+    windows), each format's bytes are predicted from the storage rules, and the
+    formats with the least summed predicted error whose weights file fits the
+    budget are chosen, then applied as ``overrides``.  The other fields
+    (symmetric, gptq, scale_dtype, ...) apply to every int4 / ternary module chosen.
     """
 
     method: str = "int4"
@@ -98,6 +111,11 @@ class QuantConfig:
     embedding_group_size: int = 32
     modules_to_not_convert: tuple[str, ...] = (OUTPUT_HEAD,)
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    # size budget (compress.quantization.budget)
+    target_size: Optional[Union[int, str]] = None
+    target_formats: tuple[str, ...] = TARGET_FORMATS
+    target_metric: str = "layer-error"
+    target_sequences: int = 4
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -140,6 +158,25 @@ class QuantConfig:
         for pattern in self.modules_to_not_convert:
             _check_pattern(pattern, "modules_to_not_convert")
         object.__setattr__(self, "overrides", self._normalise_overrides(self.overrides))
+        self._check_target()
+
+    def _check_target(self) -> None:
+        if self.target_size is not None:
+            from compress.sizes import parse_size
+
+            object.__setattr__(self, "target_size", parse_size(self.target_size))
+        formats = self.target_formats
+        formats = (formats,) if isinstance(formats, str) else tuple(formats)
+        object.__setattr__(self, "target_formats", formats)
+        unknown = [f for f in formats if f not in TARGET_FORMATS]
+        if unknown or not formats or len(set(formats)) != len(formats):
+            raise ConfigError(f"target_formats must name each of some of {', '.join(TARGET_FORMATS)} once, "
+                              f"got {list(formats)}.")
+        _choice("target_metric", self.target_metric, TARGET_METRICS)
+        n = self.target_sequences
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"target_sequences must be an integer >= 1 (calibration windows the size budget "
+                              f"measures errors on), got {n!r}.")
 
     # -- overrides ---------------------------------------------------------
     def _normalise_overrides(self, overrides: Mapping[str, Any]) -> dict[str, "QuantConfig | None"]:
@@ -154,7 +191,7 @@ class QuantConfig:
             elif isinstance(value, str):
                 cfg = resolve_config(value)
             elif isinstance(value, Mapping):
-                base = base or dataclasses.replace(self, overrides={}, modules_to_not_convert=())
+                base = base or dataclasses.replace(self, overrides={}, modules_to_not_convert=(), target_size=None)
                 unknown = sorted(set(value) - _QUANTISER_FIELDS)
                 if unknown:
                     raise ConfigError(
@@ -171,7 +208,8 @@ class QuantConfig:
                     f"or None, got {type(value).__name__}."
                 )
             # An override describes one module: its own targeting fields mean nothing.
-            out[key] = None if cfg is None else dataclasses.replace(cfg, overrides={}, modules_to_not_convert=())
+            out[key] = None if cfg is None else dataclasses.replace(cfg, overrides={}, modules_to_not_convert=(),
+                                                                   target_size=None)
         return out
 
     def for_module(self, name: str) -> "QuantConfig | None":
@@ -188,6 +226,10 @@ class QuantConfig:
 
     def label(self) -> str:
         """Short human name, e.g. ``int4 g128 sym gptq`` or ``ternary absmean a16``."""
+        if self.target_size is not None:
+            from compress.sizes import format_size
+
+            return f"size budget {format_size(self.target_size)} ({self.target_metric}, {'gptq' if self.gptq else 'rtn'})"
         if self.method == "ternary":
             parts = ["ternary", self.scale, "per-channel" if self.per_channel else "per-tensor", self.activations]
         else:
@@ -207,6 +249,7 @@ class QuantConfig:
         """JSON-able form (overrides included); ``QuantConfig.from_dict`` reverses it."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "overrides"}
         d["modules_to_not_convert"] = list(self.modules_to_not_convert)
+        d["target_formats"] = list(self.target_formats)
         d["overrides"] = {k: (None if v is None else v.to_dict()) for k, v in self.overrides.items()}
         return d
 

@@ -46,7 +46,33 @@ def _pruned_ternary():
     return model
 
 
-BUILDERS = {"dense": lambda: tiny_model("llama"), "sym": lambda: int4_llama(True), "asym": lambda: int4_llama(False),
+def mixed_int4_llama():
+    """What a size budget leaves for compressed-tensors: int4 groups of 32 and 64, one projection kept float."""
+    from compress.quantization import QuantConfig, quantize
+
+    model = tiny_model("llama")
+    quantize(model, QuantConfig(group_size=32, overrides={"k_proj": {"group_size": 64}, "v_proj": None},
+                                progress=False))
+    return model
+
+
+def mixed_llama():
+    """Every kind a size budget may mix, for GGUF: int4 sym / asym in several groups, ternary, float, int8 embeddings."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from compress.quantization import QuantConfig, quantize
+    from tests.tiny import _DECODER_COMMON
+
+    torch.manual_seed(0)
+    config = LlamaConfig(**{**_DECODER_COMMON, "hidden_size": 256, "intermediate_size": 512, "head_dim": 64})
+    model = AutoModelForCausalLM.from_config(config).float().eval()
+    quantize(model, QuantConfig(group_size=32, embeddings="int8", progress=False, overrides={
+        "k_proj": {"group_size": 64, "symmetric": False}, "v_proj": None, "o_proj": {"group_size": 128},
+        "down_proj": "ternary"}))
+    return model
+
+
+BUILDERS = {"mixed_int4": mixed_int4_llama, "mixed": mixed_llama, "dense": lambda: tiny_model("llama"), "sym": lambda: int4_llama(True), "asym": lambda: int4_llama(False),
             "a8": lambda: ternary_llama("a8"), "a16": lambda: ternary_llama("a16"), "wide": wide_ternary_llama,
             "pruned": pruned_llama, "pruned_ternary": _pruned_ternary}
 
@@ -58,6 +84,8 @@ FAST_CASES = {
     "ct-sym": ("sym", "compressed-tensors", {}, "transformers"),
     "gguf-q4_0": ("sym", "gguf", {}, "transformers"),
     "bitnet-a8": ("a8", "bitnet", {}, "14 BitLinear"),
+    "ct-mixed": ("mixed_int4", "compressed-tensors", {}, "transformers"),
+    "gguf-mixed": ("mixed", "gguf", {}, "transformers"),
 }
 SLOW_CASES = {
     "gguf-f16": ("dense", "gguf", {}, "transformers"),

@@ -162,6 +162,18 @@ def test_smollm2_gguf_in_llamacpp(tmp_path):
     assert llamacpp.greedy(path, "The capital of France is", 6).startswith(llamacpp.token_bytes(tok, out))
 
 
+def test_mixed_formats_run_in_llamacpp(tmp_path):
+    """A size budget's mix, each tensor in its own type (Q4_0, Q4_1, TQ2_0, F16, Q8_0 token_embd), in one file."""
+    llamacpp.tool("llama-perplexity")
+    model = _quantised(_sharpen(_wide()), method="int4", group_size=32, embeddings="int8", overrides={
+        "k_proj": {"group_size": 64, "symmetric": False}, "v_proj": None, "o_proj": {"group_size": 128},
+        "down_proj": "ternary"})
+    report = export(model, tiny_tokenizer(), tmp_path / "g", "gguf")
+    assert report.details["gguf_type"] == "mixed"
+    assert {"Q4_0", "Q4_1", "TQ2_0", "F16", "Q8_0"} <= set(report.details["tensor_types"])
+    _compare(model, tmp_path / "g" / report.details["gguf_file"], tmp_path, 0.02, 0.85)
+
+
 @pytest.mark.parametrize("embeddings", ["int8", "int4"])
 def test_quantised_embeddings_run_in_llamacpp(tmp_path, embeddings):
     """token_embd as Q8_0 / Q4_0 (tied: llama.cpp's output reads it too) computes what our model computes."""

@@ -60,3 +60,18 @@ def test_ternary_without_training_is_stored_in_2_bits_and_needs_recovery(smollm2
     assert report.bytes_after < 0.5 * report.bytes_before
     # Post-training ternary loses the model (BitNet's observation); QAT (compress.recover) is the way back.
     assert kl > 1.0 and ppl > 10 * base_ppl
+
+
+def test_a_size_budget_fits_its_file_and_beats_uniform_int4_of_the_same_size(smollm2, tmp_path):
+    """80 MiB: the weights file fits, and the held-out KL is below uniform int4 g128 + int8 embeddings (79.5 MiB)."""
+    model, ids, ref, _ = smollm2
+    calibration = load_text(None, compress.load_model("smollm2-135m").tokenizer,
+                            TextConfig(seq_len=128, max_tokens=40_000)).calibration
+    budget = copy.deepcopy(model)
+    report = quantize(budget, QuantConfig(target_size="80MiB", target_sequences=2, progress=False), data=calibration)
+    path = compress.save(budget, tmp_path / "b")
+    assert (path / "model.safetensors").stat().st_size <= 80 * 2**20
+    assert report.predicted_bytes <= 80 * 2**20 and report.measured_kl is not None
+    uniform = copy.deepcopy(model)
+    quantize(uniform, QuantConfig(group_size=128, embeddings="int8", progress=False))
+    assert _ppl_and_kl(budget, ids, ref)[1] < _ppl_and_kl(uniform, ids, ref)[1]

@@ -1,6 +1,9 @@
 """``gguf``: one GGUF file for llama.cpp and the tools built on it.
 
-Types (``gguf_type``): ``f16`` and ``q8_0`` for float (dense or pruned)
+Types (``gguf_type``): ``mixed`` writes each tensor in its own type (int4
+symmetric Q4_0, asymmetric Q4_1, ternary TQ2_0 where rows are multiples of
+256, else an exact Q4_0; float F16), the default for a model whose layers
+hold more than one kind (a size budget's); ``f16`` and ``q8_0`` for float (dense or pruned)
 models; ``q4_0`` / ``q4_1`` for int4 models (symmetric / asymmetric; group
 sizes that are multiples of 32), written from our codes without a second
 rounding; ``tq2_0`` / ``tq1_0`` for ternary models (2.06 / 1.69 bits per
@@ -40,15 +43,28 @@ from compress.io.exports.common import (
 from compress.io.exports.gguf_vocab import add_tokenizer
 from compress.kernels.formats import unpack_int4, unpack_ternary
 
-GGUF_TYPES = ("f16", "q8_0", "q4_0", "q4_1", "tq2_0", "tq1_0")
+GGUF_TYPES = ("f16", "q8_0", "q4_0", "q4_1", "tq2_0", "tq1_0", "mixed")
 _INT4_TYPES = ("q4_0", "q4_1")
 _TERNARY_TYPES = ("tq2_0", "tq1_0")
+MIXED = "mixed"  # each tensor in its own type: int4 sym Q4_0, asym Q4_1, ternary TQ2_0, float F16 (or --dtype)
 _FILE_TYPE = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_1": "MOSTLY_Q4_1",
               "tq2_0": "MOSTLY_TQ2_0", "tq1_0": "MOSTLY_TQ1_0"}
 
 
+def _kinds(model: nn.Module) -> set[str]:
+    """What the decoder layers' linears hold: 'int4-sym', 'int4-asym', 'ternary', 'float'."""
+    packed = quantized_modules(model)
+    out = {("int4-sym" if m.symmetric else "int4-asym") if m.method == "int4" else "ternary" for m in packed.values()}
+    if packed and any(n not in packed for n in layer_linear_names(model)):
+        out.add("float")
+    return out
+
+
 def default_type(model: nn.Module) -> str:
-    """tq2_0 for ternary models, q4_0 / q4_1 for symmetric / asymmetric int4, f16 otherwise."""
+    """mixed for models whose layers hold more than one kind of weight (a size budget's: int4 groups, ternary,
+    float), else tq2_0 for ternary models, q4_0 / q4_1 for symmetric / asymmetric int4, f16 otherwise."""
+    if len(_kinds(model)) > 1:
+        return MIXED
     packed = quantized_modules(model).values()
     if any(m.method == "ternary" for m in packed):
         return "tq2_0"
@@ -81,6 +97,12 @@ def problems(model: nn.Module, gguf_type: Optional[str] = None) -> list[str]:
     packed = quantized_modules(model)
     int4 = {n: m for n, m in packed.items() if m.method == "int4"}
     ternary = {n: m for n, m in packed.items() if m.method == "ternary"}
+    if t == MIXED:
+        odd = [n for n, m in int4.items() if m.group_size % gguf_blocks.QK and m.group_size != m.in_features]
+        if odd:
+            out.append(f"{short_list(odd)} hold int4 in groups of {int4[odd[0]].group_size}, smaller than or not aligned "
+                       f"with GGUF's {gguf_blocks.QK}-weight blocks, which no GGUF type stores; quantise them with "
+                       f"group size 32, 64 or 128")
     if t in _INT4_TYPES:
         if not packed:
             out.append(f"{t} stores int4 weights but the model has none; quantise it first (compress-lm quantize MODEL "
@@ -165,6 +187,11 @@ def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, gg
     writer.close()
 
     for kind, names_ in plan.fallbacks.items():
+        if t == MIXED:
+            notes.append(f"{len(names_)} tensors could not use their own type (ternary TQ2_0 needs rows that are "
+                         f"multiples of {gguf_blocks.QK_TERNARY}, int4 multiples of {gguf_blocks.QK}) and were stored as "
+                         f"{kind}: {short_list(names_)}.")
+            continue
         notes.append(f"{len(names_)} tensors could not use {t.upper()} (rows not a multiple of "
                      f"{gguf_blocks.QK_TERNARY if t in _TERNARY_TYPES else gguf_blocks.QK}) and were stored as {kind}: "
                      f"{short_list(names_)}.")
@@ -254,6 +281,8 @@ def _encode_packed(m: nn.Module, perm: Optional[torch.Tensor], t: str, name: str
     wp = w if perm is None else w[perm]
     K = m.in_features
     whole_blocks = K % gguf_blocks.QK == 0
+    if t == MIXED:  # the module's own type
+        t = ("q4_0" if m.symmetric else "q4_1") if m.method == "int4" else "tq2_0"
     if m.method == "int4" and t in _INT4_TYPES and whole_blocks:
         codes = unpack_int4(m.qweight.cpu())
         scales = m.scales.detach().cpu()
@@ -280,7 +309,7 @@ def _encode_packed(m: nn.Module, perm: Optional[torch.Tensor], t: str, name: str
             plan.fallbacks.setdefault("Q4_0 (exact)", []).append(name)
         return _Encoded(gguf_blocks.q4_0(codes, d), "Q4_0", _q4_expected(codes, d, None, perm))
     enc = _encode_float(w, perm, t, float_type)
-    if t not in ("f16", "q8_0"):
+    if t not in ("f16", "q8_0"):  # a packed module stored as floats (dequantised): exact for int4 with F32
         exact = " (exact)" if m.method == "ternary" and gguf_blocks.exact_in_f16(m.scales) else ""
         plan.fallbacks.setdefault(f"{enc.ggml_type}{exact}", []).append(name)
     return enc
@@ -331,5 +360,11 @@ def _metadata(writer: Any, model: nn.Module, arch: str, widths: dict[str, Any], 
     writer.add_value_length(int(widths["head_dim"]))
     writer.add_rope_dimension_count(int(widths["head_dim"]))
     writer.add_vocab_size(int(widths["vocab_size"]))
-    writer.add_file_type(int(getattr(gguf.LlamaFileType, _FILE_TYPE[t])))
+    if t == MIXED:  # general.file_type names one type: the most common packed one (llama.cpp reads it as a label)
+        kinds = [("MOSTLY_Q4_0" if m.symmetric else "MOSTLY_Q4_1") if m.method == "int4" else "MOSTLY_TQ2_0"
+                 for m in quantized_modules(model).values()]
+        file_type = max(set(kinds), key=kinds.count) if kinds else "MOSTLY_F16"
+    else:
+        file_type = _FILE_TYPE[t]
+    writer.add_file_type(int(getattr(gguf.LlamaFileType, file_type)))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)

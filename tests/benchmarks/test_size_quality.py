@@ -1,0 +1,37 @@
+"""benchmarks/size_quality.py end to end on a tiny Llama: uniform rows, a budget sweep, both texts, JSON + PNG."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "size_quality.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("size_quality_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow  # tiny model, but 16 rows on two texts: about a minute on a busy 2-core machine
+def test_budget_rows_fit_their_targets_and_every_row_is_measured_on_both_texts(tmp_path, tiny_dir):
+    bench = _load()
+    out = tmp_path / "sq"
+    assert bench.main(["--model", str(tiny_dir), "--windows", "2", "--seq-len", "32", "--targets", "60KiB", "90KiB",
+                       "--gptq-targets", "90KiB", "--skip-peers", "--data", "shakespeare", "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert out.with_suffix(".png").stat().st_size > 0
+    rows = result["rows"]
+    for target, label in ((60 * 1024, "budget 60KiB"), (90 * 1024, "budget 90KiB"), (90 * 1024, "budget 90KiB GPTQ")):
+        assert rows[label]["bytes"] <= target < rows["original (bf16 file)"]["bytes"]
+        assert rows[label]["predicted_bytes"] <= target
+    assert rows["budget 60KiB"]["bytes"] < rows["budget 90KiB"]["bytes"]
+    assert {"int4 g128 RTN", "int4 g32 RTN + int4 emb", "ternary RTN"} <= set(rows)
+    for row in rows.values():
+        assert set(row["domains"]) == {"shakespeare", "news"}
+        assert all(d["perplexity"] > 1 for d in row["domains"].values())
+    assert rows["original (bf16 file)"]["domains"]["news"]["kl"] == 0
+    assert rows["budget 90KiB"]["domains"]["news"]["kl"] > 0
+    assert "| budget 60KiB |" in bench.table(result)
