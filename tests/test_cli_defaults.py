@@ -42,7 +42,7 @@ def test_quantize_calibration_sequences_default_is_quant_configs(monkeypatch, tm
     from compress.quantization import QuantConfig
 
     seen = []
-    monkeypatch.setattr(cli, "_compress_and_save", lambda args, needs, step, bits=None: seen.append(step) or 0)
+    monkeypatch.setattr(cli, "_compress_and_save", lambda args, needs, step, bits=None, **kw: seen.append(step) or 0)
     import compress.api as api
 
     monkeypatch.setattr(api, "quantize", lambda model, config, data=None: config)
@@ -58,7 +58,7 @@ def test_quantize_gptaq_and_zero_point_flags_reach_the_config(monkeypatch, tmp_p
     from compress import cli
 
     seen = []
-    monkeypatch.setattr(cli, "_compress_and_save", lambda args, needs, step, bits=None: seen.append(step) or 0)
+    monkeypatch.setattr(cli, "_compress_and_save", lambda args, needs, step, bits=None, **kw: seen.append(step) or 0)
     import compress.api as api
 
     monkeypatch.setattr(api, "quantize", lambda model, config, data=None: config)
