@@ -127,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64, 128 (a last partial group is fine) or -1 per channel (default 128)")
     p.add_argument("--asymmetric", action="store_true", help="int4 with zero points")
     p.add_argument("--gptq", action="store_true", help="int4 with GPTQ error compensation (uses --data)")
-    p.add_argument("--gptaq", action="store_true",
-                   help="with --gptq: match the original model's outputs, compensating earlier layers' error too (GPTQv2; "
-                        "about twice the calibration passes)")
+    p.add_argument("--no-gptaq", dest="gptaq", action="store_false",
+                   help="plain GPTQ: each layer matches its own weights' outputs, instead of the original model's "
+                        "(GPTAQ, on by default, compensates earlier layers' error too at about twice the calibration passes)")
     p.add_argument("--zero-point", choices=["integer", "float"], default="integer",
                    help="with --asymmetric: whole-code zero points (gptq, compressed-tensors, GGUF Q4_1) or exact "
                         "min-max offsets (lower error; native and GGUF Q4_1 only) (default integer)")

@@ -42,7 +42,7 @@ def test_quantize_calibration_sequences_default_is_quant_configs(monkeypatch, tm
     from compress.quantization import QuantConfig
 
     seen = []
-    monkeypatch.setattr(cli, "_compress_and_save", lambda args, needs, step, bits=None: seen.append(step) or 0)
+    monkeypatch.setattr(cli, "_compress_and_save", lambda args, needs, step, bits=None, **kw: seen.append(step) or 0)
     import compress.api as api
 
     monkeypatch.setattr(api, "quantize", lambda model, config, data=None: config)
@@ -58,14 +58,13 @@ def test_quantize_gptaq_and_zero_point_flags_reach_the_config(monkeypatch, tmp_p
     from compress import cli
 
     seen = []
-    monkeypatch.setattr(cli, "_compress_and_save", lambda args, needs, step, bits=None: seen.append(step) or 0)
+    monkeypatch.setattr(cli, "_compress_and_save", lambda args, needs, step, bits=None, **kw: seen.append(step) or 0)
     import compress.api as api
 
     monkeypatch.setattr(api, "quantize", lambda model, config, data=None: config)
-    assert cli.main(["quantize", "m", "--method", "int4", "--gptq", "--gptaq", "--asymmetric", "--zero-point", "float",
+    assert cli.main(["quantize", "m", "--method", "int4", "--gptq", "--asymmetric", "--zero-point", "float",
                      "-o", str(tmp_path / "q")]) == 0
-    assert cli.main(["quantize", "m", "--method", "int4", "--gptq", "-o", str(tmp_path / "q")]) == 0
+    assert cli.main(["quantize", "m", "--method", "int4", "--gptq", "--no-gptaq", "-o", str(tmp_path / "q")]) == 0
     first, plain = (step(None, None) for step in seen)
     assert (first.gptaq, first.symmetric, first.zero_point) == (True, False, "float")
     assert (plain.gptaq, plain.symmetric, plain.zero_point) == (False, True, "integer")
-    assert cli.main(["quantize", "m", "--method", "int4", "--gptaq", "-o", str(tmp_path / "q")]) == 2  # gptaq needs --gptq

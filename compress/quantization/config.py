@@ -55,11 +55,13 @@ class QuantConfig:
     ``clip_search`` (int4, RTN and GPTQ; default on) shrinks each group's range
     by factors 1.0, 0.98, ..., 0.8 and keeps the one with the least squared
     rounding error (weighted by the Hessian diagonal under GPTQ).
-    ``gptaq`` (GPTQv2's asymmetric calibration) makes each layer match the
-    original model's outputs rather than its own weights' outputs on the
-    already-quantised inputs, so the error accumulated in earlier layers is
-    compensated too; it runs the original layer beside the quantised one
-    (about twice the calibration passes); ``gptaq_alpha`` scales that term.
+    ``gptaq`` (GPTQ only, default on: GPTQv2's asymmetric calibration) makes
+    each layer match the original model's outputs rather than its own
+    weights' outputs on the already-quantised inputs, so the error accumulated
+    in earlier layers is compensated too; it runs the original layer beside
+    the quantised one (about twice the calibration passes); ``gptaq_alpha``
+    scales that term.  SmolLM2-135M int4 g64, news KL 0.213 -> 0.188
+    (symmetric), 0.174 -> 0.148 (zero points).
     ``true_sequential`` quantises q/k/v, o, the MLP inputs and the MLP output
     in turn, each with inputs from the already-quantised ones.
     ``calibration_sequences`` caps the calibration sequences GPTQ reads (128,
@@ -97,7 +99,7 @@ class QuantConfig:
     damp: float = 0.01
     act_order: bool = True
     clip_search: bool = True
-    gptaq: bool = False
+    gptaq: bool = True
     gptaq_alpha: float = 0.25
     block_size: int = 128
     true_sequential: bool = True
@@ -137,8 +139,6 @@ class QuantConfig:
             )
         if self.method == "int4" and self.activations == "a8":
             raise ConfigError("activations='a8' is only available for ternary weights; use 'a16' with int4.")
-        if self.gptaq and not self.gptq:
-            raise ConfigError("gptaq=True refines GPTQ; set gptq=True as well (or drop gptaq).")
         if not 0.0 <= self.gptaq_alpha <= 1.0:
             raise ConfigError(f"gptaq_alpha must be between 0 and 1 (0.25 in the GPTQv2 paper), got {self.gptaq_alpha!r}.")
         if self.gptq and self.method != "int4":
@@ -201,8 +201,6 @@ class QuantConfig:
                 changes = dict(value)
                 if changes.get("method") == "ternary":
                     changes.setdefault("gptq", False)  # GPTQ is int4-only: switching method drops it
-                if changes.get("gptq") is False:
-                    changes.setdefault("gptaq", False)  # GPTAQ refines GPTQ: dropping GPTQ drops it
                 cfg = dataclasses.replace(base, **changes)
             else:
                 raise ConfigError(

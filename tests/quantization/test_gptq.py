@@ -176,7 +176,7 @@ def test_gptaq_math_with_no_drift_or_alpha_0_is_plain_gptq():
     x = correlated_inputs(n=1024, k=128)
     w = torch.randn(24, 128) * 0.05
     H, _ = hessian(x)
-    cfg = QuantConfig(group_size=32, gptq=True)
+    cfg = QuantConfig(group_size=32, gptq=True, gptaq=False)
     plain = gptq_quantize(w, H, cfg)
     drift = torch.randn(128, 128) * 0.1
     assert torch.equal(gptq_quantize(w, H, cfg, drift=torch.zeros(128, 128)).codes, plain.codes)
@@ -214,18 +214,14 @@ def test_gptaq_on_a_tiny_model_matches_the_original_at_least_as_well_as_gptq(fam
     with torch.no_grad():
         ref = base(ids).logits
     gptq, gptaq = copy.deepcopy(base), copy.deepcopy(base)
-    quantize(gptq, QuantConfig(group_size=32, gptq=True, progress=False), data=ids)
-    report = quantize(gptaq, QuantConfig(group_size=32, gptq=True, gptaq=True, progress=False), data=ids)
+    quantize(gptq, QuantConfig(group_size=32, gptq=True, gptaq=False, progress=False), data=ids)
+    report = quantize(gptaq, QuantConfig(group_size=32, gptq=True, progress=False), data=ids)  # GPTAQ by default
     assert len(report.modules) == 14
     assert _kl(gptaq, ids, ref) < _kl(gptq, ids, ref)
 
 
-def test_gptaq_needs_gptq_and_a_sane_alpha():
+def test_gptaq_alpha_must_be_sane():
     from compress.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="set gptq=True"):
-        QuantConfig(gptaq=True)
     with pytest.raises(ConfigError, match="gptaq_alpha must be between 0 and 1"):
-        QuantConfig(gptq=True, gptaq=True, gptaq_alpha=2.0)
-    cfg = QuantConfig(gptq=True, gptaq=True, overrides={"down_proj": {"gptq": False}})
-    assert cfg.for_module("model.layers.0.mlp.down_proj").gptaq is False  # dropping GPTQ drops GPTAQ
+        QuantConfig(gptq=True, gptaq_alpha=2.0)
