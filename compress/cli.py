@@ -24,7 +24,8 @@ SEQ_LEN = 512  # --seq-len when not given
 
 
 def _add_data(p: argparse.ArgumentParser, what: str, default: str | None = None) -> None:
-    default = default or ("text the model writes itself ('generated', cached; encoders: the built-in Shakespeare)")
+    default = default or ("half text the model writes itself ('generated', cached), half the built-in Shakespeare; "
+                          "encoders: the built-in Shakespeare")
     p.add_argument("--data", nargs="+", metavar="FILE",
                    help=f"{what}: text/Markdown/.jsonl files or directories, a named text (generated, shakespeare), "
                         f"or a mix with shares, e.g. generated=0.5 notes/=0.5 (default: {default})")
