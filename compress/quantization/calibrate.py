@@ -108,101 +108,67 @@ class _StageInputsSeen(Exception):
 
 
 @torch.no_grad()
-def _hessians(
-    layer: nn.Module, stage: list[Target], hidden: list[torch.Tensor], calls: list[LayerCall], stop_early: bool = True
-) -> dict[str, torch.Tensor]:
-    """Input Hessians of the stage's GPTQ targets over every calibration batch.
+def _input_statistics(
+    layer: nn.Module, stage: list[Target], hidden: list[torch.Tensor], calls: list[LayerCall], stop_early: bool = True,
+    original: nn.Module | None = None, fp_hidden: list[torch.Tensor] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Input Hessians of the stage's GPTQ targets over every calibration batch, and GPTAQ's drift dXX^T.
 
     With ``stop_early`` each pass ends as soon as the last of these modules has
     been called (q/k/v need only the input norm, o_proj the attention): about
-    half the compute of running the whole layer once per stage.
+    half the compute of running the whole layer once per stage.  With
+    ``original`` (the layer before quantisation) and ``fp_hidden`` (the
+    original model's hidden states), each batch first runs ``original`` to
+    record what its modules see, for the drift of the targets that ask for
+    GPTAQ; without them the drift dict is empty.
     """
     wanted = [t for t in stage if t.config.gptq]
-    stats = {t.name: [torch.zeros(t.module.in_features, t.module.in_features, device=t.module.weight.device), 0] for t in wanted}
+    drifting = [t for t in wanted if t.config.gptaq] if original is not None else []
+
+    def zeros(t: Target) -> list:
+        return [torch.zeros(t.module.in_features, t.module.in_features, device=t.module.weight.device), 0]
+
+    stats = {t.name: zeros(t) for t in wanted}
+    drift = {t.name: zeros(t) for t in drifting}
+    fp_inputs: dict[str, torch.Tensor] = {}
     seen: set[str] = set()
+
+    def record(name: str) -> Callable:
+        def pre_hook(module: nn.Module, args: tuple) -> None:
+            fp_inputs[name] = args[0].detach()
+            if stop_early and len(fp_inputs) == len(drift):
+                raise _StageInputsSeen
+
+        return pre_hook
 
     def hook(name: str) -> Callable:
         def pre_hook(module: nn.Module, args: tuple) -> None:
             stats[name][1] = accumulate_hessian(stats[name][0], stats[name][1], args[0])
+            if name in drift:
+                drift[name][1] = accumulate_drift(drift[name][0], drift[name][1], fp_inputs[name], args[0])
             seen.add(name)
             if stop_early and len(seen) == len(stats):
                 raise _StageInputsSeen
 
         return pre_hook
 
-    handles = [t.module.register_forward_pre_hook(hook(t.name)) for t in wanted]
+    path = {id(m): n for n, m in layer.named_modules()}
+    handles = [original.get_submodule(path[id(t.module)]).register_forward_pre_hook(record(t.name)) for t in drifting]
+    handles += [t.module.register_forward_pre_hook(hook(t.name)) for t in wanted]
     try:
         if wanted:
-            for h, call in zip(hidden, calls):
+            for h, fp_h, call in zip(hidden, fp_hidden if drifting else hidden, calls):
                 seen.clear()
-                try:
-                    call.run(layer, h)
-                except _StageInputsSeen:
-                    pass
+                fp_inputs.clear()
+                for module, states in ((original, fp_h), (layer, h)) if drifting else ((layer, h),):
+                    try:
+                        call.run(module, states)
+                    except _StageInputsSeen:
+                        pass
     finally:
         for handle in handles:
             handle.remove()
-    return {name: H for name, (H, _) in stats.items()}
-
-
-@torch.no_grad()
-def _hessians_and_drift(
-    layer: nn.Module, original: nn.Module, stage: list[Target], hidden: list[torch.Tensor],
-    fp_hidden: list[torch.Tensor], calls: list[LayerCall],
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Hessians of the stage's GPTQ targets, and GPTAQ's drift dXX^T for those that ask for it.
-
-    Per batch, ``original`` (the layer before quantisation) runs on the
-    original model's hidden states and records its modules' inputs; then
-    ``layer`` runs on the quantised model's and folds both into the statistics.
-    """
-    wanted = [t for t in stage if t.config.gptq and t.config.gptaq]
-    if not wanted:
-        return _hessians(layer, stage, hidden, calls), {}
-    H = _hessians(layer, [t for t in stage if not t.config.gptaq], hidden, calls)
-    path = {id(m): n for n, m in layer.named_modules()}
-    fp_modules = {t.name: original.get_submodule(path[id(t.module)]) for t in wanted}
-    stats = {t.name: [torch.zeros(t.module.in_features, t.module.in_features, device=t.module.weight.device), 0,
-                      torch.zeros(t.module.in_features, t.module.in_features, device=t.module.weight.device), 0]
-             for t in wanted}
-    fp_inputs: dict[str, torch.Tensor] = {}
-
-    def record(name: str) -> Callable:
-        def pre_hook(module: nn.Module, args: tuple) -> None:
-            fp_inputs[name] = args[0].detach()
-            if len(fp_inputs) == len(wanted):
-                raise _StageInputsSeen
-
-        return pre_hook
-
-    def fold(name: str) -> Callable:
-        def pre_hook(module: nn.Module, args: tuple) -> None:
-            s = stats[name]
-            s[1] = accumulate_hessian(s[0], s[1], args[0])
-            s[3] = accumulate_drift(s[2], s[3], fp_inputs[name], args[0])
-            seen.add(name)
-            if len(seen) == len(wanted):
-                raise _StageInputsSeen
-
-        return pre_hook
-
-    seen: set[str] = set()
-    handles = [fp_modules[t.name].register_forward_pre_hook(record(t.name)) for t in wanted]
-    handles += [t.module.register_forward_pre_hook(fold(t.name)) for t in wanted]
-    try:
-        for h, fp_h, call in zip(hidden, fp_hidden, calls):
-            fp_inputs.clear()
-            seen.clear()
-            for module, states in ((original, fp_h), (layer, h)):
-                try:
-                    call.run(module, states)
-                except _StageInputsSeen:
-                    pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    H.update({name: s[0] for name, s in stats.items()})
-    return H, {name: s[2] for name, s in stats.items()}
+    return {name: H for name, (H, _) in stats.items()}, {name: D for name, (D, _) in drift.items()}
 
 
 def quantize_sequential(
@@ -231,10 +197,7 @@ def quantize_sequential(
         original = copy.deepcopy(layer) if gptaq else None
         try:
             for stage in _stages(adapter, i, layer_targets[i], true_sequential):
-                if gptaq:
-                    H, drift = _hessians_and_drift(layer, original, stage, hidden, fp_hidden, calls[i])
-                else:
-                    H, drift = _hessians(layer, stage, hidden, calls[i]), {}
+                H, drift = _input_statistics(layer, stage, hidden, calls[i], original=original, fp_hidden=fp_hidden)
                 for t in stage:
                     dtype = t.module.weight.dtype
                     module = convert(t, gptq_quantize(t.module.weight, H.pop(t.name), t.config, overwrite_hessian=True,

@@ -42,14 +42,26 @@ _DAMP_RETRIES = 4  # each retry multiplies damping by 10
 
 def accumulate_hessian(H: torch.Tensor, count: int, x: torch.Tensor) -> int:
     """Fold inputs ``x[..., K]`` into the running ``H[K, K]`` in place; return the new sample count."""
+    return _fold(H, count, x)
+
+
+def accumulate_drift(D: torch.Tensor, count: int, x_fp: torch.Tensor, x: torch.Tensor) -> int:
+    """Fold ``(x_fp - x)^T x`` into the running ``D[K, K]`` (scaled as ``accumulate_hessian`` scales H); return the count."""
+    return _fold(D, count, x, x_fp)
+
+
+def _fold(S: torch.Tensor, count: int, x: torch.Tensor, x_fp: torch.Tensor | None = None) -> int:
+    """S <- the running 2/n * sum of left^T x, where left is x itself (Hessian) or x_fp - x (GPTAQ's drift)."""
     x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
     m = x.shape[0]
     if m == 0:
         return count
     total = count + m
-    H.mul_(count / total)
-    x = x * (2.0 / total) ** 0.5
-    H.addmm_(x.t(), x)
+    S.mul_(count / total)
+    scale = (2.0 / total) ** 0.5
+    x = x * scale
+    left = x if x_fp is None else x_fp.detach().reshape(-1, x_fp.shape[-1]).to(torch.float32) * scale - x
+    S.addmm_(left.t(), x)
     return total
 
 
@@ -76,19 +88,6 @@ def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
         f"the GPTQ Hessian is not positive definite even with damping {damp * 10 ** (_DAMP_RETRIES - 1):g}; "
         f"use more (or more varied) calibration data, or quantise this layer without gptq."
     )
-
-
-def accumulate_drift(D: torch.Tensor, count: int, x_fp: torch.Tensor, x: torch.Tensor) -> int:
-    """Fold ``(x_fp - x)^T x`` into the running ``D[K, K]`` (scaled as ``accumulate_hessian`` scales H); return the count."""
-    x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
-    x_fp = x_fp.detach().reshape(-1, x_fp.shape[-1]).to(torch.float32)
-    m = x.shape[0]
-    if m == 0:
-        return count
-    total = count + m
-    D.mul_(count / total)
-    D.addmm_((x_fp - x).t(), x, alpha=2.0 / total)
-    return total
 
 
 def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, overwrite_hessian: bool = False,

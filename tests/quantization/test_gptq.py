@@ -132,7 +132,7 @@ def test_gptq_handles_a_partial_last_group(act_order):
 @pytest.mark.parametrize("family", ["llama", "bert"])
 def test_stage_passes_stop_early_with_the_same_hessians(family):
     from compress.arch import adapter_for
-    from compress.quantization.calibrate import _hessians, _stages, capture_layer_calls
+    from compress.quantization.calibrate import _input_statistics, _stages, capture_layer_calls
     from compress.quantization.plan import make_plan
 
     model = tiny_model(family)
@@ -148,10 +148,10 @@ def test_stage_passes_stop_early_with_the_same_hessians(family):
     assert [len(s) for s in stages] == ([3, 1, 2, 1] if family == "llama" else [3, 1, 1, 1])
     for stage in stages:
         ran.clear()
-        full = _hessians(layer, stage, hidden, calls[0], stop_early=False)
+        full, _ = _input_statistics(layer, stage, hidden, calls[0], stop_early=False)
         assert len(ran) == len(batches)  # the whole layer ran once per batch
         ran.clear()
-        early = _hessians(layer, stage, hidden, calls[0])
+        early, _ = _input_statistics(layer, stage, hidden, calls[0])
         assert len(ran) == (len(batches) if stage[0].module is parts.mlp_out else 0)  # ... and now stopped before
         assert full.keys() == early.keys() == {t.name for t in stage}
         for name in full:
