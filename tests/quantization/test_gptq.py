@@ -84,6 +84,14 @@ def test_gptq_zeroes_dead_inputs_and_rejects_a_broken_hessian():
         gptq_quantize(w, -torch.eye(32), QuantConfig(group_size=16))
 
 
+def _tiny_with_reference(family):
+    """A tiny model, fixed calibration ids, and its logits on them."""
+    base = tiny_model(family)
+    ids = torch.randint(4, 300, (16, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return base, ids, base(ids).logits
+
+
 def _kl(model, ids, ref):
     with torch.no_grad():
         out = model(ids).logits
@@ -92,10 +100,7 @@ def _kl(model, ids, ref):
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 def test_gptq_beats_rtn_on_a_tiny_models_calibration_loss(family):
-    base = tiny_model(family)
-    ids = torch.randint(4, 300, (16, 32), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ref = base(ids).logits
+    base, ids, ref = _tiny_with_reference(family)
     rtn, gptq = copy.deepcopy(base), copy.deepcopy(base)
     quantize(rtn, QuantConfig(group_size=32, progress=False))
     report = quantize(gptq, QuantConfig(group_size=32, gptq=True, progress=False), data=ids)
@@ -209,10 +214,7 @@ def test_gptaq_targets_the_original_inputs():
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 def test_gptaq_on_a_tiny_model_matches_the_original_at_least_as_well_as_gptq(family):
-    base = tiny_model(family)
-    ids = torch.randint(4, 300, (16, 32), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ref = base(ids).logits
+    base, ids, ref = _tiny_with_reference(family)
     gptq, gptaq = copy.deepcopy(base), copy.deepcopy(base)
     quantize(gptq, QuantConfig(group_size=32, gptq=True, gptaq=False, progress=False), data=ids)
     report = quantize(gptaq, QuantConfig(group_size=32, gptq=True, progress=False), data=ids)  # GPTAQ by default
