@@ -1,20 +1,16 @@
 """The Adapt-Accel vs one-shot benchmark end to end at a tiny budget on the real SmolLM2-135M (slow)."""
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from tests.bench_script import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "prune_staged.py"
+pytestmark = pytest.mark.slow
 
 
 def test_both_arms_reach_the_target_with_the_same_tokens(tmp_path):
-    spec = importlib.util.spec_from_file_location("prune_staged_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("prune_staged")
     argv = ["--tokens", "768", "--seq-len", "64", "--eval-seqs", "2", "--calib-seqs", "4", "--sparsity", "0.2",
             "--step", "0.1", "--stages", "2", "--quiet", "--out-dir", str(tmp_path)]
     assert module.main(argv) == 0

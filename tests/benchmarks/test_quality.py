@@ -1,22 +1,18 @@
 """The quality benchmark end to end at CI size on the real SmolLM2-135M (slow): every row built and measured."""
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
+from tests.bench_script import load_benchmark
+
 pytestmark = pytest.mark.slow
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quality.py"
 OURS = ("Adapt-Pruner (ours)", "int4 GPTQ g128 (ours)", "ternary QAT + distillation (ours)")
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("quality_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("quality")
 
 
 def test_quick_run_measures_every_row_against_fp32(tmp_path):

@@ -1,18 +1,13 @@
 """benchmarks/size_quality.py end to end on a tiny Llama: uniform rows, a budget sweep, both texts, JSON + PNG."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "size_quality.py"
+from tests.bench_script import load_benchmark
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("size_quality_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("size_quality")
 
 
 @pytest.mark.slow  # tiny model, but 16 rows on two texts: about a minute on a busy 2-core machine

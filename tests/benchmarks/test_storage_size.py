@@ -1,18 +1,13 @@
 """benchmarks/storage_size.py end to end on a tiny Llama: every checkpoint saved, reloaded and measured on both texts."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "storage_size.py"
+from tests.bench_script import load_benchmark
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("storage_size_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("storage_size")
 
 
 def test_rows_shrink_in_order_and_quality_is_measured_on_both_texts(tmp_path, tiny_dir):

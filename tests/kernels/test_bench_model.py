@@ -7,7 +7,6 @@ GPU run.  The CUDA tests check the recorded graphs against eager decoding.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,6 +19,7 @@ import torch
 import compress
 from compress.cli import main as cli_main
 from compress.quantization import QuantConfig
+from tests.bench_script import load_benchmark
 from tests.threads import one_torch_thread
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "model_decode.py"
@@ -27,11 +27,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "model_decode.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("_bench_model_decode", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("model_decode")
 
 
 @pytest.fixture(autouse=True)

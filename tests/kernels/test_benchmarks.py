@@ -1,28 +1,16 @@
 """The benchmark scripts: they refuse to run without a GPU, and count bytes as documented."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from tests.bench_script import load_benchmark
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
 @pytest.mark.parametrize("script", ["kernel_matmul", "kernels_tune"])
 def test_scripts_say_they_need_a_gpu(script, capsys, tmp_path):
-    assert _load(script).main(["--out" if script == "kernels_tune" else "--out-dir", str(tmp_path)]) == 2
+    assert load_benchmark(script).main(["--out" if script == "kernels_tune" else "--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"benchmarks/{script}.py needs a CUDA GPU and none is visible here; " + (
         "run it on a GPU machine." if script == "kernel_matmul" else "run it on the GPU you tune for."
@@ -31,7 +19,7 @@ def test_scripts_say_they_need_a_gpu(script, capsys, tmp_path):
 
 
 def test_benchmark_covers_the_issue_shapes_and_counts_bytes():
-    bench = _load("kernel_matmul")
+    bench = load_benchmark("kernel_matmul")
     assert {(4096, 4096), (8192, 8192), (576, 576), (576, 1536), (1536, 576), (49152, 576)} <= set(bench.SHAPES.values())
     assert bench.BATCHES == (1, 16, 2048)
     N, K = 4096, 4096
@@ -48,7 +36,7 @@ def test_benchmark_covers_the_issue_shapes_and_counts_bytes():
 
 def test_plot_writes_a_png_from_result_rows(tmp_path):
     pytest.importorskip("matplotlib")
-    bench = _load("kernel_matmul")
+    bench = load_benchmark("kernel_matmul")
     rows = [
         {"shape": shape, "M": M, "method": method, "us": us, "gbps": 1000.0 / us, "speedup": 10.0 / us}
         for shape in ("4096x4096", "smollm2-qo-576x576")
@@ -69,7 +57,7 @@ def test_tuner_keeps_the_fastest_config_that_matches_the_reference(triton_kernel
 
     from compress.kernels import triton_int4, tuning
 
-    tune = _load("kernels_tune")
+    tune = load_benchmark("kernels_tune")
     M, N, K, G = 3, 37, 64, 32
     space = tuning.candidates("int4_splitk", M, N, K, G)
     picks = [space[i * len(space) // 3] for i in range(3)]

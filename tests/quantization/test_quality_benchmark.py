@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,18 +10,14 @@ import compress
 from compress.eval import EvalConfig
 from compress.quantization import QuantConfig, quantize
 from tests.tiny import tiny_model
+from tests.bench_script import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quant_quality.py"
 IDS = torch.randint(4, 300, (6, 24), generator=torch.Generator().manual_seed(0))
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("_bench_quant_quality", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("quant_quality")
 
 
 def test_the_shared_pass_measures_what_compress_evaluate_measures(bench):
