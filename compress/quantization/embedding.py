@@ -26,6 +26,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from compress.packed import PackedModule
 from compress.quantization.config import EMBEDDING_FORMATS, QuantError
 
 INT8_MAX = 127
@@ -73,8 +74,10 @@ def unpack_int4_rows(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack((low, high), dim=-1).reshape(packed.shape[0], -1)
 
 
-class QuantEmbedding(nn.Module):
+class QuantEmbedding(PackedModule):
     """An ``nn.Embedding`` (or untied output head) with int8 / int4 rows."""
+
+    kind = "embedding"
 
     def __init__(self, num_embeddings: int, embedding_dim: int, *, bits: int = 8, group_size: Optional[int] = None,
                  padding_idx: Optional[int] = None, scale_dtype: torch.dtype | str = torch.float16,
@@ -190,10 +193,10 @@ def head_logits(table: QuantEmbedding, x: torch.Tensor) -> torch.Tensor:
     return torch.cat(out, dim=-1)
 
 
-class TiedQuantHead(nn.Module):
+class TiedQuantHead(PackedModule):
     """The output head of a tied pair: logits from the input embedding's packed data, nothing stored of its own."""
 
-    tied_to_embedding = True
+    kind = "tied_head"
 
     def __init__(self, embedding: QuantEmbedding) -> None:
         super().__init__()

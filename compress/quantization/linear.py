@@ -25,6 +25,7 @@ from compress.kernels.formats import (
     pack_int4,
     pack_ternary,
 )
+from compress.packed import PackedModule
 from compress.quantization.config import QuantConfig, QuantError
 from compress.quantization.quantizers import (
     Int4Weights,
@@ -36,8 +37,10 @@ from compress.quantization.quantizers import (
 )
 
 
-class QuantLinear(nn.Module):
+class QuantLinear(PackedModule):
     """y = x W^T + b with W stored packed (int4 or ternary)."""
+
+    kind = "linear"
 
     def __init__(
         self,

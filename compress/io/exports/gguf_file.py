@@ -42,6 +42,7 @@ from compress.io.exports.common import (
 )
 from compress.io.exports.gguf_vocab import add_tokenizer
 from compress.kernels.formats import unpack_int4, unpack_ternary
+from compress.packed import is_packed
 
 GGUF_TYPES = ("f16", "q8_0", "q4_0", "q4_1", "tq2_0", "tq1_0", "mixed")
 _INT4_TYPES = ("q4_0", "q4_1")
@@ -83,7 +84,7 @@ def problems(model: nn.Module, gguf_type: Optional[str] = None) -> list[str]:
     if out:
         return out
     for name, m in model.named_modules():
-        if not hasattr(m, "qdata"):
+        if not is_packed(m, "embedding"):
             continue
         if m.group_size % gguf_blocks.QK or m.embedding_dim % gguf_blocks.QK:
             out.append(f"{name} is quantised in groups of {m.group_size} along rows of {m.embedding_dim}, which GGUF's "
@@ -167,7 +168,7 @@ def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, gg
             raise NotImplementedError(f"{hf_module} has no GGUF tensor name in the '{arch}' architecture; "
                                       f"GGUF export does not cover this model layout yet.")
         perm = heads.get(hf_module)
-        if hasattr(item, "qdata"):
+        if is_packed(item, "embedding"):
             enc = _encode_embedding(item)
         elif isinstance(item, nn.Module):
             enc = _encode_packed(item, perm, t, hf_module, plan, float_type)
@@ -177,7 +178,7 @@ def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, gg
         plan.types[enc.ggml_type] = plan.types.get(enc.ggml_type, 0) + 1
         if enc.expected is not None:
             plan.expected[f"{hf_module}.{leaf}"] = enc.expected
-        weights = item.logical_numel() if hasattr(item, "qdata") else \
+        weights = item.logical_numel() if is_packed(item, "embedding") else \
             item.in_features * item.out_features if isinstance(item, nn.Module) else item.numel()
         written.add("layers" if hf_module in layers and leaf == "weight" else "other", enc.array.nbytes, weights)
     gguf_meta.add_general(writer, model, written.layer_weights + written.other_weights, arch, t)
@@ -212,7 +213,7 @@ def _jobs(tensors: dict[str, torch.Tensor], packed: dict[str, nn.Module], model:
     jobs = []
     for name, tensor in tensors.items():
         module, _, leaf = name.rpartition(".")
-        if leaf in ("qdata", "scales") and hasattr(model.get_submodule(module), "qdata"):  # a quantised embedding
+        if leaf in ("qdata", "scales") and is_packed(model.get_submodule(module), "embedding"):  # a quantised embedding
             if leaf == "qdata":
                 jobs.append((module, "weight", model.get_submodule(module)))
             continue
