@@ -19,7 +19,7 @@ from typing import Any
 
 # public name -> submodule that defines it
 _API = {
-    # storage formats (formats.py)
+    # storage formats (formats/)
     "pack_int4": "formats",
     "unpack_int4": "formats",
     "pack_ternary": "formats",
@@ -40,7 +40,7 @@ _API = {
     "TernaryA8Format": "formats",
     "Int8RowsFormat": "formats",
     "Int4RowsFormat": "formats",
-    # W1.58A8 arithmetic shared by the reference, the kernel, QAT and the bitnet export (formats.py)
+    # W1.58A8 arithmetic shared by the reference, the kernel, QAT and the bitnet export (formats/layout.py)
     "quantize_activations_int8": "formats",
     "a8_weight_scale": "formats",
     "a8_rescale": "formats",
