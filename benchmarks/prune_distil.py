@@ -64,10 +64,24 @@ def recover_config(args, **extra):
                          progress=not args.quiet, **extra)
 
 
-def prune_config(args, arm: str):
+def parse_arm(spec: str) -> tuple[str, float | None]:
+    """``adapt`` or ``adapt:0.333`` (this arm at its own sparsity)."""
+    name, _, sparsity = spec.partition(":")
+    if name not in ARMS:
+        raise argparse.ArgumentTypeError(f"unknown arm {name!r}; use one of {', '.join(ARMS)}, optionally ':SPARSITY'")
+    try:
+        value = float(sparsity) if sparsity else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"arm {spec!r}: the part after ':' must be a sparsity such as 0.33") from None
+    if value is not None and not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"arm {spec!r}: the sparsity must be between 0 and 1")
+    return spec, value
+
+
+def prune_config(args, arm: str, sparsity: float):
     from compress.pruning import PruneConfig
 
-    common = dict(sparsity=args.sparsity, importance="taylor", round_to=args.round_to, calib_samples=args.calib_samples,
+    common = dict(sparsity=sparsity, importance="taylor", round_to=args.round_to, calib_samples=args.calib_samples,
                   calib_seq_len=64, batch_size=8, progress=not args.quiet)
     if arm == "uniform":
         return PruneConfig(method="uniform", **common)
@@ -78,22 +92,24 @@ def prune_config(args, arm: str):
                        recover=recover_config(args), **common)
 
 
-def run_arm(args, arm: str, teacher, splits, domains) -> dict[str, Any]:
+def run_arm(args, spec: str, teacher, splits, domains) -> dict[str, Any]:
     from compress import prune  # the verb: stages > 1 (adapt-accel) train between stages
     from compress.recovery import recover
 
+    arm, sparsity = spec.partition(":")[0], parse_arm(spec)[1] or args.sparsity
     t0 = time.perf_counter()
     student = copy.deepcopy(teacher)
-    rep = prune(student, prune_config(args, arm), splits)
+    rep = prune(student, prune_config(args, arm, sparsity), splits)
     prune_s = time.perf_counter() - t0
-    row: dict[str, Any] = {"arm": arm, "achieved_sparsity": rep.achieved_sparsity, "prune_seconds": prune_s}
+    row: dict[str, Any] = {"arm": spec, "sparsity": sparsity, "achieved_sparsity": rep.achieved_sparsity, "prune_seconds": prune_s,
+                           "widths": [{"heads": w.heads[1], "kv_heads": w.kv_heads[1], "mlp": w.mlp[1]} for w in rep.layers]}
     if arm != "adapt-accel":
         row["pruned"] = measure(student, teacher, domains, args.batch_size)
-        say(f"{arm}: pruned {rep.achieved_sparsity:.1%} in {prune_s:.0f} s; " + _line(row["pruned"]))
+        say(f"{spec}: pruned {rep.achieved_sparsity:.1%} in {prune_s:.0f} s; " + _line(row["pruned"]))
         recover(student, teacher, splits.train, recover_config(args, steps=args.steps))
     row["distilled"] = measure(student, teacher, domains, args.batch_size)
     row["seconds"] = time.perf_counter() - t0
-    say(f"{arm}: distilled {args.steps} steps; " + _line(row["distilled"]))
+    say(f"{spec}: distilled {args.steps} steps; " + _line(row["distilled"]))
     return row
 
 
@@ -160,7 +176,9 @@ def merge(paths: list[str], out: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--arms", nargs="+", default=["adapt", "uniform"], choices=ARMS)
+    p.add_argument("--arms", nargs="+", default=["adapt", "uniform"], type=lambda v: parse_arm(v)[0],
+                   help=f"of {', '.join(ARMS)}; ARM:SPARSITY runs that arm at its own sparsity (uniform with 3 kv "
+                        "groups per layer jumps from 25%% to 33.3%%: compare adapt:0.3333 with it)")
     p.add_argument("--sparsity", type=float, default=0.3)
     p.add_argument("--steps", type=int, default=40, help="distillation steps of batch-size x seq-len tokens (default 40, as make demo)")
     p.add_argument("--batch-size", type=int, default=4)
