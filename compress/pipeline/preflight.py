@@ -230,9 +230,8 @@ def _check_budget_formats(cfg: QuantConfig, predicted: list[tuple[str, nn.Module
             cand = dataclasses.replace(base, embeddings=EMBEDDING_CHOICES[fmt], overrides={".*": None})
         else:
             fields = FORMATS[SENSITIVITY_NAMES[fmt]]
-            cand = dataclasses.replace(base, method=fields["method"], group_size=fields.get("group_size", base.group_size),
-                                       gptq=base.gptq and fields["method"] == "int4",
-                                       gptaq=base.gptaq and fields["method"] == "int4")
+            # switching method drops the other method's fields (GPTQ is int4-only)
+            cand = dataclasses.replace(base, **{k: v for k, v in fields.items() if k in ("method", "group_size")})
         found: list[str] = []
         skeletons = _check_quantize(cand, [(label, copy.deepcopy(m)) for label, m in predicted], round_to, where, found)
         for export in exports:

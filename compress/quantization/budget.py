@@ -58,7 +58,7 @@ import torch
 from torch import nn
 
 from compress.sizes import format_size, parse_size  # noqa: F401  (re-exported)
-from compress.quantization.config import OUTPUT_HEAD, QuantConfig, QuantError
+from compress.quantization.config import OUTPUT_HEAD, Int4Config, QuantConfig, QuantError
 from compress.quantization.report import QuantReport
 
 LINEAR_FORMATS = ("keep", "int4-g128", "int4-g64", "int4-g32", "ternary")
@@ -212,12 +212,9 @@ def _units_and_fixed(model: nn.Module, cfg: QuantConfig, dtype: torch.dtype) -> 
             fitted = format_config(SENSITIVITY_NAMES[fmt], lin.out_features, lin.in_features)
             if fitted is None:
                 continue
-            if fitted.method == "ternary":
-                qcfg = dataclasses.replace(base, method="ternary", gptq=False, gptaq=False, overrides={},
-                                           modules_to_not_convert=())
-            else:
-                qcfg = dataclasses.replace(base, method="int4", group_size=fitted.group_size, overrides={},
-                                           modules_to_not_convert=())
+            # the base config's other fields, in the fitted format (switching method drops the other method's)
+            grouping = {"group_size": fitted.group_size} if isinstance(fitted, Int4Config) else {}
+            qcfg = dataclasses.replace(base, method=fitted.method, **grouping, overrides={}, modules_to_not_convert=())
             options.append(Option(fmt, qcfg, linear_bytes(t.name, lin, qcfg, dtype)))
         if not options:
             continue  # no candidate fits: quantised with the base config, counted as fixed
