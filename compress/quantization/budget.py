@@ -432,7 +432,6 @@ def _spend_rest(units: list[Unit], left: int) -> None:
 def _measure(model: nn.Module, config: QuantConfig, data: Any, units: list[Unit]) -> tuple[Any, float, int, int, list[str]]:
     """Fill every option's predicted KL; returns (the KL probe, the scale a per format, windows, their length, notes)."""
     from compress.arch import adapter_for
-    from compress.quantization.quantizers import fake_quantize
     from compress.sensitivity import SensitivityConfig, measure_sensitivity
     from compress.sensitivity.measure import calibration_windows
     from compress.sensitivity.probes import KLProbe
@@ -466,17 +465,8 @@ def _measure(model: nn.Module, config: QuantConfig, data: Any, units: list[Unit]
         if config.target_metric != "kl":
             fitted = []
             for fmt in formats:  # one scale per format: KL is not quadratic over the whole range of damage
-                changes, squares = [], 0.0
-                for u in linear:
-                    o = next((o for o in u.options if o.format == fmt), None)
-                    if o is not None and math.isfinite(o.raw_error):
-                        lin = model.get_submodule(u.name)
-                        changes.append((lin, fake_quantize(lin.weight, o.config)))
-                        squares += o.raw_error ** 2
-                kl = probe.error(0, changes)
-                del changes
-                scale[fmt] = kl / squares if squares > 0 else 1.0
-                fitted.append(f"{fmt} {scale[fmt]:.4g} (KL {kl:.4g} with every projection {fmt})")
+                scale[fmt], note = _fit_scale(model, probe, linear, fmt)
+                fitted.append(f"{fmt} {note}")
             notes.append(f"predicted KL = a x {config.target_metric}^2 per module, a fitted per format on "
                          f"{len(windows)} x {windows.shape[1]} calibration tokens: {'; '.join(fitted)}.")
         for u in linear:
@@ -489,6 +479,36 @@ def _measure(model: nn.Module, config: QuantConfig, data: Any, units: list[Unit]
     finally:
         model.train(was_training)
     return probe, scale, int(windows.shape[0]), int(windows.shape[1]), notes
+
+
+# KL saturates when the whole model is damaged (uniform ternary without training: KL 13 on SmolLM2-135M,
+# about the entropy of a uniform guess), so a scale fitted there makes each module look far cheaper than it
+# is.  The fit keeps to the range where KL still adds up: the modules least hurt by the format, halved until
+# their joint KL is below this.
+FIT_KL = 0.5
+
+
+def _fit_scale(model: nn.Module, probe: Any, linear: list[Unit], fmt: str) -> tuple[float, str]:
+    """``a`` in predicted KL = ``a * error**2`` for ``fmt``, and a note of how it was fitted."""
+    from compress.quantization.quantizers import fake_quantize
+
+    options = sorted(((u, o) for u in linear for o in u.options if o.format == fmt and math.isfinite(o.raw_error)),
+                     key=lambda uo: uo[1].raw_error)
+    if not options:
+        return 1.0, "1 (no module measured)"
+    k = len(options)
+    while True:
+        changes = [(lin, fake_quantize(lin.weight, o.config))
+                   for lin, o in ((model.get_submodule(u.name), o) for u, o in options[:k])]
+        squares = sum(o.raw_error ** 2 for _, o in options[:k])
+        kl = probe.error(0, changes)
+        del changes
+        if kl <= FIT_KL or k == 1:
+            break
+        k = max(1, k // 2)
+    scale = kl / squares if squares > 0 else 1.0
+    which = "every projection" if k == len(options) else f"the {k} of {len(options)} projections it hurts least"
+    return scale, f"{scale:.4g} (KL {kl:.4g} with {which} {fmt})"
 
 
 def _measure_embedding(model: nn.Module, config: QuantConfig, probe: Any, unit: Unit) -> None:

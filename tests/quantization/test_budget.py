@@ -394,3 +394,44 @@ def test_an_untied_head_is_counted_once_whether_the_embedding_unit_or_the_base_c
     # a head the base config converts leaves the table out of the choice (quantize cannot do both), with a note
     assert keep_head == ("embedding" in {c["kind"] for c in report.choices})
     assert keep_head or any("output head is quantised as a linear module" in n for n in report.notes)
+
+
+# -- the error scale -------------------------------------------------------------------------------
+
+class _SaturatingProbe:
+    """KL that adds up per module (0.1 nats each) until it saturates at 1 nat, like a broken model's."""
+
+    def __init__(self):
+        self.calls = []
+
+    def error(self, layer, changes):
+        self.calls.append(len(changes))
+        return min(0.1 * len(changes), 1.0)
+
+
+def test_error_scale_is_fitted_where_kl_still_adds_up():
+    from compress.quantization.budget import FIT_KL, _fit_scale
+
+    model = nn.Sequential(*[nn.Linear(16, 16) for _ in range(16)])
+    cfg = QuantConfig(method="ternary")
+    units = [Unit(str(i), "linear", (16, 16), [Option("keep", None, 512), Option("ternary", cfg, 64, raw_error=1.0)])
+             for i in range(16)]
+    probe = _SaturatingProbe()
+    scale, note = _fit_scale(model, probe, units, "ternary")
+    # all 16 at once saturate (KL 1.0 instead of 1.6): halved to 8 (0.8), then 4 (0.4 <= FIT_KL)
+    assert probe.calls == [16, 8, 4] and FIT_KL == 0.5
+    assert scale == pytest.approx(0.1)  # per module KL 0.1 = a * 1.0**2; the saturated fit would say 1/16
+    assert "the 4 of 16 projections it hurts least" in note
+
+
+def test_error_scale_uses_every_module_when_kl_is_small():
+    from compress.quantization.budget import _fit_scale
+
+    model = nn.Sequential(*[nn.Linear(16, 16) for _ in range(3)])
+    cfg = QuantConfig(method="int4", group_size=16)
+    units = [Unit(str(i), "linear", (16, 16), [Option("int4-g32", cfg, 64, raw_error=0.5 * (i + 1))]) for i in range(3)]
+    probe = _SaturatingProbe()
+    scale, note = _fit_scale(model, probe, units, "int4-g32")
+    assert probe.calls == [3]
+    assert scale == pytest.approx(0.3 / (0.25 + 1.0 + 2.25))
+    assert "every projection" in note
