@@ -30,7 +30,6 @@ from compress.pruning.problems import prune_problems
 from compress.quantization.config import OUTPUT_HEAD, QuantConfig, QuantError
 from compress.quantization.linear import QuantLinear
 from compress.quantization.plan import make_plan, set_module
-from compress.quantization.quantizers import effective_group_size
 
 
 class PreflightError(CompressError):
@@ -245,10 +244,7 @@ def _check_budget_formats(cfg: QuantConfig, predicted: list[tuple[str, nn.Module
 
 def _predicted_quant_linear(lin: nn.Module, cfg: QuantConfig) -> QuantLinear:
     """A meta ``QuantLinear`` as ``cfg`` will make it; zero points get real values (whole codes or not), which exporters read."""
-    q = QuantLinear(lin.in_features, lin.out_features, method=cfg.method,
-                    group_size=effective_group_size(cfg, lin.in_features), symmetric=cfg.symmetric,
-                    per_channel=cfg.per_channel, activations=cfg.activations, bias=lin.bias is not None,
-                    scale_dtype=cfg.torch_scale_dtype, device="meta")
+    q = QuantLinear.empty_for(lin, cfg, device="meta")
     if q.zeros is not None:
         q.zeros = torch.full(tuple(q.zeros.shape), 8.0 if cfg.zero_point == "integer" else 7.5, dtype=q.zeros.dtype)
     return q

@@ -115,15 +115,11 @@ def _module_bytes(prefix: str, module: nn.Module, dtype: torch.dtype) -> int:
 def linear_bytes(name: str, linear: nn.Linear, cfg: Optional[QuantConfig], dtype: torch.dtype) -> int:
     """Stored bytes of ``linear`` kept (``cfg`` None) or quantised with ``cfg``, from a meta module as quantisation builds it."""
     from compress.quantization.linear import QuantLinear
-    from compress.quantization.quantizers import effective_group_size
 
     if cfg is None:
         meta = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
     else:
-        meta = QuantLinear(linear.in_features, linear.out_features, method=cfg.method,
-                           group_size=effective_group_size(cfg, linear.in_features), symmetric=cfg.symmetric,
-                           per_channel=cfg.per_channel, activations=cfg.activations, bias=linear.bias is not None,
-                           scale_dtype=cfg.torch_scale_dtype, device="meta")
+        meta = QuantLinear.empty_for(linear, cfg, device="meta")
     return _module_bytes(name, meta, dtype)
 
 
