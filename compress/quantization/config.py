@@ -1,5 +1,9 @@
 """``QuantConfig``: what to quantise and how, validated before any weight is touched.
 
+``QuantConfig(...)`` builds ``Int4Config`` or ``TernaryConfig`` by its
+``method``: each holds the shared fields and its own; ``to_dict`` writes the
+flat form (every field of both) that manifests and recipes keep.
+
 A string is a shorthand for a config (``"ternary"``, ``"int4"``,
 ``"int4-gptq"``, ... see ``SHORTHANDS``).  ``overrides`` maps a module name or
 regex to another config, a shorthand, a dict of field changes, or None to keep
