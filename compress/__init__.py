@@ -36,6 +36,8 @@ _API = {
     "PruneConfig": "compress.pruning",
     "PruneReport": "compress.pruning",
     "QuantConfig": "compress.quantization",
+    "Int4Config": "compress.quantization",
+    "TernaryConfig": "compress.quantization",
     "QuantReport": "compress.quantization",
     "RecoverConfig": "compress.recovery",
     "RecoverReport": "compress.recovery",

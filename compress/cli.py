@@ -377,7 +377,7 @@ def _calib_seq_len(given: int | None, seq_len: int, default: int | None) -> int 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from compress import api
-    from compress.quantization import QuantConfig
+    from compress.quantization import QuantConfig, TernaryConfig
 
     given = {"embeddings": None if args.embeddings == "none" else args.embeddings} if args.embeddings else {}
     if args.embedding_group_size is not None:
@@ -397,7 +397,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                          gptq=args.gptq, scale=args.scale, activations="a8" if args.a8 else "a16",
                          act_order=args.act_order, clip_search=args.clip_search, gptaq=args.gptaq,
                          zero_point=args.zero_point, **given, **target)
-    bits = 2.2 if config.method == "ternary" else 4.5  # packed weights and their scales, rounded up
+    bits = 2.2 if isinstance(config, TernaryConfig) else 4.5  # packed weights and their scales, rounded up
     budget = config.target_size is not None
     if not budget:
         return _compress_and_save(args, config.gptq, lambda model, data: api.quantize(model, config, data=data), bits)

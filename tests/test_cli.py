@@ -104,6 +104,15 @@ def test_quantize_shape_problems_are_one_error(tiny_dir, tmp_path, capsys):
     assert err.count("\n") == 1 and "48" in err and not (tmp_path / "q").exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--method", "ternary", "--group-size", "64"], "group_size=64 applies to int4 only; drop it or use method='int4'."),
+    (["--method", "int4", "--scale", "absmedian"], "scale='absmedian' applies to ternary only; drop it or use method='ternary'."),
+])
+def test_quantize_flags_of_the_other_method_are_one_error(tiny_dir, tmp_path, capsys, flags, message):
+    assert main(["quantize", str(tiny_dir), *flags, "-o", str(tmp_path / "q")]) == 2
+    assert capsys.readouterr().err == f"compress-lm quantize: {message}\n" and not (tmp_path / "q").exists()
+
+
 @pytest.mark.parametrize("command", ["eval", "prune", "quantize", "recover", "export", "run", "bench"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -30,7 +30,6 @@ from compress.pruning.problems import prune_problems
 from compress.quantization.config import OUTPUT_HEAD, QuantConfig, QuantError
 from compress.quantization.linear import QuantLinear
 from compress.quantization.plan import make_plan, set_module
-from compress.quantization.quantizers import effective_group_size
 
 
 class PreflightError(CompressError):
@@ -230,9 +229,8 @@ def _check_budget_formats(cfg: QuantConfig, predicted: list[tuple[str, nn.Module
             cand = dataclasses.replace(base, embeddings=EMBEDDING_CHOICES[fmt], overrides={".*": None})
         else:
             fields = FORMATS[SENSITIVITY_NAMES[fmt]]
-            cand = dataclasses.replace(base, method=fields["method"], group_size=fields.get("group_size", base.group_size),
-                                       gptq=base.gptq and fields["method"] == "int4",
-                                       gptaq=base.gptaq and fields["method"] == "int4")
+            # switching method drops the other method's fields (GPTQ is int4-only)
+            cand = dataclasses.replace(base, **{k: v for k, v in fields.items() if k in ("method", "group_size")})
         found: list[str] = []
         skeletons = _check_quantize(cand, [(label, copy.deepcopy(m)) for label, m in predicted], round_to, where, found)
         for export in exports:
@@ -246,10 +244,7 @@ def _check_budget_formats(cfg: QuantConfig, predicted: list[tuple[str, nn.Module
 
 def _predicted_quant_linear(lin: nn.Module, cfg: QuantConfig) -> QuantLinear:
     """A meta ``QuantLinear`` as ``cfg`` will make it; zero points get real values (whole codes or not), which exporters read."""
-    q = QuantLinear(lin.in_features, lin.out_features, method=cfg.method,
-                    group_size=effective_group_size(cfg, lin.in_features), symmetric=cfg.symmetric,
-                    per_channel=cfg.per_channel, activations=cfg.activations, bias=lin.bias is not None,
-                    scale_dtype=cfg.torch_scale_dtype, device="meta")
+    q = QuantLinear.empty_for(lin, cfg, device="meta")
     if q.zeros is not None:
         q.zeros = torch.full(tuple(q.zeros.shape), 8.0 if cfg.zero_point == "integer" else 7.5, dtype=q.zeros.dtype)
     return q

@@ -267,7 +267,7 @@ def _options(value: Any, where: str) -> dict[str, Any]:
 
 def build_config(cls: type, options: dict[str, Any], where: str) -> Any:
     """``cls(**options)`` after naming unknown keys and coercing what YAML reads differently."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in (cls.config_fields() if hasattr(cls, "config_fields") else dataclasses.fields(cls))}
     unknown = set(options) - set(fields)
     if unknown:
         allowed = ", ".join(sorted(fields))

@@ -4,7 +4,7 @@
     report = quantize(model, "int4")                      # or "ternary", "int4-gptq" (data=...), QuantConfig(...)
     print(report)
 
-Files: ``config.py`` (QuantConfig, shorthands), ``quantizers.py`` and
+Files: ``config.py`` (QuantConfig and its two kinds, Int4Config and TernaryConfig; shorthands), ``quantizers.py`` and
 ``gptq.py`` (the math, on plain tensors), ``linear.py`` (QuantLinear),
 ``qat.py`` (FakeQuantLinear, straight-through estimator), ``plan.py``
 (targets and validation), ``calibrate.py`` (layer-by-layer GPTQ),
@@ -15,7 +15,7 @@ size budget), ``report.py``.
 from compress.quantization.apply import prepare_qat, quantize, quantize_to_size
 from compress.quantization.budget import BudgetReport
 from compress.sizes import parse_size
-from compress.quantization.config import SHORTHANDS, QuantConfig, QuantError, resolve_config
+from compress.quantization.config import SHORTHANDS, Int4Config, QuantConfig, QuantError, TernaryConfig, resolve_config
 from compress.quantization.linear import QuantLinear
 from compress.quantization.qat import FakeQuantLinear, set_qat_lambda
 from compress.quantization.report import ModuleRecord, QuantReport
@@ -24,11 +24,13 @@ __all__ = [
     "SHORTHANDS",
     "BudgetReport",
     "FakeQuantLinear",
+    "Int4Config",
     "ModuleRecord",
     "QuantConfig",
     "QuantError",
     "QuantLinear",
     "QuantReport",
+    "TernaryConfig",
     "parse_size",
     "prepare_qat",
     "quantize",

@@ -58,7 +58,7 @@ import torch
 from torch import nn
 
 from compress.sizes import format_size, parse_size  # noqa: F401  (re-exported)
-from compress.quantization.config import OUTPUT_HEAD, QuantConfig, QuantError
+from compress.quantization.config import OUTPUT_HEAD, Int4Config, QuantConfig, QuantError
 from compress.quantization.report import QuantReport
 
 LINEAR_FORMATS = ("keep", "int4-g128", "int4-g64", "int4-g32", "ternary")
@@ -115,15 +115,11 @@ def _module_bytes(prefix: str, module: nn.Module, dtype: torch.dtype) -> int:
 def linear_bytes(name: str, linear: nn.Linear, cfg: Optional[QuantConfig], dtype: torch.dtype) -> int:
     """Stored bytes of ``linear`` kept (``cfg`` None) or quantised with ``cfg``, from a meta module as quantisation builds it."""
     from compress.quantization.linear import QuantLinear
-    from compress.quantization.quantizers import effective_group_size
 
     if cfg is None:
         meta = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
     else:
-        meta = QuantLinear(linear.in_features, linear.out_features, method=cfg.method,
-                           group_size=effective_group_size(cfg, linear.in_features), symmetric=cfg.symmetric,
-                           per_channel=cfg.per_channel, activations=cfg.activations, bias=linear.bias is not None,
-                           scale_dtype=cfg.torch_scale_dtype, device="meta")
+        meta = QuantLinear.empty_for(linear, cfg, device="meta")
     return _module_bytes(name, meta, dtype)
 
 
@@ -212,12 +208,9 @@ def _units_and_fixed(model: nn.Module, cfg: QuantConfig, dtype: torch.dtype) -> 
             fitted = format_config(SENSITIVITY_NAMES[fmt], lin.out_features, lin.in_features)
             if fitted is None:
                 continue
-            if fitted.method == "ternary":
-                qcfg = dataclasses.replace(base, method="ternary", gptq=False, gptaq=False, overrides={},
-                                           modules_to_not_convert=())
-            else:
-                qcfg = dataclasses.replace(base, method="int4", group_size=fitted.group_size, overrides={},
-                                           modules_to_not_convert=())
+            # the base config's other fields, in the fitted format (switching method drops the other method's)
+            grouping = {"group_size": fitted.group_size} if isinstance(fitted, Int4Config) else {}
+            qcfg = dataclasses.replace(base, method=fitted.method, **grouping, overrides={}, modules_to_not_convert=())
             options.append(Option(fmt, qcfg, linear_bytes(t.name, lin, qcfg, dtype)))
         if not options:
             continue  # no candidate fits: quantised with the base config, counted as fixed

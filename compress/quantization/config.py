@@ -1,5 +1,9 @@
 """``QuantConfig``: what to quantise and how, validated before any weight is touched.
 
+``QuantConfig(...)`` builds ``Int4Config`` or ``TernaryConfig`` by its
+``method``: each holds the shared fields and its own; ``to_dict`` writes the
+flat form (every field of both) that manifests and recipes keep.
+
 A string is a shorthand for a config (``"ternary"``, ``"int4"``,
 ``"int4-gptq"``, ... see ``SHORTHANDS``).  ``overrides`` maps a module name or
 regex to another config, a shorthand, a dict of field changes, or None to keep
@@ -10,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Union
+from typing import Any, ClassVar, Mapping, Optional, Union
 
 import torch
 
@@ -34,8 +38,65 @@ class QuantError(CompressError):
     """A model or module that cannot be quantised as asked."""
 
 
+# The fields of the two configs, in the order of the flat form (``to_dict``, positional arguments, manifests).
+FIELD_ORDER = (
+    "method", "scale", "per_channel", "activations", "group_size", "symmetric", "zero_point", "gptq", "damp",
+    "act_order", "clip_search", "gptaq", "gptaq_alpha", "block_size", "true_sequential", "calibration_batch_size",
+    "calibration_sequences", "scale_dtype", "embeddings", "embedding_group_size", "modules_to_not_convert",
+    "overrides", "target_size", "target_formats", "target_metric", "target_sequences", "progress",
+)
+
+
+class _PicksMethod(type):
+    """``QuantConfig(...)`` builds the config class of its ``method``: ``Int4Config`` or ``TernaryConfig``."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if not getattr(cls, "_picks_method", False):
+            return super().__call__(*args, **kwargs)
+        if len(args) > len(FIELD_ORDER):
+            raise TypeError(f"{cls.__name__} takes at most {len(FIELD_ORDER)} positional arguments, got {len(args)}.")
+        for name, value in zip(FIELD_ORDER, args):
+            if name in kwargs:
+                raise TypeError(f"{cls.__name__} got multiple values for argument {name!r}.")
+            kwargs[name] = value
+        method = kwargs.get("method", cls.method)
+        target = _BY_METHOD.get(method) if isinstance(method, str) else None
+        if target is None:
+            _choice("method", method, METHODS)
+        other = _BY_METHOD[METHODS[1 - METHODS.index(method)]]
+        foreign = {k: kwargs[k] for k in other._own if k in kwargs}
+        if foreign and cls is not other:  # given with the other method's config class (not carried over by replace)
+            _refuse_foreign(method, foreign)
+        # Carried over when replace() switches the method, or given at their defaults: they mean nothing here.
+        for k in foreign:
+            del kwargs[k]
+        return super(_PicksMethod, target).__call__(**kwargs)
+
+
+def _refuse_foreign(method: str, foreign: dict[str, Any]) -> None:
+    """One ConfigError for fields of the other method given with a value other than their default."""
+    for name in ("scale", "activations", "zero_point"):  # invalid values keep their own message
+        if name in foreign and name in _CHOICES:
+            _choice(name, foreign[name], _CHOICES[name])
+    if "group_size" in foreign:
+        _check_group_size(foreign["group_size"])
+    if method == "int4" and foreign.get("activations") == "a8":
+        raise ConfigError("activations='a8' is only available for ternary weights; use 'a16' with int4.")
+    other = "int4" if method == "ternary" else "ternary"
+    defaults = _BY_METHOD[other]._defaults
+    set_ = [f"{k}={v!r}" for k, v in foreign.items() if not _same(v, defaults[k])]
+    if set_:
+        them = "it" if len(set_) == 1 else "them"
+        raise ConfigError(f"{', '.join(set_)} {'applies' if len(set_) == 1 else 'apply'} to {other} only; "
+                          f"drop {them} or use method={other!r}.")
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
+
+
 @dataclass(frozen=True)
-class QuantConfig:
+class QuantConfig(metaclass=_PicksMethod):
     """How to quantise the ``nn.Linear`` modules of a model.
 
     ternary: weights to {-1, 0, 1} times ``scale`` = mean(|W|) ("absmean",
@@ -84,27 +145,19 @@ class QuantConfig:
     formats with the least summed predicted error whose weights file fits the
     budget are chosen, then applied as ``overrides``.  The other fields
     (symmetric, gptq, scale_dtype, ...) apply to every int4 / ternary module chosen.
+
+    ``QuantConfig(...)`` returns the config class of its method: ``Int4Config``
+    or ``TernaryConfig``, which hold the fields shared here plus their own.
+    Reading a field of the other method gives its default (a ternary config's
+    ``gptq`` is False); giving one raises a ``ConfigError``.  ``to_dict`` writes
+    the flat form (every field) that ``from_dict`` and manifests read.
     """
 
+    _picks_method: ClassVar[bool] = True
+    _own: ClassVar[tuple[str, ...]] = ()  # the fields only this method has
+    _defaults: ClassVar[dict[str, Any]] = {}
+
     method: str = "int4"
-    # ternary
-    scale: str = "absmean"
-    per_channel: bool = False
-    activations: str = "a16"
-    # int4
-    group_size: int = 128
-    symmetric: bool = True
-    zero_point: str = "integer"
-    gptq: bool = False
-    damp: float = 0.01
-    act_order: bool = True
-    clip_search: bool = True
-    gptaq: bool = True
-    gptaq_alpha: float = 0.25
-    block_size: int = 128
-    true_sequential: bool = True
-    calibration_batch_size: int = 4
-    calibration_sequences: Optional[int] = 128  # GPTQ uses at most this many calibration sequences (None: all)
     # storage and targeting
     scale_dtype: str = "float16"
     embeddings: Optional[str] = None
@@ -120,10 +173,7 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
-        _choice("scale", self.scale, TERNARY_SCALES)
-        _choice("activations", self.activations, ACTIVATIONS)
         _choice("scale_dtype", self.scale_dtype, SCALE_DTYPES)
-        _choice("zero_point", self.zero_point, ZERO_POINTS)
         if self.embeddings is not None and self.embeddings not in EMBEDDING_FORMATS:
             raise ConfigError(f"embeddings must be one of {', '.join(map(repr, EMBEDDING_FORMATS))} or None, "
                               f"got {self.embeddings!r}.")
@@ -131,26 +181,7 @@ class QuantConfig:
         if not isinstance(eg, int) or isinstance(eg, bool) or eg < 2 or eg & (eg - 1):
             raise ConfigError(f"embedding_group_size must be a power of two >= 2 (32 by default, GGUF's Q4_0 block), "
                               f"got {eg!r}.")
-        g = self.group_size
-        if not isinstance(g, int) or isinstance(g, bool) or (g != -1 and (g < 16 or g & (g - 1))):
-            raise ConfigError(
-                f"group_size must be a power of two >= 16 (32, 64 or 128; it need not divide in_features, "
-                f"the last group may be partial) or -1 for one group per output channel, got {g!r}."
-            )
-        if self.method == "int4" and self.activations == "a8":
-            raise ConfigError("activations='a8' is only available for ternary weights; use 'a16' with int4.")
-        if not 0.0 <= self.gptaq_alpha <= 1.0:
-            raise ConfigError(f"gptaq_alpha must be between 0 and 1 (0.25 in the GPTQv2 paper), got {self.gptaq_alpha!r}.")
-        if self.gptq and self.method != "int4":
-            raise ConfigError("gptq=True applies to int4 only; drop it or use method='int4'.")
-        if not 0.0 < self.damp < 1.0:
-            raise ConfigError(f"damp must be between 0 and 1 (a fraction of the mean Hessian diagonal), got {self.damp}.")
-        for name in ("block_size", "calibration_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        n = self.calibration_sequences
-        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-            raise ConfigError(f"calibration_sequences must be at least 1 (or None to use them all), got {n!r}.")
+        self._check_method_fields()
         keep = self.modules_to_not_convert
         if isinstance(keep, str):
             keep = (keep,)
@@ -160,6 +191,8 @@ class QuantConfig:
         object.__setattr__(self, "overrides", self._normalise_overrides(self.overrides))
         self._check_target()
 
+    def _check_method_fields(self) -> None:
+        """Validate the fields of this method (each subclass checks its own)."""
     def _check_target(self) -> None:
         if self.target_size is not None:
             from compress.sizes import parse_size
@@ -198,10 +231,8 @@ class QuantConfig:
                         f"override {key!r} sets unknown or non-quantiser fields {unknown}; "
                         f"use some of {sorted(_QUANTISER_FIELDS)}."
                     )
-                changes = dict(value)
-                if changes.get("method") == "ternary":
-                    changes.setdefault("gptq", False)  # GPTQ is int4-only: switching method drops it
-                cfg = dataclasses.replace(base, **changes)
+                # switching method drops the other method's fields (GPTQ is int4-only)
+                cfg = dataclasses.replace(base, **value)
             else:
                 raise ConfigError(
                     f"override {key!r} must be a QuantConfig, a shorthand string, a dict of field changes "
@@ -230,24 +261,18 @@ class QuantConfig:
             from compress.sizes import format_size
 
             return f"size budget {format_size(self.target_size)} ({self.target_metric}, {'gptq' if self.gptq else 'rtn'})"
-        if self.method == "ternary":
-            parts = ["ternary", self.scale, "per-channel" if self.per_channel else "per-tensor", self.activations]
-        else:
-            g = "per-channel" if self.group_size == -1 else f"g{self.group_size}"
-            asym = "asym" if self.zero_point == "integer" else "asym-float-zero"
-            parts = ["int4", g, "sym" if self.symmetric else asym, "gptq" if self.gptq else "rtn"]
-        return " ".join(parts)
+        return " ".join(self._label_parts())
+
+    def _label_parts(self) -> list[str]:
+        raise NotImplementedError
 
     def quantiser_key(self) -> tuple:
         """The fields that decide stored values (two configs with equal keys quantise alike)."""
-        if self.method == "ternary":
-            return ("ternary", self.scale, self.per_channel, self.activations, self.scale_dtype)
-        return ("int4", self.group_size, self.symmetric, self.symmetric or self.zero_point, self.scale_dtype,
-                self.clip_search)
+        raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (overrides included); ``QuantConfig.from_dict`` reverses it."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "overrides"}
+        """JSON-able flat form, every field of both methods (overrides included); ``QuantConfig.from_dict`` reverses it."""
+        d = {name: getattr(self, name) for name in FIELD_ORDER if name != "overrides"}
         d["modules_to_not_convert"] = list(self.modules_to_not_convert)
         d["target_formats"] = list(self.target_formats)
         d["overrides"] = {k: (None if v is None else v.to_dict()) for k, v in self.overrides.items()}
@@ -255,16 +280,115 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "QuantConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = set(FIELD_ORDER)
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"unknown QuantConfig fields {unknown}; known ones are {sorted(names)}.")
         d = dict(d)
+        target = _BY_METHOD.get(d.get("method", cls.method))
+        if target is not None:  # the flat form holds the other method's fields too: they mean nothing here
+            d = {k: v for k, v in d.items() if k not in _BY_METHOD[METHODS[1 - METHODS.index(target.method)]]._own}
         d["modules_to_not_convert"] = tuple(d.get("modules_to_not_convert", (OUTPUT_HEAD,)))
         d["overrides"] = {
-            k: (cls.from_dict(v) if isinstance(v, Mapping) else v) for k, v in d.get("overrides", {}).items()
+            k: (QuantConfig.from_dict(v) if isinstance(v, Mapping) else v) for k, v in d.get("overrides", {}).items()
         }
-        return cls(**d)
+        return QuantConfig(**d)
+
+    @classmethod
+    def config_fields(cls) -> tuple[dataclasses.Field, ...]:
+        """Every field a ``QuantConfig(...)`` call may set (both methods'), in the flat order."""
+        found = {f.name: f for c in (Int4Config, TernaryConfig) for f in dataclasses.fields(c)}
+        return tuple(found[name] for name in FIELD_ORDER)
+
+
+@dataclass(frozen=True)
+class TernaryConfig(QuantConfig):
+    """Ternary weights (BitNet b1.58): the shared fields plus ``scale``, ``per_channel`` and ``activations``."""
+
+    _own: ClassVar[tuple[str, ...]] = ("scale", "per_channel", "activations")
+
+    method: str = "ternary"
+    scale: str = "absmean"
+    per_channel: bool = False
+    activations: str = "a16"
+
+    def _check_method_fields(self) -> None:
+        _choice("method", self.method, ("ternary",))
+        _choice("scale", self.scale, TERNARY_SCALES)
+        _choice("activations", self.activations, ACTIVATIONS)
+
+    def _label_parts(self) -> list[str]:
+        return ["ternary", self.scale, "per-channel" if self.per_channel else "per-tensor", self.activations]
+
+    def quantiser_key(self) -> tuple:
+        return ("ternary", self.scale, self.per_channel, self.activations, self.scale_dtype)
+
+
+@dataclass(frozen=True)
+class Int4Config(QuantConfig):
+    """Group-wise int4 weights, round-to-nearest or GPTQ: the shared fields plus the int4 and GPTQ ones."""
+
+    _own: ClassVar[tuple[str, ...]] = (
+        "group_size", "symmetric", "zero_point", "gptq", "damp", "act_order", "clip_search", "gptaq", "gptaq_alpha",
+        "block_size", "true_sequential", "calibration_batch_size", "calibration_sequences",
+    )
+
+    method: str = "int4"
+    group_size: int = 128
+    symmetric: bool = True
+    zero_point: str = "integer"
+    gptq: bool = False
+    damp: float = 0.01
+    act_order: bool = True
+    clip_search: bool = True
+    gptaq: bool = True
+    gptaq_alpha: float = 0.25
+    block_size: int = 128
+    true_sequential: bool = True
+    calibration_batch_size: int = 4
+    calibration_sequences: Optional[int] = 128  # GPTQ uses at most this many calibration sequences (None: all)
+
+    def _check_method_fields(self) -> None:
+        _choice("method", self.method, ("int4",))
+        _choice("zero_point", self.zero_point, ZERO_POINTS)
+        _check_group_size(self.group_size)
+        if not 0.0 <= self.gptaq_alpha <= 1.0:
+            raise ConfigError(f"gptaq_alpha must be between 0 and 1 (0.25 in the GPTQv2 paper), got {self.gptaq_alpha!r}.")
+        if not 0.0 < self.damp < 1.0:
+            raise ConfigError(f"damp must be between 0 and 1 (a fraction of the mean Hessian diagonal), got {self.damp}.")
+        for name in ("block_size", "calibration_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        n = self.calibration_sequences
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise ConfigError(f"calibration_sequences must be at least 1 (or None to use them all), got {n!r}.")
+
+    def _label_parts(self) -> list[str]:
+        g = "per-channel" if self.group_size == -1 else f"g{self.group_size}"
+        asym = "asym" if self.zero_point == "integer" else "asym-float-zero"
+        return ["int4", g, "sym" if self.symmetric else asym, "gptq" if self.gptq else "rtn"]
+
+    def quantiser_key(self) -> tuple:
+        return ("int4", self.group_size, self.symmetric, self.symmetric or self.zero_point, self.scale_dtype,
+                self.clip_search)
+
+
+_BY_METHOD: dict[str, type] = {"int4": Int4Config, "ternary": TernaryConfig}
+for _cls in (Int4Config, TernaryConfig):
+    _cls._picks_method = True
+    _cls._defaults = {f.name: f.default for f in dataclasses.fields(_cls) if f.name in _cls._own}
+    for _name, _value in _cls._defaults.items():  # what the other method's config reads for these
+        setattr(QuantConfig, _name, _value)
+del _cls, _name, _value
+_CHOICES = {"scale": TERNARY_SCALES, "activations": ACTIVATIONS, "zero_point": ZERO_POINTS}
+
+
+def _check_group_size(g: Any) -> None:
+    if not isinstance(g, int) or isinstance(g, bool) or (g != -1 and (g < 16 or g & (g - 1))):
+        raise ConfigError(
+            f"group_size must be a power of two >= 16 (32, 64 or 128; it need not divide in_features, "
+            f"the last group may be partial) or -1 for one group per output channel, got {g!r}."
+        )
 
 
 _QUANTISER_FIELDS = {

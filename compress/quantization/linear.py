@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from compress.kernels.dispatch import quant_matmul
-from compress.kernels.formats import LinearFormat, linear_format
+from compress.kernels.formats import LinearFormat, TernaryFormat, linear_format
 from compress.packed import PackedModule
 from compress.quantization.config import QuantConfig, QuantError
 from compress.quantization.quantizers import (
@@ -92,7 +92,7 @@ class QuantLinear(PackedModule):
     @activations.setter
     def activations(self, value: str) -> None:
         """Switch a ternary module between int8 (``"a8"``) and float (``"a16"``) activations; the weights stay."""
-        if value not in ("a16", "a8") or (value == "a8" and self.method != "ternary"):
+        if value not in ("a16", "a8") or (value == "a8" and not isinstance(self.format, TernaryFormat)):
             raise QuantError(f"activations must be 'a16' or 'a8' (ternary only), got {value!r} for a {self.method} module.")
         self.format = linear_format(self.method, group_size=self.group_size, K=self.in_features,
                                     symmetric=self.symmetric, per_channel=self.per_channel, activations=value)
@@ -105,7 +105,17 @@ class QuantLinear(PackedModule):
         """Quantise ``linear`` (round-to-nearest unless ``quantised`` values, e.g. from GPTQ, are given)."""
         w = linear.weight
         q = quantised if quantised is not None else quantize_weight(w, config)
-        module = cls(
+        module = cls.empty_for(linear, config, bias_dtype=w.dtype, device=w.device)
+        module.load_quantised(q)
+        if linear.bias is not None:
+            module.bias.copy_(linear.bias.detach())
+        return module
+
+    @classmethod
+    def empty_for(cls, linear: nn.Module, config: QuantConfig, *, bias_dtype: torch.dtype = torch.float32,
+                  device: Any = None) -> "QuantLinear":
+        """The empty module ``config`` makes of ``linear`` (``device="meta"``: a skeleton for size and shape checks)."""
+        return cls(
             linear.in_features,
             linear.out_features,
             method=config.method,
@@ -115,18 +125,14 @@ class QuantLinear(PackedModule):
             activations=config.activations,
             bias=linear.bias is not None,
             scale_dtype=config.torch_scale_dtype,
-            bias_dtype=w.dtype,
-            device=w.device,
+            bias_dtype=bias_dtype,
+            device=device,
         )
-        module.load_quantised(q)
-        if linear.bias is not None:
-            module.bias.copy_(linear.bias.detach())
-        return module
 
     @torch.no_grad()
     def load_quantised(self, q: Quantised) -> None:
         """Pack unpacked codes and scales into this module's buffers."""
-        if isinstance(q, TernaryWeights) and self.method == "ternary":
+        if isinstance(q, TernaryWeights) and isinstance(self.format, TernaryFormat):
             self.qweight.copy_(self.format.pack((q.codes + 1).to(torch.uint8)))
             self.scales.copy_(q.scale.reshape(self.scales.shape))
             return

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress.errors import ConfigError
-from compress.quantization.config import QuantConfig
+from compress.quantization.config import QuantConfig, TernaryConfig
 from compress.kernels.formats import a8_rescale, a8_weight_scale, quantize_activations_int8
 from compress.quantization.quantizers import fake_quantize, fake_quantize_activations, quantize_ternary
 
@@ -75,7 +75,7 @@ class FakeQuantLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lam, w = self.qat_lambda, self.weight
-        if lam >= 1 and self.qconfig.method == "ternary" and self.qconfig.activations == "a8":
+        if lam >= 1 and isinstance(self.qconfig, TernaryConfig) and self.qconfig.activations == "a8":
             # Rounding activations to int8 amplifies last-bit differences, so use the kernels' own sums.
             q = quantize_ternary(w, self.qconfig)
             scale = q.scale.to(torch.float32).expand(self.out_features)

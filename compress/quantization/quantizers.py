@@ -14,7 +14,7 @@ from typing import Optional, Union
 import torch
 
 from compress.kernels.formats import int4_num_groups, quantize_activations_int8
-from compress.quantization.config import QuantConfig
+from compress.quantization.config import QuantConfig, TernaryConfig
 
 TERNARY_EPS = 1e-5  # BitNet's clamp on the absmean scale
 INT4_MAX = 15
@@ -215,7 +215,7 @@ def quantize_int4(w: torch.Tensor, cfg: QuantConfig) -> Int4Weights:
 
 def quantize_weight(w: torch.Tensor, cfg: QuantConfig) -> Quantised:
     """Round-to-nearest quantisation of ``w[N, K]`` as ``cfg`` says (GPTQ lives in gptq.py)."""
-    return quantize_ternary(w, cfg) if cfg.method == "ternary" else quantize_int4(w, cfg)
+    return quantize_ternary(w, cfg) if isinstance(cfg, TernaryConfig) else quantize_int4(w, cfg)
 
 
 def dequantize(q: Quantised) -> torch.Tensor:

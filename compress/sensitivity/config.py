@@ -13,7 +13,7 @@ from typing import Any
 
 from compress.errors import ConfigError
 from compress.kernels.formats import get_format
-from compress.quantization.config import QuantConfig
+from compress.quantization.config import QuantConfig, TernaryConfig
 
 METRICS = ("module-error", "layer-error", "kl")
 IMPORTANCES = ("taylor", "magnitude", "activation")
@@ -115,6 +115,6 @@ def format_config(fmt: str, out_features: int, in_features: int) -> QuantConfig 
 
 def override_fields(cfg: QuantConfig) -> dict[str, Any]:
     """The field changes that select ``cfg``'s quantiser in a ``QuantConfig.overrides`` entry."""
-    if cfg.method == "ternary":
+    if isinstance(cfg, TernaryConfig):
         return {"method": "ternary", "scale": cfg.scale}
     return {"method": "int4", "group_size": cfg.group_size}

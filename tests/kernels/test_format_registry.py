@@ -142,3 +142,13 @@ def test_row_format_group_problems():
     assert Int4RowsFormat.group_problem(64, 1) is not None and Int8RowsFormat.group_problem(64, 64) is None
     with pytest.raises(ValueError, match=r"^unknown embedding format 'int2'; use 'int8' or 'int4'\.$"):
         embedding_format("int2", 32, 64)
+
+
+def test_manifest_descriptions_keep_their_form():
+    # what checkpoints record per module (compress.json): unchanged by the format classes
+    assert QuantLinear(96, 24, method="int4", group_size=-1, symmetric=False, bias=True).describe() == {
+        "in_features": 96, "out_features": 24, "method": "int4", "group_size": 96, "symmetric": False,
+        "per_channel": False, "activations": "a16", "bias": True, "scale_dtype": "float16"}
+    assert list(QuantLinear(64, 8, method="ternary", per_channel=True, activations="a8").describe().items()) == [
+        ("in_features", 64), ("out_features", 8), ("method", "ternary"), ("group_size", None), ("symmetric", True),
+        ("per_channel", True), ("activations", "a8"), ("bias", False), ("scale_dtype", "float16")]

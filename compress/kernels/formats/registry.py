@@ -20,11 +20,12 @@ FORMATS: dict[str, type] = {f.name: f for f in (Int4Format, TernaryFormat, Terna
                                                 Int8RowsFormat, Int4RowsFormat)}
 LINEAR_FORMATS = tuple(n for n, f in FORMATS.items() if f.kind == "linear")  # what quant_matmul takes
 ROW_FORMATS = tuple(n for n, f in FORMATS.items() if f.kind == "embedding")
+_NAMES = {None: tuple(FORMATS), "linear": LINEAR_FORMATS, "embedding": ROW_FORMATS}
 
 
 def get_format(name: str, kind: Optional[str] = None) -> type:
     """The class of the packed format ``name`` (of ``kind`` "linear" or "embedding", when given)."""
-    names = {"linear": LINEAR_FORMATS, "embedding": ROW_FORMATS}.get(kind, tuple(FORMATS))
+    names = _NAMES[kind]
     if name not in names:
         raise ValueError(f"unknown packed format {name!r}; use one of {', '.join(names)}.")
     return FORMATS[name]
