@@ -51,11 +51,14 @@ ROWS: dict[str, tuple[str, dict]] = {
     "ours GPTQ default (GPTAQ, float zero points)": ("ours", {"symmetric": False, "zero_point": "float"}),
     "ours GPTQ symmetric (GPTAQ)": ("ours", {}),
     "ours GPTQ integer zero points (GPTAQ)": ("ours", {"symmetric": False, "zero_point": "integer"}),
+    "bitsandbytes NF4 (blocks of 64)": ("peer-rtn", {"make": "nf4"}),
+    "HQQ 4-bit": ("peer-rtn", {"make": "hqq"}),
     "llm-compressor W4A16": ("llmc", {"scheme": "W4A16"}),
     "llm-compressor W4A16_ASYM": ("llmc", {"scheme": "W4A16_ASYM"}),
 }
 SHORT = {"rtn": "ours RTN symmetric", "rtn-float": "ours RTN float zero points", "default": "ours GPTQ default (GPTAQ, float zero points)",
          "sym": "ours GPTQ symmetric (GPTAQ)", "int": "ours GPTQ integer zero points (GPTAQ)",
+         "nf4": "bitsandbytes NF4 (blocks of 64)", "hqq": "HQQ 4-bit",
          "llmc": "llm-compressor W4A16", "llmc-asym": "llm-compressor W4A16_ASYM"}
 # Which of ours faces which of the peer's (same scheme), and the default against the best of the peer's.
 PAIRS = [("ours GPTQ symmetric (GPTAQ)", "llm-compressor W4A16"),
@@ -63,7 +66,9 @@ PAIRS = [("ours GPTQ symmetric (GPTAQ)", "llm-compressor W4A16"),
          ("ours GPTQ default (GPTAQ, float zero points)", "llm-compressor W4A16"),
          ("ours GPTQ default (GPTAQ, float zero points)", "llm-compressor W4A16_ASYM"),
          ("ours GPTQ default (GPTAQ, float zero points)", "ours RTN symmetric"),
-         ("ours GPTQ default (GPTAQ, float zero points)", "ours RTN float zero points")]
+         ("ours GPTQ default (GPTAQ, float zero points)", "ours RTN float zero points"),
+         ("ours GPTQ default (GPTAQ, float zero points)", "bitsandbytes NF4 (blocks of 64)"),
+         ("ours GPTQ default (GPTAQ, float zero points)", "HQQ 4-bit")]
 
 
 NOTES = ["Each GPTQ ran in a fresh child process; 'seconds' times the quantise call only, "
@@ -167,6 +172,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 2 calibration and 2 evaluation sequences of 64 tokens")
     ap.add_argument("--output", default=None, help="path stem of the .json and .png (default results/peer_gptq_gG)")
+    ap.add_argument("--append", action="store_true",
+                    help="add the rows to --output's JSON of an earlier run with the same settings (the original is "
+                         "measured again and must match it)")
     ap.add_argument("--from-json", metavar="JSON", help="only rewrite the table and PNG of an earlier run's JSON")
     ap.add_argument("--child-ours", metavar="DIR", help=argparse.SUPPRESS)
     ap.add_argument("--calib", help=argparse.SUPPRESS)
@@ -303,9 +311,9 @@ def _ordered(rows: dict) -> list:
 
 def table(result: dict) -> str:
     domains = result["domains"]
-    lines = [f"| row (g{result['group_size']}) | " + " | ".join(f"{d} ppl (x original) | {d} KL | {d} top-1" for d in domains)
+    lines = [f"| row (g{result['group_size']}) | bits/weight | " + " | ".join(f"{d} ppl (x original) | {d} KL | {d} top-1" for d in domains)
              + " | quantise s | peak RSS MiB |",
-             "| --- |" + " ---: | ---: | ---: |" * len(domains) + " ---: | ---: |"]
+             "| --- | ---: |" + " ---: | ---: | ---: |" * len(domains) + " ---: | ---: |"]
     for name, row in _ordered(result["rows"]):
         if "error" in row:
             lines.append(f"| {name} | failed: {row['error'][:200]} |")
@@ -315,7 +323,8 @@ def table(result: dict) -> str:
         q = row.get("quantise", {})
         secs = f"{q['seconds']:.0f}" if "seconds" in q else "-"
         peak = f"{q['peak_rss_mib']:.0f}" if q.get("peak_rss_mib") else "-"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {secs} | {peak} |")
+        bits = row.get("bits_per_weight") or q.get("bits_per_weight")
+        lines.append(f"| {name} | {f'{bits:.2f}' if bits else '-'} | " + " | ".join(cells) + f" | {secs} | {peak} |")
     for label, c in result.get("paired", {}).items():
         lines.append(f"- {label}: lower KL on {c['a_lower_kl_on']}/{c['sequences']} sequences "
                      f"(mean diff {c['kl']['mean_diff']:+.4f}, 95% CI {c['kl']['ci95'][0]:+.4f}..{c['kl']['ci95'][1]:+.4f})")
@@ -420,11 +429,27 @@ def run(args: argparse.Namespace, argv: Optional[list[str]]) -> int:
         return out
 
     result["rows"]["original"] = {"domains": evaluate("original", model)}
+    if args.append:
+        result = _merge_earlier(result, stem)
     _write(result, stem)
     for name in args.row_names:
         who, fields = ROWS[name]
         print(f"[row] {name}", flush=True)
-        if who == "rtn":
+        if who == "peer-rtn":
+            m = copy.deepcopy(model)
+            targets = [n for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear) and not n.endswith("lm_head")]
+            make = spec.nf4_linear if fields["make"] == "nf4" else (lambda lin: spec.hqq_linear(lin, args.group_size))
+            t = time.perf_counter()
+            try:
+                stored = spec.replace_with(m, targets, make)
+            except Exception as exc:  # a peer library that fails on this machine is a result, not a crash
+                result["rows"][name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                _write(result, stem)
+                continue
+            row = {"how": "benchmarks/quant_quality.py " + ("nf4_linear (bitsandbytes defaults)" if fields["make"] == "nf4"
+                                                             else f"hqq_linear, group {args.group_size}"),
+                   "bits_per_weight": stored["bits_per_weight"], "quantise": {"in_process_seconds": time.perf_counter() - t}}
+        elif who == "rtn":
             m = copy.deepcopy(model)
             t = time.perf_counter()
             report = compress.quantize(m, QuantConfig(method="int4", group_size=args.group_size, progress=False, **fields))
@@ -452,6 +477,26 @@ def run(args: argparse.Namespace, argv: Optional[list[str]]) -> int:
     plot(result, stem.with_suffix(".png"))
     print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
     return 0
+
+
+def _merge_earlier(result: dict, stem: Path) -> dict:
+    """``result`` (the original just measured) joined to the rows of the earlier run at ``stem``."""
+    path = stem.with_suffix(".json")
+    if not path.is_file():
+        raise BenchError(f"--append needs an earlier run at {path}; run without --append first.")
+    earlier = json.loads(path.read_text())
+    for key in ("model", "group_size", "seq_len", "eval_sequences", "calibration_sha"):
+        if earlier.get(key) != result.get(key):
+            raise BenchError(f"--append: {path} was measured with {key} {earlier.get(key)!r}, this run with "
+                             f"{result.get(key)!r}; use the same settings or another --output.")
+    for domain, now in result["rows"]["original"]["domains"].items():
+        then = earlier["rows"]["original"]["domains"][domain]
+        if abs(now["perplexity"] - then["perplexity"]) > 1e-6 * then["perplexity"]:
+            raise BenchError(f"--append: the original's {domain} perplexity is {now['perplexity']:.6f} here and "
+                             f"{then['perplexity']:.6f} in {path}; the held-out text differs, so rows would not compare.")
+    earlier.setdefault("appended", []).append({"command": result["command"], "date": result["date"],
+                                               "machine": result["machine"]})
+    return earlier
 
 
 def replot(path: Path) -> int:

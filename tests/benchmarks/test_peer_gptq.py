@@ -57,7 +57,7 @@ def test_arguments_quick_rows_and_default_output():
     assert (full.calib_seqs, full.eval_seqs, full.seq_len, full.group_size, full.damp) == (64, 8, 256, 64, 0.01)
     assert set(full.row_names) == set(bench.ROWS)
     # every row of ours but RTN is a GPTQ child, every peer row is a preset of llm-compressor
-    assert {bench.ROWS[n][0] for n in full.row_names} == {"rtn", "ours", "llmc"}
+    assert {bench.ROWS[n][0] for n in full.row_names} == {"rtn", "ours", "peer-rtn", "llmc"}
     assert {bench.ROWS[n][1]["scheme"] for n in full.row_names if bench.ROWS[n][0] == "llmc"} == {"W4A16", "W4A16_ASYM"}
 
 
@@ -159,3 +159,21 @@ def test_peer_script_refuses_group_sizes_that_do_not_divide_the_columns(tmp_path
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert f"groups of {cols + 1}" in proc.stderr and "not a multiple" in proc.stderr
+
+
+def test_append_joins_an_earlier_run_only_with_the_same_settings_and_original(tmp_path):
+    bench = _load()
+    orig = {"domains": {"news": {"perplexity": 38.98}}}
+    settings = {"model": "m", "group_size": 64, "seq_len": 256, "eval_sequences": 8, "calibration_sha": "abc"}
+    now = {**settings, "command": "c", "date": "d", "machine": "CPU", "rows": {"original": orig}}
+    with pytest.raises(bench.BenchError, match="run without --append first"):
+        bench._merge_earlier(now, tmp_path / "r")
+    earlier = {**settings, "rows": {"original": orig, "ours RTN symmetric": {"domains": {}}}}
+    (tmp_path / "r.json").write_text(json.dumps(earlier))
+    merged = bench._merge_earlier(now, tmp_path / "r")
+    assert set(merged["rows"]) == {"original", "ours RTN symmetric"} and merged["appended"][0]["command"] == "c"
+    with pytest.raises(bench.BenchError, match="group_size 64"):
+        bench._merge_earlier({**now, "group_size": 128}, tmp_path / "r")
+    other = {**now, "rows": {"original": {"domains": {"news": {"perplexity": 39.5}}}}}
+    with pytest.raises(bench.BenchError, match="held-out text differs"):
+        bench._merge_earlier(other, tmp_path / "r")
