@@ -256,8 +256,8 @@ def quantise_child(name: str, args: argparse.Namespace, work: Path, calib_path: 
     print(f"[child] {name}: {' '.join(cmd)}", flush=True)
     proc = run_child(cmd, out / "log.txt")
     if proc["returncode"] != 0:
-        tail = (out / "log.txt").read_text(errors="replace").strip().splitlines()[-3:]
-        return {**proc, "error": f"exit {proc['returncode']}: " + " / ".join(t.strip()[:200] for t in tail)}
+        last = (out / "log.txt").read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        return {**proc, "error": f"exit {proc['returncode']}: {last[0].strip()[:400]}", "log": str(out / "log.txt")}
     child = {**json.loads((out / "run.json").read_text()), **proc, "dir": str(out)}
     (out / "child.json").write_text(json.dumps(child, indent=2) + "\n")
     return child

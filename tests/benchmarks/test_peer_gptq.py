@@ -177,3 +177,15 @@ def test_append_joins_an_earlier_run_only_with_the_same_settings_and_original(tm
     other = {**now, "rows": {"original": {"domains": {"news": {"perplexity": 39.5}}}}}
     with pytest.raises(bench.BenchError, match="held-out text differs"):
         bench._merge_earlier(other, tmp_path / "r")
+
+
+def test_a_failing_child_is_a_row_with_its_last_line_not_a_crash(tmp_path):
+    bench = _load()
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'loading...'\necho 'llm-compressor cannot quantise these columns.' >&2\nexit 3\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    args = bench.parse_args(["--peer-python", str(fake), "--rows", "llmc"])
+    child = bench.quantise_child("llm-compressor W4A16", args, tmp_path, tmp_path / "ids.pt", tmp_path, "k")
+    assert child["returncode"] == 3
+    assert child["error"] == "exit 3: llm-compressor cannot quantise these columns."
+    assert "loading..." in open(child["log"]).read()
