@@ -51,6 +51,7 @@ ROWS: dict[str, tuple[str, dict]] = {
     "ours GPTQ default (GPTAQ, float zero points)": ("ours", {"symmetric": False, "zero_point": "float"}),
     "ours GPTQ symmetric (GPTAQ)": ("ours", {}),
     "ours GPTQ integer zero points (GPTAQ)": ("ours", {"symmetric": False, "zero_point": "integer"}),
+    "ours GPTQ symmetric, plain (no GPTAQ)": ("ours", {"gptaq": False}),
     "bitsandbytes NF4 (blocks of 64)": ("peer-rtn", {"make": "nf4"}),
     "HQQ 4-bit": ("peer-rtn", {"make": "hqq"}),
     "llm-compressor W4A16": ("llmc", {"scheme": "W4A16"}),
@@ -58,6 +59,7 @@ ROWS: dict[str, tuple[str, dict]] = {
 }
 SHORT = {"rtn": "ours RTN symmetric", "rtn-float": "ours RTN float zero points", "default": "ours GPTQ default (GPTAQ, float zero points)",
          "sym": "ours GPTQ symmetric (GPTAQ)", "int": "ours GPTQ integer zero points (GPTAQ)",
+         "sym-plain": "ours GPTQ symmetric, plain (no GPTAQ)",
          "nf4": "bitsandbytes NF4 (blocks of 64)", "hqq": "HQQ 4-bit",
          "llmc": "llm-compressor W4A16", "llmc-asym": "llm-compressor W4A16_ASYM"}
 # Which of ours faces which of the peer's (same scheme), and the default against the best of the peer's.
@@ -68,7 +70,8 @@ PAIRS = [("ours GPTQ symmetric (GPTAQ)", "llm-compressor W4A16"),
          ("ours GPTQ default (GPTAQ, float zero points)", "ours RTN symmetric"),
          ("ours GPTQ default (GPTAQ, float zero points)", "ours RTN float zero points"),
          ("ours GPTQ default (GPTAQ, float zero points)", "bitsandbytes NF4 (blocks of 64)"),
-         ("ours GPTQ default (GPTAQ, float zero points)", "HQQ 4-bit")]
+         ("ours GPTQ default (GPTAQ, float zero points)", "HQQ 4-bit"),
+         ("ours GPTQ symmetric, plain (no GPTAQ)", "llm-compressor W4A16")]
 
 
 NOTES = ["Each GPTQ ran in a fresh child process; 'seconds' times the quantise call only, "
@@ -78,7 +81,8 @@ NOTES = ["Each GPTQ ran in a fresh child process; 'seconds' times the quantise c
          "resident size at the fork across exec.",
          "llm-compressor loads the model with transformers and reads the same token ids from a .pt file; its "
          "dequantised weights are loaded into a copy of the fp32 model here.",
-         "The CPU was shared with other jobs: times are indicative, not a clean benchmark."]
+         "The CPU was shared with other jobs: wall times are indicative, not a clean benchmark; 'cpu_seconds' "
+         "(the child's user + system time, loading and saving included) is less sensitive to the sharing."]
 
 
 class BenchError(Exception):
@@ -312,8 +316,8 @@ def _ordered(rows: dict) -> list:
 def table(result: dict) -> str:
     domains = result["domains"]
     lines = [f"| row (g{result['group_size']}) | bits/weight | " + " | ".join(f"{d} ppl (x original) | {d} KL | {d} top-1" for d in domains)
-             + " | quantise s | peak RSS MiB |",
-             "| --- | ---: |" + " ---: | ---: | ---: |" * len(domains) + " ---: | ---: |"]
+             + " | quantise s | process CPU s | peak RSS MiB |",
+             "| --- | ---: |" + " ---: | ---: | ---: |" * len(domains) + " ---: | ---: | ---: |"]
     for name, row in _ordered(result["rows"]):
         if "error" in row:
             lines.append(f"| {name} | failed: {row['error'][:200]} |")
@@ -324,7 +328,8 @@ def table(result: dict) -> str:
         secs = f"{q['seconds']:.0f}" if "seconds" in q else "-"
         peak = f"{q['peak_rss_mib']:.0f}" if q.get("peak_rss_mib") else "-"
         bits = row.get("bits_per_weight") or q.get("bits_per_weight")
-        lines.append(f"| {name} | {f'{bits:.2f}' if bits else '-'} | " + " | ".join(cells) + f" | {secs} | {peak} |")
+        cpu = f"{q['cpu_seconds']:.0f}" if "cpu_seconds" in q else "-"
+        lines.append(f"| {name} | {f'{bits:.2f}' if bits else '-'} | " + " | ".join(cells) + f" | {secs} | {cpu} | {peak} |")
     for label, c in result.get("paired", {}).items():
         lines.append(f"- {label}: lower KL on {c['a_lower_kl_on']}/{c['sequences']} sequences "
                      f"(mean diff {c['kl']['mean_diff']:+.4f}, 95% CI {c['kl']['ci95'][0]:+.4f}..{c['kl']['ci95'][1]:+.4f})")

@@ -125,7 +125,7 @@ def test_pairs_count_sequences_and_the_table_keeps_row_order():
     lines = [line for line in text.splitlines() if line.startswith("| ")][2:]
     assert [line.split(" | ")[0] for line in lines] == ["| original", f"| {sym}", f"| {peer}", "| llm-compressor W4A16_ASYM"]
     assert "failed: exit 3" in text and "lower KL on 3/4" in text
-    assert "| 200 | 800 |" in text
+    assert "| 200 | - | 800 |" in text
 
 
 def test_from_json_rewrites_table_pairs_and_png(tmp_path, capsys):
@@ -144,7 +144,7 @@ def test_from_json_rewrites_table_pairs_and_png(tmp_path, capsys):
     q = new["rows"]["llm-compressor W4A16"]["quantise"]
     assert q["ru_maxrss_mib_includes_parent"] == 999 and "process_peak_rss_mib" not in q
     assert new["notes"] == bench.NOTES and (tmp_path / "r.png").stat().st_size > 0
-    assert "| 9 | 700 |" in capsys.readouterr().out
+    assert "| 9 | - | 700 |" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(not os.access(_load().PEER_VENV / "bin" / "python", os.X_OK), reason="no llm-compressor venv (make setup-peers)")
