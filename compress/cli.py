@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     option("--calib-samples", type=int, metavar="N", help="calibration windows drawn afresh at each sub-step")
     option("--calib-seq-len", type=int, metavar="N", help="tokens per calibration window (at most --seq-len)")
     option("--batch-size", type=int, help="calibration windows per forward/backward pass")
+    option("--kv-loss-windows", type=int, metavar="N",
+           help="calibration windows on which each kv group's removal is measured before one goes (0: scores only)")
     option("--stages", type=int,
            help="prune in this many stages with distillation from the original between them (Adapt-Accel)")
     option("--stage-tokens", type=int, metavar="N", help="training tokens per stage on average (needed with --stages > 1)")

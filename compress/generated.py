@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from compress.errors import CompressError, ConfigError
+from compress.io.fingerprint import model_fingerprint
 
 GENERATED_TEXT = "generated"
 CACHE_FORMAT = 1
@@ -164,8 +165,6 @@ def write_cache(path: Path, docs: list[str], model_fp: str, tokenizer_fp: str, c
 def generated_documents(model: nn.Module, tokenizer: Any, config: GenerateConfig | None = None, *,
                         cache_root: Path | None = None, log: Callable[[str], None] | None = print) -> list[tuple[str, str]]:
     """``(name, text)`` documents the model generated, from the cache when it holds them for this model and settings."""
-    from compress.recovery.state import model_fingerprint
-
     config = config or GenerateConfig()
     check_can_generate(model)
     log = log or (lambda _: None)

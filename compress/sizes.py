@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from compress.errors import ConfigError
+from compress.packed import is_packed
 
 
 def _unique(tensors) -> list[torch.Tensor]:
@@ -45,7 +46,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         if callable(logical):
             n = int(logical())
             total += n
-            if not hasattr(m, "qdata"):  # quantised embeddings and heads (compress.quantization.embedding) are embeddings
+            if not is_packed(m, "embedding"):  # quantised embeddings and heads (compress.quantization.embedding) are embeddings
                 non_emb += n
     return total, non_emb
 

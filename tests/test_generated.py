@@ -7,7 +7,7 @@ import torch
 from compress.data import TextConfig, TextError, default_source, evaluation_domains, heldout_rows, load_text, mix_parts
 from compress.errors import CompressError
 from compress.generated import GenerateConfig, GenerationError, cache_path, generate_texts, generated_documents, tokenizer_fingerprint
-from compress.recovery.state import model_fingerprint
+from compress.io.fingerprint import model_fingerprint
 from tests.tiny import tiny_model, tiny_tokenizer
 
 SMALL = GenerateConfig(tokens=160, sample_len=24, batch_size=8, min_tokens=4, progress=False)

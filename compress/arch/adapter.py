@@ -8,6 +8,7 @@ from torch import nn
 
 from compress.arch.spec import SPECS, ArchSpec
 from compress.errors import CompressError
+from compress.packed import is_packed
 
 
 class UnsupportedModelError(CompressError):
@@ -128,9 +129,9 @@ class Adapter:
         head = self.lm_head
         if head is None:
             return False
-        if getattr(head, "tied_to_embedding", False):  # a quantised tied head reads the embedding's packed data
-            return getattr(head, "table", None) is self.embed
-        if hasattr(head, "qdata") or hasattr(self.embed, "qdata"):  # quantised apart (their .weight is a fresh tensor)
+        if is_packed(head, "tied_head"):  # a quantised tied head reads the embedding's packed data
+            return head.table is self.embed
+        if is_packed(head, "embedding") or is_packed(self.embed, "embedding"):  # quantised apart (.weight is a fresh tensor)
             return False
         return head.weight is self.embed.weight
 

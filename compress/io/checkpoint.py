@@ -26,6 +26,7 @@ from compress.io.manifest import MANIFEST, CheckpointError, Manifest
 from compress.io.model_files import INDEX, MAX_SHARD_BYTES, WEIGHTS, stored_state, write_model_dir
 from compress.io.outputs import input_paths
 from compress.io.storage import DtypeLike, dtype_name, packed_names, upcast_state
+from compress.packed import is_packed
 
 DEFAULT_SHARD_BYTES = MAX_SHARD_BYTES
 
@@ -56,7 +57,7 @@ def save(
     # always present: a copy that lost compress.json is then recognised and refused (compress.load_model)
     methods = list(getattr(model.config, "compress_methods", None) or [])
     with atomic_directory(path, overwrite, protect=input_paths(model)) as tmp:
-        write_model_dir(model, tokenizer, tmp, tensors, packed=any(hasattr(m, "qweight") for m in model.modules()),
+        write_model_dir(model, tokenizer, tmp, tensors, packed=any(is_packed(m, "linear") for m in model.modules()),
                         config_fields={"compress_methods": methods}, max_shard_bytes=max_shard_bytes)
         manifest.files = {
             f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
@@ -76,13 +77,13 @@ def _manifest(model: nn.Module, tied: dict[str, str]) -> Manifest:
         family, widths = None, None
     quantized = {
         name: m.describe() for name, m in model.named_modules()
-        if callable(getattr(m, "describe", None)) and hasattr(m, "qweight")
+        if is_packed(m, "linear")
     }
     embeddings = {
         name: m.describe() for name, m in model.named_modules()
-        if callable(getattr(m, "describe", None)) and hasattr(m, "qdata")
+        if is_packed(m, "embedding")
     }
-    head = next((name for name, m in model.named_modules() if getattr(m, "tied_to_embedding", False)), None)
+    head = next((name for name, m in model.named_modules() if is_packed(m, "tied_head")), None)
     return Manifest(
         compress_version=__version__,
         family=family,

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from compress.errors import CompressError, quote
+from compress.packed import is_packed
 
 DTYPES = ("bfloat16", "float16", "float32")
 DEFAULT = "bfloat16"
@@ -55,7 +56,7 @@ def packed_names(model: nn.Module) -> set[str]:
     """State-dict names of tensors packed modules keep in their own dtype (scales and zeros of quantised modules)."""
     out = set()
     for name, m in model.named_modules():
-        if callable(getattr(m, "describe", None)) and (hasattr(m, "qweight") or hasattr(m, "qdata")):
+        if is_packed(m, "linear") or is_packed(m, "embedding"):
             out.update(f"{name}.{leaf}" if name else leaf for leaf in PACKED_LEAVES)
     return out
 

@@ -4,7 +4,8 @@ Triton kernels for ternary and int4 weights with a pure-PyTorch reference of
 the same signature for each, and one dispatch function.  This package knows
 nothing of models and imports only torch and triton.
 
-The packed layouts are documented once, in :mod:`compress.kernels.formats`.
+The packed layouts are documented once, in :mod:`compress.kernels.formats`,
+one class per layout in the registry ``formats.FORMATS`` / ``get_format(name)``.
 Names are imported lazily: ``import compress.kernels`` loads neither torch's
 custom-op registry nor Triton and never touches a GPU.
 
@@ -18,7 +19,7 @@ from typing import Any
 
 # public name -> submodule that defines it
 _API = {
-    # storage formats (formats.py)
+    # storage formats (formats/)
     "pack_int4": "formats",
     "unpack_int4": "formats",
     "pack_ternary": "formats",
@@ -30,7 +31,16 @@ _API = {
     "check_ternary": "formats",
     "resolve_group_size": "formats",
     "shape_problem": "formats",
-    # W1.58A8 arithmetic shared by the reference, the kernel, QAT and the bitnet export (formats.py)
+    # the format classes and their registry (formats/)
+    "get_format": "formats",
+    "linear_format": "formats",
+    "embedding_format": "formats",
+    "Int4Format": "formats",
+    "TernaryFormat": "formats",
+    "TernaryA8Format": "formats",
+    "Int8RowsFormat": "formats",
+    "Int4RowsFormat": "formats",
+    # W1.58A8 arithmetic shared by the reference, the kernel, QAT and the bitnet export (formats/layout.py)
     "quantize_activations_int8": "formats",
     "a8_weight_scale": "formats",
     "a8_rescale": "formats",

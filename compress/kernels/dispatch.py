@@ -29,34 +29,17 @@ from typing import Callable, Optional
 
 import torch
 
-from . import reference
-from .formats import (
-    INT4_PER_WORD,
-    TERNARY_PER_WORD,
-    broadcast_ternary_scale,
-    check_int4,
-    check_ternary,
-    dequantize_int4,
-    dequantize_ternary,
-)
+from .formats import LINEAR_FORMATS, get_format
 from .tuning import SPLITK_MAX_M, kernel_for
 
 __all__ = ["FORMATS", "SPLITK_MAX_M", "BACKEND_ENV", "quant_matmul", "choose_kernel", "reset_fallbacks"]
 
-FORMATS = ("int4", "ternary", "ternary_a8")
+FORMATS = LINEAR_FORMATS  # the names quant_matmul takes: int4, ternary, ternary_a8
 BACKEND_ENV = "COMPRESS_KERNELS_BACKEND"
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-# kernel name -> (module, function); each function takes the reference's arguments
-_TRITON = {
-    "int4_gemv": ("triton_int4", "int4_gemv"),
-    "int4_splitk": ("triton_int4", "int4_splitk"),
-    "int4_gemm": ("triton_int4", "int4_gemm"),
-    "ternary_gemv": ("triton_ternary", "ternary_gemv"),
-    "ternary_splitk": ("triton_ternary", "ternary_splitk"),
-    "ternary_gemm": ("triton_ternary", "ternary_gemm"),
-    "ternary_a8": ("triton_ternary", "ternary_a8"),
-}
+# kernel name -> (module, function); each function takes the format's triton_args
+_TRITON = {kernel: (get_format(fmt).triton_module, kernel) for fmt in FORMATS for kernel in get_format(fmt).kernels.values()}
 
 # kernel (or "triton" for an import failure) -> reason; each warns once
 _FAILED: dict[str, str] = {}
@@ -64,8 +47,7 @@ _FAILED: dict[str, str] = {}
 
 def choose_kernel(fmt: str, M: int) -> str:
     """Name of the kernel that serves ``fmt`` at batch size ``M``."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown packed format {fmt!r}; use one of {', '.join(FORMATS)}.")
+    get_format(fmt, "linear")  # one sentence for an unknown name
     return kernel_for(fmt, M)
 
 
@@ -88,24 +70,9 @@ def _triton_function(kernel: str) -> Callable:
     return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
-def _reference(fmt: str, x, qweight, scales, zeros, group_size) -> torch.Tensor:
-    if fmt == "int4":
-        return reference.int4_matmul(x, qweight, scales, zeros, group_size)
-    if fmt == "ternary":
-        return reference.ternary_matmul(x, qweight, scales)
-    return reference.ternary_matmul_a8(x, qweight, scales)
-
-
 def _validate(x, qweight, scales, zeros, fmt: str, group_size: int) -> tuple[int, int]:
     """Check the packed tensors and x against the format; return ``(N, K)``."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown packed format {fmt!r}; use one of {', '.join(FORMATS)}.")
-    if fmt == "int4":
-        N, K, _ = check_int4(qweight, scales, zeros, group_size)
-    else:
-        N, K = check_ternary(qweight, scales)
-        if zeros is not None:
-            raise ValueError("ternary weights have no zero points (the code offset 1 is fixed); pass zeros=None.")
+    N, K = get_format(fmt, "linear").check(qweight, scales, zeros, group_size)
     if x.shape[-1] != K:
         raise ValueError(f"x has {x.shape[-1]} features but the packed {fmt} weight expects K={K}; check in_features.")
     return N, K
@@ -118,7 +85,8 @@ def _impl(x, qweight, scales, zeros, fmt: str, group_size: int) -> torch.Tensor:
 
 def _run(x, qweight, scales, zeros, fmt: str, group_size: int, K: int) -> torch.Tensor:
     M = x.numel() // K if K else 0
-    kernel = choose_kernel(fmt, M)
+    spec = get_format(fmt, "linear")
+    kernel = kernel_for(fmt, M)
     use_triton = (
         M > 0 and x.dtype in _TRITON_DTYPES and _backend(x) == "triton"
         and "triton" not in _FAILED and kernel not in _FAILED
@@ -129,14 +97,13 @@ def _run(x, qweight, scales, zeros, fmt: str, group_size: int, K: int) -> torch.
         except ImportError as exc:  # no triton at all: one warning for every kernel
             _fallback("triton", f"Triton cannot be imported ({exc})")
         else:
-            args = (x, qweight, scales) if fmt != "int4" else (x, qweight, scales, zeros, group_size)
             try:
-                return fn(*args)
+                return fn(*spec.triton_args(x, qweight, scales, zeros, group_size))
             except torch.OutOfMemoryError:
                 raise  # the reference would need even more memory
             except Exception as exc:  # compile or launch failure
                 _fallback(kernel, f"Triton kernel {kernel} failed ({type(exc).__name__}: {str(exc)[:300]})")
-    return _reference(fmt, x, qweight, scales, zeros, group_size)
+    return spec.reference(x, qweight, scales, zeros, group_size)
 
 
 def _fallback(key: str, reason: str) -> None:
@@ -165,7 +132,7 @@ def _quant_matmul_op(
 
 @_quant_matmul_op.register_fake
 def _quant_matmul_fake(x, qweight, scales, zeros, fmt, group_size):
-    per_word = INT4_PER_WORD if fmt == "int4" else TERNARY_PER_WORD
+    per_word = get_format(fmt, "linear").per_word
     torch._check(x.shape[-1] == qweight.shape[0] * per_word, lambda: f"x's last dim does not match the packed {fmt} weight")
     return x.new_empty((*x.shape[:-1], qweight.shape[1]))
 
@@ -179,10 +146,7 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad: torch.Tensor):
     # d(x @ W^T)/dx = grad @ W; the A8 path uses the straight-through estimator (as BitNet's QAT).
     qweight, scales, zeros = ctx.saved_tensors
-    if ctx.fmt == "int4":
-        w = dequantize_int4(qweight, scales, zeros, ctx.group_size, dtype=torch.float32)
-    else:
-        w = dequantize_ternary(qweight, scales, dtype=torch.float32)
+    w = get_format(ctx.fmt, "linear").dequantize_packed(qweight, scales, zeros, ctx.group_size, dtype=torch.float32)
     grad_x = (grad.reshape(-1, w.shape[0]).to(torch.float32) @ w).to(grad.dtype)
     return grad_x.reshape(*grad.shape[:-1], w.shape[1]), None, None, None, None, None
 
@@ -207,10 +171,7 @@ def quant_matmul(
     Layouts: :mod:`compress.kernels.formats`.
     """
     N, K = _validate(x, qweight, scales, zeros, fmt, group_size)
-    if fmt == "int4":
-        group_size = K if group_size in (-1, 0, None) else int(group_size)
-    else:
-        scales, group_size = broadcast_ternary_scale(scales, N), 0
+    scales, group_size = get_format(fmt).kernel_operands(scales, group_size, N, K)
     if _plain_eager(x):
         # Same computation without the dispatcher round trip, which costs tens of
         # microseconds per call: too much for eager decode of a small model.

@@ -10,13 +10,9 @@ from typing import Optional
 
 import torch
 
-from .formats import a8_rescale, a8_weight_scale, dequantize_int4, dequantize_ternary, quantize_activations_int8
+from .formats import Int4Format, TernaryA8Format, TernaryFormat, quantize_activations_int8
 
 __all__ = ["int4_matmul", "ternary_matmul", "ternary_matmul_a8", "quantize_activations_int8"]
-
-
-def _flat(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(-1, x.shape[-1])
 
 
 def int4_matmul(
@@ -27,16 +23,12 @@ def int4_matmul(
     group_size: int,
 ) -> torch.Tensor:
     """``x[..., K] @ dequantize_int4(...).T`` -> ``[..., N]`` in ``x.dtype``."""
-    w = dequantize_int4(qweight, scales, zeros, group_size, dtype=torch.float32)
-    y = _flat(x).to(torch.float32) @ w.t()
-    return y.to(x.dtype).reshape(*x.shape[:-1], w.shape[0])
+    return Int4Format.reference(x, qweight, scales, zeros, group_size)
 
 
 def ternary_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``x[..., K] @ dequantize_ternary(...).T`` -> ``[..., N]`` in ``x.dtype``."""
-    w = dequantize_ternary(qweight, scale, dtype=torch.float32)
-    y = _flat(x).to(torch.float32) @ w.t()
-    return y.to(x.dtype).reshape(*x.shape[:-1], w.shape[0])
+    return TernaryFormat.reference(x, qweight, scale, None, 0)
 
 
 def ternary_matmul_a8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -46,8 +38,4 @@ def ternary_matmul_a8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tenso
     and ``ws = 1 / scale`` (see :mod:`compress.kernels.formats`).  The integer dot is
     computed exactly in float32 (|partial sums| < 2**24 for K < 132k).
     """
-    x_q, inv = quantize_activations_int8(x)
-    w = dequantize_ternary(qweight, torch.ones((), dtype=torch.float32, device=qweight.device))
-    acc = x_q.to(torch.float32) @ w.t()
-    y = a8_rescale(acc, inv, a8_weight_scale(scale, w.shape[0]).to(acc.device))
-    return y.to(x.dtype).reshape(*x.shape[:-1], w.shape[0])
+    return TernaryA8Format.reference(x, qweight, scale, None, 0)

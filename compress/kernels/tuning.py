@@ -23,6 +23,8 @@ from typing import Optional
 
 import torch
 
+from .formats import LINEAR_FORMATS, get_format
+
 __all__ = [
     "KERNELS",
     "SPLITK_MAX_M",
@@ -44,15 +46,7 @@ __all__ = [
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 # kernel name -> (format, family); family decides which launch parameters matter
-KERNELS = {
-    "int4_gemv": ("int4", "gemv"),
-    "int4_splitk": ("int4", "splitk"),
-    "int4_gemm": ("int4", "gemm"),
-    "ternary_gemv": ("ternary", "gemv"),
-    "ternary_splitk": ("ternary", "splitk"),
-    "ternary_gemm": ("ternary", "gemm"),
-    "ternary_a8": ("ternary_a8", "a8"),
-}
+KERNELS = {kernel: (fmt, family) for fmt in LINEAR_FORMATS for family, kernel in get_format(fmt).kernels.items()}
 
 
 # Largest batch served by the split-K kernels; M == 1 goes to the GEMV, larger M to the GEMM.
@@ -61,9 +55,10 @@ SPLITK_MAX_M = 64
 
 def kernel_for(fmt: str, M: int) -> str:
     """Kernel name for a format ("int4", "ternary", "ternary_a8") at batch size M."""
-    if fmt == "ternary_a8":
-        return "ternary_a8"
-    return f"{fmt}_{'gemv' if M <= 1 else 'splitk' if M <= SPLITK_MAX_M else 'gemm'}"
+    kernels = get_format(fmt, "linear").kernels
+    if len(kernels) == 1:  # one kernel serves every batch size
+        return next(iter(kernels.values()))
+    return kernels["gemv" if M <= 1 else "splitk" if M <= SPLITK_MAX_M else "gemm"]
 
 
 @dataclass(frozen=True)
@@ -154,11 +149,11 @@ def fit_config(cfg: KernelConfig, kernel: str, M: int, N: int, K: int, G: int = 
     needs every tile dimension >= 16 (32 along K for int8).
     """
     fmt, family = KERNELS[kernel]
-    per_word = 8 if fmt == "int4" else 16
-    bk = max(cfg.block_k, per_word)
+    spec = get_format(fmt)
+    bk = max(cfg.block_k, spec.per_word)
     if family != "gemv":
-        bk = max(bk, 32 if fmt == "ternary_a8" else 16)
-    if fmt == "int4" and G and G < K:
+        bk = max(bk, spec.min_dot_k)
+    if spec.grouped and G and G < K:
         bk = min(bk, G)
     bm = 1 if family == "gemv" else max(16, cfg.block_m)
     bn = max(16, cfg.block_n)

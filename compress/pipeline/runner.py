@@ -34,6 +34,7 @@ from compress.pipeline.preflight import PreflightReport, is_qat, preflight
 from compress.pipeline.recipe import Recipe, load_recipe
 from compress.pipeline.report import RunReport
 from compress.io.atomic import write_json
+from compress.io.fingerprint import model_fingerprint
 from compress.pipeline.rundir import RUN_FILE, RunDir, fingerprint, read_json
 from compress.pipeline.stages import Export, Prune, Quantize, Recover, Stage, StageContext, stage_options
 from compress.io.outputs import check_location
@@ -223,8 +224,6 @@ def _original(model: Any, tokenizer: Any, recipe: Recipe, device: torch.device) 
 
 def _base(recipe: Recipe, original: nn.Module, splits: TextSplits, name: str, builtin_text: bool) -> dict[str, Any]:
     """What every stage's fingerprint starts from: the model's weights and the text's tokens."""
-    from compress.recovery.state import model_fingerprint
-
     try:
         family = adapter_for(original).spec.family
     except UnsupportedModelError:

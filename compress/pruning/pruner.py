@@ -129,12 +129,14 @@ class _Pruning:
         self.seq_len = cfg.calib_seq_len or (tokens.shape[1] if tokens is not None else 0)
         self.calib_tokens = 0
         self.notes: list[str] = []
+        self.last_windows: torch.Tensor | None = None  # the latest calibration's windows, for kv_loss_windows
 
     # -- calibration --------------------------------------------------------
     def calibrate(self, *, cosine: bool, scores: bool = True) -> Calibration:
         """One pass on fresh windows: layer cosines if asked, and what ``importance`` needs if ``scores``."""
         assert self.tokens is not None
         ids = sample_windows(self.tokens, self.cfg.calib_samples, self.seq_len, self.generator)
+        self.last_windows = ids[: self.cfg.kv_loss_windows]
         stats = calibrate(
             self.model, self.adapter, ids,
             cosine=cosine,
@@ -282,8 +284,45 @@ class _Pruning:
         if widths[0] != g.mlp_width:
             prune_mlp(parts, top_k(mlp_scores, widths[0]))
         if widths[1] != g.num_kv_heads:
+            if self.measures_kv():
+                kv_scores = self.kv_removal_losses(i)
             attention = self.adapter.attention_module(i)
             prune_attention(parts, g, top_k(kv_scores, widths[1]), attention, self.adapter.spec.attn_head_attrs)
+
+    def measures_kv(self) -> bool:
+        return (self.cfg.kv_loss_windows > 0 and self.cfg.importance != "magnitude"
+                and self.last_windows is not None and self.adapter.spec.causal)
+
+    @torch.no_grad()
+    def kv_removal_losses(self, i: int) -> torch.Tensor:
+        """Each kv group's score: how far the model's next-token distributions move (KL, nats per token) on
+        the latest calibration windows when the group's heads are cut out of ``o`` (an exact removal: heads
+        reach the output only through their columns of ``o``).  A silent group scores 0."""
+        parts = self.adapter.layer(i)
+        g = layer_groups(parts)
+        o = parts.o.weight
+        ids = self.last_windows.to(self.adapter.embed.weight.device)
+        was_training = self.model.training
+        self.model.eval()
+        kl = torch.zeros(g.num_kv_heads, dtype=torch.float64)
+        try:
+            for batch in ids.split(self.cfg.batch_size):
+                base = self._log_probs(batch)
+                for group in range(g.num_kv_heads):
+                    cols = g.q_rows([group]).to(o.device)
+                    saved = o[:, cols].clone()
+                    o[:, cols] = 0
+                    try:
+                        cut = self._log_probs(batch)
+                    finally:
+                        o[:, cols] = saved
+                    kl[group] += float((base.exp() * (base - cut)).sum())
+        finally:
+            self.model.train(was_training)
+        return kl / ids.numel()
+
+    def _log_probs(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.model(input_ids=batch, use_cache=False).logits.float(), dim=-1)
 
     def note_granularity(self, budgets: list[alloc.LayerBudget], widths: list[alloc.Widths]) -> None:
         rows = list(zip(self.active, budgets, widths))

@@ -3,14 +3,12 @@
     from compress.quantization.embedding import quantize_embeddings
     quantize_embeddings(model, "int8")            # or "int4" (group_size=32)
 
-``QuantEmbedding`` stores ``qdata`` and ``scales``:
+``QuantEmbedding`` stores ``qdata`` and ``scales`` in one of the row formats
+of :mod:`compress.kernels.formats` (``Int8RowsFormat``, ``Int4RowsFormat``;
+the layouts are written down in ``formats/rows.py``):
 
-- int8: ``qdata`` int8 ``[V, D]``, ``scales`` ``[V, 1]``; ``w = q * s`` with
-  ``s = max|row| / 127`` (rounded up to the scale dtype so nothing clips);
-- int4: ``qdata`` uint8 ``[V, D/2]`` (column ``2j`` in the low nibble, ``2j+1``
-  in the high one, codes ``q + 8`` in 0..15), ``scales`` ``[V, D/G]``;
-  ``w = q * s`` with ``q`` in -8..7 and ``s = max|group| / 7`` (GGUF's Q4_0
-  layout ``(code - 8) * d``, so the export stores the same numbers).
+- int8: ``s = max|row| / 127`` (rounded up to the scale dtype so nothing clips);
+- int4: groups of G along the row, ``s = max|group| / 7``.
 
 As an embedding (``role="embedding"``) the forward gathers the looked-up
 rows and dequantises only those.  As an output head (``role="head"``, an
@@ -26,11 +24,13 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from compress.kernels.formats import RowFormat, embedding_format, pack_int4_rows, unpack_int4_rows
+from compress.packed import PackedModule
 from compress.quantization.config import EMBEDDING_FORMATS, QuantError
 
-INT8_MAX = 127
-INT4_MAX = 7
-INT4_MIN = -8
+__all__ = ["QuantEmbedding", "TiedQuantHead", "quantize_embeddings", "quantize_rows", "pack_int4_rows",
+           "unpack_int4_rows", "embedding_problems", "predicted_embeddings", "head_logits"]
+
 HEAD_CHUNK_ROWS = 8192  # vocabulary rows dequantised at once by the head
 
 
@@ -52,29 +52,23 @@ def quantize_rows(w: torch.Tensor, bits: int, group_size: int, scale_dtype: torc
     V, D = w.shape
     if D % group_size:
         raise QuantError(f"group size {group_size} does not divide the embedding width {D}; use a divisor of {D}.")
-    top = INT8_MAX if bits == 8 else INT4_MAX
-    low = -INT8_MAX if bits == 8 else INT4_MIN
+    fmt = _row_format(bits, group_size, D)
+    top, low = fmt.qmax, fmt.qmin
     g = w.detach().to(torch.float32).reshape(V, D // group_size, group_size)
     scales = _stored_up(g.abs().amax(dim=-1) / top, scale_dtype)
     codes = (g / scales.to(torch.float32)[..., None]).round().clamp(low, top).to(torch.int8)
     return codes.reshape(V, D), scales
 
 
-def pack_int4_rows(codes: torch.Tensor) -> torch.Tensor:
-    """int8 codes -8..7 ``[V, D]`` -> uint8 ``[V, D/2]``: low nibble column 2j, high nibble column 2j+1 (code + 8)."""
-    u = (codes.to(torch.int16) + 8).to(torch.uint8)
-    return u[:, 0::2] | (u[:, 1::2] << 4)
+def _row_format(bits: int, group_size: Optional[int], D: int) -> RowFormat:
+    """The row format of ``bits`` (8 or 4) for a table of width ``D``."""
+    return embedding_format(f"int{bits}", group_size, D)
 
 
-def unpack_int4_rows(packed: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[V, D/2]`` -> int8 codes -8..7 ``[V, D]``."""
-    low = (packed & 0x0F).to(torch.int8) - 8
-    high = (packed >> 4).to(torch.int8) - 8
-    return torch.stack((low, high), dim=-1).reshape(packed.shape[0], -1)
+class QuantEmbedding(PackedModule):
+    """An ``nn.Embedding`` (or untied output head) with int8 / int4 rows; ``format`` is the row layout."""
 
-
-class QuantEmbedding(nn.Module):
-    """An ``nn.Embedding`` (or untied output head) with int8 / int4 rows."""
+    kind = "embedding"
 
     def __init__(self, num_embeddings: int, embedding_dim: int, *, bits: int = 8, group_size: Optional[int] = None,
                  padding_idx: Optional[int] = None, scale_dtype: torch.dtype | str = torch.float16,
@@ -86,19 +80,15 @@ class QuantEmbedding(nn.Module):
             raise QuantError(f"embedding bits must be 4 or 8, got {bits!r}.")
         if role not in ("embedding", "head"):
             raise QuantError(f"role must be 'embedding' or 'head', got {role!r}.")
-        group_size = embedding_dim if (bits == 8 or group_size is None) else group_size
-        if embedding_dim % group_size or (bits == 4 and group_size % 2):
-            raise QuantError(f"group size {group_size} does not divide the embedding width {embedding_dim} into even "
-                             f"groups; use a divisor of {embedding_dim} (32 by default).")
+        self.format: RowFormat = _row_format(bits, group_size, embedding_dim)
+        problem = self.format.group_problem(embedding_dim, self.format.group_size)
+        if problem:
+            raise QuantError(f"{problem}; use a divisor of {embedding_dim} (32 by default).")
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.bits, self.group_size, self.padding_idx, self.role = bits, group_size, padding_idx, role
+        self.padding_idx, self.role = padding_idx, role
         self.embed_scale = None if embed_scale is None else float(embed_scale)  # Gemma3 scales looked-up rows
-        V, D = num_embeddings, embedding_dim
-        if bits == 8:
-            self.register_buffer("qdata", torch.zeros(V, D, dtype=torch.int8, device=device))
-        else:
-            self.register_buffer("qdata", torch.zeros(V, D // 2, dtype=torch.uint8, device=device))
-        self.register_buffer("scales", torch.zeros(V, D // group_size, dtype=scale_dtype, device=device))
+        for name, t in self.format.buffers(num_embeddings, embedding_dim, scale_dtype, device).items():
+            self.register_buffer(name, t)
         # empty; model.to(dtype) moves it, so outputs follow the model's compute dtype
         probe_device = None if str(device) == "meta" else device  # an empty tensor: a skeleton need not load it
         self.register_buffer("compute", torch.empty(0, dtype=torch.float32, device=probe_device), persistent=False)
@@ -113,7 +103,7 @@ class QuantEmbedding(nn.Module):
                 embed_scale=embed_scale, device=weight.device)
         codes, scales = quantize_rows(weight, bits, m.group_size, scale_dtype)
         with torch.no_grad():
-            m.qdata.copy_(codes if bits == 8 else pack_int4_rows(codes))
+            m.qdata.copy_(m.format.pack(codes))
             m.scales.copy_(scales)
             m.compute = torch.empty(0, dtype=weight.dtype, device=weight.device)
         return m
@@ -126,19 +116,24 @@ class QuantEmbedding(nn.Module):
             self.scales = old.to(device=self.scales.device)
         return self
 
+    # -- the format's fields, as attributes (checkpoints, exports and reports read them)
+    @property
+    def bits(self) -> int:
+        return self.format.bits
+
+    @property
+    def group_size(self) -> int:
+        return self.format.group_size
+
     # -- use -----------------------------------------------------------------
     def codes(self, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Signed integer codes (int8) of ``rows`` (all when None)."""
-        q = self.qdata if rows is None else self.qdata[rows]
-        return q if self.bits == 8 else unpack_int4_rows(q.reshape(-1, q.shape[-1])).reshape(*q.shape[:-1], -1)
+        return self.format.unpack(self.qdata if rows is None else self.qdata[rows])
 
     def dequantize_rows(self, rows: Optional[torch.Tensor] = None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         """The float rows ``rows`` (any integer shape; all rows when None) stand for: ``[..., D]``."""
-        dtype = dtype or self.compute.dtype
-        q = self.codes(rows).to(torch.float32)
-        s = (self.scales if rows is None else self.scales[rows]).to(torch.float32)
-        w = q.reshape(*q.shape[:-1], -1, self.group_size) * s[..., None]
-        return w.reshape(q.shape).to(dtype)
+        s = self.scales if rows is None else self.scales[rows]
+        return self.format.dequantize_codes(self.codes(rows), s, dtype or self.compute.dtype)
 
     def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return self.dequantize_rows(None, dtype)
@@ -166,7 +161,7 @@ class QuantEmbedding(nn.Module):
         return 8.0 * self.packed_bytes() / self.logical_numel()
 
     def label(self) -> str:
-        return "int8 per-row" if self.bits == 8 else f"int4 g{self.group_size}"
+        return self.format.label()
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description, enough to rebuild the empty module (checkpoint manifests)."""
@@ -190,10 +185,10 @@ def head_logits(table: QuantEmbedding, x: torch.Tensor) -> torch.Tensor:
     return torch.cat(out, dim=-1)
 
 
-class TiedQuantHead(nn.Module):
+class TiedQuantHead(PackedModule):
     """The output head of a tied pair: logits from the input embedding's packed data, nothing stored of its own."""
 
-    tied_to_embedding = True
+    kind = "tied_head"
 
     def __init__(self, embedding: QuantEmbedding) -> None:
         super().__init__()
@@ -247,7 +242,8 @@ def embedding_problems(model: nn.Module, kind: Optional[str], group_size: int) -
                 f"quantise without embeddings="]
     out = []
     D = embed.embedding_dim
-    if kind == "int4" and (D % group_size or group_size % 2):
+    fmt = embedding_format(kind, group_size, D)
+    if fmt.group_problem(D, fmt.group_size):
         out.append(f"embedding_group_size {group_size} does not divide the embedding width {D}; use a divisor of {D} "
                    f"(32 by default)")
     name, head = _head(model)
@@ -273,7 +269,7 @@ def predicted_embeddings(model: nn.Module, kind: str, group_size: int = 32,
     embed = model.get_input_embeddings()
     if not isinstance(embed, nn.Embedding):
         return
-    bits = 8 if kind == "int8" else 4
+    bits = embedding_format(kind, None, 1).bits
     name_e = next(n for n, m in model.named_modules() if m is embed)
     head_name, head = _head(model)
     tied = head is not None and getattr(head, "weight", None) is embed.weight
@@ -298,7 +294,7 @@ def quantize_embeddings(model: nn.Module, kind: str, group_size: int = 32,
     problems = embedding_problems(model, kind, group_size)
     if problems:
         raise QuantError("Cannot quantise the embeddings: " + "; ".join(problems) + ".")
-    bits = 8 if kind == "int8" else 4
+    bits = embedding_format(kind, None, 1).bits
     embed = model.get_input_embeddings()
     done: list[tuple[str, str, int]] = []
     if isinstance(embed, QuantEmbedding):

@@ -17,27 +17,26 @@ import torch
 from torch import nn
 
 from compress.kernels.dispatch import quant_matmul
-from compress.kernels.formats import (
-    INT4_PER_WORD,
-    TERNARY_PER_WORD,
-    dequantize_int4,
-    dequantize_ternary,
-    pack_int4,
-    pack_ternary,
-)
+from compress.kernels.formats import LinearFormat, linear_format
+from compress.packed import PackedModule
 from compress.quantization.config import QuantConfig, QuantError
 from compress.quantization.quantizers import (
     Int4Weights,
     Quantised,
     TernaryWeights,
     effective_group_size,
-    num_groups,
     quantize_weight,
 )
 
 
-class QuantLinear(nn.Module):
-    """y = x W^T + b with W stored packed (int4 or ternary)."""
+class QuantLinear(PackedModule):
+    """y = x W^T + b with W stored packed (int4 or ternary).
+
+    ``format`` is the layout object (:mod:`compress.kernels.formats`): the
+    buffers, the kernel, the label and the description all come from it.
+    """
+
+    kind = "linear"
 
     def __init__(
         self,
@@ -62,23 +61,41 @@ class QuantLinear(nn.Module):
         if isinstance(scale_dtype, str):
             scale_dtype = getattr(torch, scale_dtype)
         self.in_features, self.out_features = in_features, out_features
-        self.method, self.activations, self.per_channel = method, activations, per_channel
-        K, N = in_features, out_features
-        if method == "int4":
-            self.group_size = K if group_size in (-1, None) else group_size
-            self.symmetric = symmetric
-            n_groups = num_groups(K, self.group_size)
-            self.register_buffer("qweight", torch.zeros(K // INT4_PER_WORD, N, dtype=torch.int32, device=device))
-            self.register_buffer("scales", torch.zeros(n_groups, N, dtype=scale_dtype, device=device))
-            zeros = None if symmetric else torch.zeros(n_groups, N, dtype=scale_dtype, device=device)
-            self.register_buffer("zeros", zeros)
-        else:
-            self.group_size, self.symmetric = 0, True
-            self.register_buffer("qweight", torch.zeros(K // TERNARY_PER_WORD, N, dtype=torch.int32, device=device))
-            self.register_buffer("scales", torch.zeros(N if per_channel else 1, dtype=scale_dtype, device=device))
-            self.register_buffer("zeros", None)
-        b = torch.zeros(N, dtype=bias_dtype, device=device) if bias else None
+        self.format: LinearFormat = linear_format(method, group_size=group_size, K=in_features, symmetric=symmetric,
+                                                  per_channel=per_channel, activations=activations)
+        for name, t in self.format.buffers(out_features, in_features, scale_dtype, device).items():
+            self.register_buffer(name, t)
+        b = torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None
         self.register_buffer("bias", b)
+
+    # -- the format's fields, as attributes (checkpoints, exports and reports read them)
+    @property
+    def method(self) -> str:
+        return self.format.method
+
+    @property
+    def group_size(self) -> int:
+        return self.format.group_size
+
+    @property
+    def symmetric(self) -> bool:
+        return self.format.symmetric
+
+    @property
+    def per_channel(self) -> bool:
+        return self.format.per_channel
+
+    @property
+    def activations(self) -> str:
+        return self.format.activations
+
+    @activations.setter
+    def activations(self, value: str) -> None:
+        """Switch a ternary module between int8 (``"a8"``) and float (``"a16"``) activations; the weights stay."""
+        if value not in ("a16", "a8") or (value == "a8" and self.method != "ternary"):
+            raise QuantError(f"activations must be 'a16' or 'a8' (ternary only), got {value!r} for a {self.method} module.")
+        self.format = linear_format(self.method, group_size=self.group_size, K=self.in_features,
+                                    symmetric=self.symmetric, per_channel=self.per_channel, activations=value)
 
     # -- construction ------------------------------------------------------
     @classmethod
@@ -109,13 +126,13 @@ class QuantLinear(nn.Module):
     @torch.no_grad()
     def load_quantised(self, q: Quantised) -> None:
         """Pack unpacked codes and scales into this module's buffers."""
-        if isinstance(q, TernaryWeights):
-            self.qweight.copy_(pack_ternary((q.codes + 1).to(torch.uint8)))
+        if isinstance(q, TernaryWeights) and self.method == "ternary":
+            self.qweight.copy_(self.format.pack((q.codes + 1).to(torch.uint8)))
             self.scales.copy_(q.scale.reshape(self.scales.shape))
             return
         if not isinstance(q, Int4Weights) or q.group_size != self.group_size or (q.zeros is None) != (self.zeros is None):
             raise QuantError(f"quantised values do not fit this {self.extra_repr()} module; quantise with its config.")
-        self.qweight.copy_(pack_int4(q.codes))
+        self.qweight.copy_(self.format.pack(q.codes))
         self.scales.copy_(q.scales)
         if self.zeros is not None:
             self.zeros.copy_(q.zeros)
@@ -135,19 +152,15 @@ class QuantLinear(nn.Module):
     @property
     def fmt(self) -> str:
         """The packed format name the kernel dispatch takes."""
-        if self.method == "ternary":
-            return "ternary_a8" if self.activations == "a8" else "ternary"
-        return "int4"
+        return self.format.name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = quant_matmul(x, self.qweight, self.scales, self.zeros, fmt=self.fmt, group_size=self.group_size)
+        y = quant_matmul(x, self.qweight, self.scales, self.zeros, fmt=self.format.name, group_size=self.group_size)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float ``[N, K]`` weight the packed values stand for."""
-        if self.method == "ternary":
-            return dequantize_ternary(self.qweight, self.scales, dtype=dtype)
-        return dequantize_int4(self.qweight, self.scales, self.zeros, self.group_size, dtype=dtype)
+        return self.format.dequantize(self.qweight, self.scales, self.zeros, dtype=dtype)
 
     def logical_numel(self) -> int:
         """Weights (and bias entries) this module stands for, as an ``nn.Linear`` would count them."""
@@ -165,30 +178,17 @@ class QuantLinear(nn.Module):
         return {
             "in_features": self.in_features,
             "out_features": self.out_features,
-            "method": self.method,
-            "group_size": self.group_size if self.method == "int4" else None,
-            "symmetric": self.symmetric,
-            "per_channel": self.per_channel,
-            "activations": self.activations,
+            **self.format.describe(),
             "bias": self.bias is not None,
             "scale_dtype": str(self.scales.dtype).removeprefix("torch."),
         }
 
     def label(self) -> str:
         """Short name of the format, e.g. ``int4 g128 sym`` or ``ternary per-tensor a8``."""
-        if self.method == "ternary":
-            return f"ternary {'per-channel' if self.per_channel else 'per-tensor'} {self.activations}"
-        g = "per-channel" if self.group_size == self.in_features else f"g{self.group_size}"
-        return f"int4 {g} {'sym' if self.symmetric else 'asym'}"
+        return self.format.label(self.in_features)
 
     def extra_repr(self) -> str:
-        if self.method == "ternary":
-            scale = "per-channel" if self.per_channel else "per-tensor"
-            detail = f"ternary, {scale} scale, {self.activations}"
-        else:
-            g = "per-channel" if self.group_size == self.in_features else f"group_size={self.group_size}"
-            detail = f"int4, {g}, {'symmetric' if self.symmetric else 'asymmetric'}"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-            f"{detail}, {self.bits_per_weight():.2f} bits/weight"
+            f"{self.format.detail(self.in_features)}, {self.bits_per_weight():.2f} bits/weight"
         )

@@ -13,8 +13,7 @@ from typing import Iterable
 
 from torch import nn
 
-from compress.kernels.formats import INT4_PER_WORD, TERNARY_PER_WORD
-from compress.kernels.formats import shape_problem as kernel_shape_problem
+from compress.kernels.formats import INT4_PER_WORD, get_format
 from compress.quantization.config import OUTPUT_HEAD, QuantConfig, QuantError, name_matches
 from compress.quantization.linear import QuantLinear
 from compress.quantization.qat import FakeQuantLinear
@@ -123,10 +122,10 @@ def shape_problem(out_features: int, in_features: int, cfg: QuantConfig) -> str 
     is a power of two.
     """
     K = in_features
-    multiple = TERNARY_PER_WORD if cfg.method == "ternary" else INT4_PER_WORD
-    if K % multiple:
-        return f"{cfg.method} packing needs in_features to be a multiple of {multiple}"
-    problem = kernel_shape_problem(cfg.method, out_features, K, effective_group_size(cfg, K))
+    spec = get_format(cfg.method)
+    if K % spec.per_word:
+        return f"{cfg.method} packing needs in_features to be a multiple of {spec.per_word}"
+    problem = spec.shape_problem(out_features, K, effective_group_size(cfg, K))
     return problem.rstrip(".") if problem else None
 
 
@@ -144,7 +143,7 @@ def validate(targets: Iterable[Target]) -> None:
         short = _short_names(int4_ok, [t.name for t in targets])
         key = short[0] if len(short) == 1 else ".*(" + "|".join(short) + ")"
         fixes.append(f"quantise them to int4 instead with overrides={{{key!r}: 'int4'}}")
-    multiple = TERNARY_PER_WORD if any(t.config.method == "ternary" for t, _ in bad) else INT4_PER_WORD
+    multiple = max(get_format(t.config.method).per_word for t, _ in bad)
     fixes.append(f"prune their in_features to a multiple of {multiple}")
     raise QuantError(
         f"{_count(bad, 'module cannot', 'modules cannot')} be quantised as asked: {listed}; "

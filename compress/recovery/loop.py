@@ -25,6 +25,7 @@ from torch import nn
 
 from compress.arch import is_causal_lm
 from compress.errors import ConfigError
+from compress.io.fingerprint import model_difference, model_fingerprint, model_tensors
 from compress.quantization.qat import FakeQuantLinear, set_qat_lambda
 from compress.recovery import distributed as D
 from compress.recovery import fsdp
@@ -39,9 +40,6 @@ from compress.recovery.schedule import lr_factor, qat_lambda
 from compress.recovery.state import (
     latest_checkpoint,
     load_checkpoint,
-    model_difference,
-    model_fingerprint,
-    model_tensors,
     optimizer_tensors,
     read_state,
     remove_stale_temporaries,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from compress.errors import ConfigError
-from compress.kernels.formats import shape_problem
+from compress.kernels.formats import get_format
 from compress.quantization.config import QuantConfig
 
 METRICS = ("module-error", "layer-error", "kl")
@@ -101,13 +101,14 @@ def format_config(fmt: str, out_features: int, in_features: int) -> QuantConfig 
     shape, else takes the largest smaller one that it accepts (per channel last).
     """
     fields = FORMATS[fmt]
-    if fields["method"] == "ternary":
-        if shape_problem("ternary", out_features, in_features):
+    spec = get_format(fields["method"])
+    if not spec.grouped:
+        if spec.shape_problem(out_features, in_features):
             return None
         return QuantConfig(**fields, progress=False)
     named = fields["group_size"]
     for group in (named,) + tuple(g for g in _FALLBACK_GROUPS if g == -1 or g < named):
-        if shape_problem("int4", out_features, in_features, group) is None:
+        if spec.shape_problem(out_features, in_features, group) is None:
             return QuantConfig(**{**fields, "group_size": group}, progress=False)
     return None
 

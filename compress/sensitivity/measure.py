@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from compress.arch import Adapter, LayerParts, adapter_for
 from compress.errors import CompressError
+from compress.kernels.formats import get_format
 from compress.pruning.allocation import keep_channels, keep_groups
 from compress.pruning.calibrate import Calibration, calibrate, calibration_rows, check_in_vocabulary, sample_windows
 from compress.pruning.groups import LayerGroups, layer_groups
@@ -163,7 +164,7 @@ def _measure_all(
                         row.errors[fmt] = None
                         unfit.setdefault(fmt, []).append(row.name)
                     else:
-                        if qcfg.method == "int4":
+                        if get_format(qcfg.method).grouped:
                             row.group_sizes[fmt] = qcfg.group_size
                             if qcfg.group_size != FORMATS[fmt]["group_size"]:
                                 refitted.setdefault(fmt, set()).add(qcfg.group_size)

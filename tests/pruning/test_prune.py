@@ -269,3 +269,39 @@ def test_pruning_twice_composes():
     width_after_first = {r.source: r.mlp[1] for r in first.layers}
     assert [r.mlp[0] for r in second.layers] == [width_after_first[i] for i in sources]
     assert_generates_with_cache(model)
+
+
+@pytest.mark.parametrize("windows", [0, 4])
+def test_kv_groups_are_chosen_by_their_measured_removal(monkeypatch, windows):
+    """Scores that rank a silent kv group highest (as first-order Taylor can misrank a group a layer cannot
+    lose) are overruled by measuring each group's removal; with kv_loss_windows=0 the scores decide."""
+    import compress.pruning.pruner as pruner
+
+    model = gqa_model("llama")
+    a = adapter_for(model)
+    g = layer_groups(a.layer(0))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for i in range(a.num_layers):
+            p = a.layer(i)
+            channels = torch.randperm(256)[:88]  # silent MLP channels too, so that s = 1/3 changes nothing
+            for lin in p.mlp_in:
+                lin.weight[channels] = 0
+            p.mlp_out.weight[:, channels] = 0
+            for lin, rows in ((p.q, g.q_rows([1])), (p.k, g.kv_rows([1])), (p.v, g.kv_rows([1]))):
+                lin.weight[rows] = 0
+            p.o.weight[:, g.q_rows([1])] = 0
+    expected = logits(model, IDS)
+    monkeypatch.setattr(pruner, "kv_group_scores", lambda *args, **kw: torch.tensor([0.0, 1.0, 0.5]))
+    _, before = count_parameters(model)
+    sparsity = (a.num_layers * (88 * g.mlp_channel_params + g.kv_group_params) - 0.5) / before
+    prune(model, sparsity, data=calib(), method="uniform", importance="taylor", step=0.5, kv_loss_windows=windows,
+          **FAST)
+    assert a.describe()["num_kv_heads"] == [2] * a.num_layers
+    kept_silent = not torch.allclose(logits(model, IDS), expected, atol=1e-4)
+    assert kept_silent == (windows == 0)
+
+
+def test_kv_loss_windows_must_not_be_negative():
+    with pytest.raises(CompressError, match="kv_loss_windows must be an integer >= 0, got -1"):
+        PruneConfig(kv_loss_windows=-1)

@@ -394,3 +394,4 @@ def test_an_untied_head_is_counted_once_whether_the_embedding_unit_or_the_base_c
     # a head the base config converts leaves the table out of the choice (quantize cannot do both), with a note
     assert keep_head == ("embedding" in {c["kind"] for c in report.choices})
     assert keep_head or any("output head is quantised as a linear module" in n for n in report.notes)
+

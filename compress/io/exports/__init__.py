@@ -28,6 +28,7 @@ from compress.io.exports.gguf_file import GGUF_TYPES
 from compress.io.exports.report import ExportReport
 from compress.io.integrity import write_export_manifest
 from compress.io.outputs import input_paths
+from compress.packed import is_packed
 
 __all__ = ["EXPORT_FORMATS", "GGUF_TYPES", "ExportError", "ExportReport", "export", "export_problems"]
 
@@ -67,7 +68,7 @@ def export_problems(model: nn.Module, format: str, *, gguf_type: Optional[str] =
                 f"(or compress-lm quantize), then export"]
     if fmt == "gguf":
         return gguf_file.problems(model, gguf_type)
-    embeddings = [n for n, m in model.named_modules() if hasattr(m, "qdata")]
+    embeddings = [n for n, m in model.named_modules() if is_packed(m, "embedding")]
     if embeddings:
         return [f"{short_list(embeddings)} hold quantised embeddings, which the {fmt} format has no type for; export "
                 f"as gguf or native, or quantise without embeddings (--embeddings none)"]

@@ -31,6 +31,7 @@ from compress.io.exports.common import (
     write_model_files,
 )
 from compress.io.exports.hf import load_hint
+from compress.kernels.formats import TernaryFormat
 from compress.kernels.formats import unpack_ternary
 
 VALUES_PER_BYTE = 4
@@ -42,15 +43,15 @@ def problems(model: nn.Module) -> list[str]:
     if not packed:
         return ["the model has no ternary modules; quantise it first (compress-lm quantize MODEL --method ternary --a8), "
                 "or export float weights with --format hf"]
-    int4 = [n for n, m in packed.items() if m.method != "ternary"]
+    int4 = [n for n, m in packed.items() if not isinstance(m.format, TernaryFormat)]
     if int4:
         out.append(f"{short_list(int4)} hold int4 weights, which the BitNet format cannot store; "
                    f"export int4 models as gptq, compressed-tensors or gguf")
-    per_row = [n for n, m in packed.items() if m.method == "ternary" and m.scales.numel() != 1]
+    per_row = [n for n, m in packed.items() if isinstance(m.format, TernaryFormat) and m.scales.numel() != 1]
     if per_row:
         out.append(f"{short_list(per_row)} have one scale per output channel, but BitLinear holds one scale per "
                    f"tensor; quantise with per_channel=False")
-    odd = [n for n, m in packed.items() if m.method == "ternary" and m.out_features % VALUES_PER_BYTE]
+    odd = [n for n, m in packed.items() if isinstance(m.format, TernaryFormat) and m.out_features % VALUES_PER_BYTE]
     if odd:
         out.append(f"{short_list(odd)} have out_features not divisible by {VALUES_PER_BYTE}, which BitLinear's "
                    f"packed buffer needs; prune to widths that are multiples of 4")

@@ -19,6 +19,7 @@ from compress.errors import CompressError
 from compress.io import remote_code
 from compress.io.model_files import stored_state, write_model_dir
 from compress.io.state import unique_state
+from compress.packed import is_packed
 
 
 class ExportError(CompressError):
@@ -28,8 +29,8 @@ class ExportError(CompressError):
 # -- what the model holds ----------------------------------------------------
 
 def quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Name -> packed module (anything with a ``qweight`` buffer and ``describe()``), in model order."""
-    return {n: m for n, m in model.named_modules() if hasattr(m, "qweight") and callable(getattr(m, "describe", None))}
+    """Name -> packed linear module (``QuantLinear``), in model order."""
+    return {n: m for n, m in model.named_modules() if is_packed(m, "linear")}
 
 
 def float_dtype(model: nn.Module) -> torch.dtype:

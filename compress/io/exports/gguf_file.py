@@ -41,7 +41,8 @@ from compress.io.exports.common import (
     unique_state,
 )
 from compress.io.exports.gguf_vocab import add_tokenizer
-from compress.kernels.formats import unpack_int4, unpack_ternary
+from compress.kernels.formats import Int4Format, TernaryFormat, unpack_int4, unpack_ternary
+from compress.packed import is_packed
 
 GGUF_TYPES = ("f16", "q8_0", "q4_0", "q4_1", "tq2_0", "tq1_0", "mixed")
 _INT4_TYPES = ("q4_0", "q4_1")
@@ -51,10 +52,17 @@ _FILE_TYPE = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0",
               "tq2_0": "MOSTLY_TQ2_0", "tq1_0": "MOSTLY_TQ1_0"}
 
 
+def own_type(m: nn.Module) -> str:
+    """The GGUF type that stores a packed linear as it is: q4_0 / q4_1 for symmetric / asymmetric int4, else tq2_0."""
+    if isinstance(m.format, Int4Format):
+        return "q4_0" if m.symmetric else "q4_1"
+    return "tq2_0"
+
+
 def _kinds(model: nn.Module) -> set[str]:
-    """What the decoder layers' linears hold: 'int4-sym', 'int4-asym', 'ternary', 'float'."""
+    """What the decoder layers' linears hold: their own GGUF types (q4_0, q4_1, tq2_0) and 'float'."""
     packed = quantized_modules(model)
-    out = {("int4-sym" if m.symmetric else "int4-asym") if m.method == "int4" else "ternary" for m in packed.values()}
+    out = {own_type(m) for m in packed.values()}
     if packed and any(n not in packed for n in layer_linear_names(model)):
         out.add("float")
     return out
@@ -66,9 +74,9 @@ def default_type(model: nn.Module) -> str:
     if len(_kinds(model)) > 1:
         return MIXED
     packed = quantized_modules(model).values()
-    if any(m.method == "ternary" for m in packed):
+    if any(isinstance(m.format, TernaryFormat) for m in packed):
         return "tq2_0"
-    int4 = [m for m in packed if m.method == "int4"]
+    int4 = [m for m in packed if isinstance(m.format, Int4Format)]
     if int4:
         return "q4_0" if all(m.symmetric for m in int4) else "q4_1"
     return "f16"
@@ -83,7 +91,7 @@ def problems(model: nn.Module, gguf_type: Optional[str] = None) -> list[str]:
     if out:
         return out
     for name, m in model.named_modules():
-        if not hasattr(m, "qdata"):
+        if not is_packed(m, "embedding"):
             continue
         if m.group_size % gguf_blocks.QK or m.embedding_dim % gguf_blocks.QK:
             out.append(f"{name} is quantised in groups of {m.group_size} along rows of {m.embedding_dim}, which GGUF's "
@@ -95,8 +103,8 @@ def problems(model: nn.Module, gguf_type: Optional[str] = None) -> list[str]:
     if t not in GGUF_TYPES:
         return [f"GGUF type '{t}' is not one this exporter writes; use one of {', '.join(GGUF_TYPES)}"]
     packed = quantized_modules(model)
-    int4 = {n: m for n, m in packed.items() if m.method == "int4"}
-    ternary = {n: m for n, m in packed.items() if m.method == "ternary"}
+    int4 = {n: m for n, m in packed.items() if isinstance(m.format, Int4Format)}
+    ternary = {n: m for n, m in packed.items() if isinstance(m.format, TernaryFormat)}
     if t == MIXED:
         odd = [n for n, m in int4.items() if m.group_size % gguf_blocks.QK and m.group_size != m.in_features]
         if odd:
@@ -167,7 +175,7 @@ def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, gg
             raise NotImplementedError(f"{hf_module} has no GGUF tensor name in the '{arch}' architecture; "
                                       f"GGUF export does not cover this model layout yet.")
         perm = heads.get(hf_module)
-        if hasattr(item, "qdata"):
+        if is_packed(item, "embedding"):
             enc = _encode_embedding(item)
         elif isinstance(item, nn.Module):
             enc = _encode_packed(item, perm, t, hf_module, plan, float_type)
@@ -177,7 +185,7 @@ def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, gg
         plan.types[enc.ggml_type] = plan.types.get(enc.ggml_type, 0) + 1
         if enc.expected is not None:
             plan.expected[f"{hf_module}.{leaf}"] = enc.expected
-        weights = item.logical_numel() if hasattr(item, "qdata") else \
+        weights = item.logical_numel() if is_packed(item, "embedding") else \
             item.in_features * item.out_features if isinstance(item, nn.Module) else item.numel()
         written.add("layers" if hf_module in layers and leaf == "weight" else "other", enc.array.nbytes, weights)
     gguf_meta.add_general(writer, model, written.layer_weights + written.other_weights, arch, t)
@@ -212,7 +220,7 @@ def _jobs(tensors: dict[str, torch.Tensor], packed: dict[str, nn.Module], model:
     jobs = []
     for name, tensor in tensors.items():
         module, _, leaf = name.rpartition(".")
-        if leaf in ("qdata", "scales") and hasattr(model.get_submodule(module), "qdata"):  # a quantised embedding
+        if leaf in ("qdata", "scales") and is_packed(model.get_submodule(module), "embedding"):  # a quantised embedding
             if leaf == "qdata":
                 jobs.append((module, "weight", model.get_submodule(module)))
             continue
@@ -282,8 +290,8 @@ def _encode_packed(m: nn.Module, perm: Optional[torch.Tensor], t: str, name: str
     K = m.in_features
     whole_blocks = K % gguf_blocks.QK == 0
     if t == MIXED:  # the module's own type
-        t = ("q4_0" if m.symmetric else "q4_1") if m.method == "int4" else "tq2_0"
-    if m.method == "int4" and t in _INT4_TYPES and whole_blocks:
+        t = own_type(m)
+    if isinstance(m.format, Int4Format) and t in _INT4_TYPES and whole_blocks:
         codes = unpack_int4(m.qweight.cpu())
         scales = m.scales.detach().cpu()
         zeros = None if m.zeros is None else m.zeros.detach().cpu()
@@ -296,10 +304,10 @@ def _encode_packed(m: nn.Module, perm: Optional[torch.Tensor], t: str, name: str
         z = np.full_like(d, 8.0) if zeros is None else gguf_blocks.block_scales(zeros, m.group_size, K)
         mins = -z * d
         return _Encoded(gguf_blocks.q4_1(codes, d, mins), "Q4_1", _q4_expected(codes, d, mins, perm))
-    if m.method == "ternary" and t in _TERNARY_TYPES and K % gguf_blocks.QK_TERNARY == 0:
+    if isinstance(m.format, TernaryFormat) and t in _TERNARY_TYPES and K % gguf_blocks.QK_TERNARY == 0:
         qtype = getattr(gguf.GGMLQuantizationType, t.upper())
         return _Encoded(gguf.quants.quantize(wp.numpy(), qtype), t.upper(), _f16_scaled(w, m))
-    if m.method == "ternary" and t in (*_TERNARY_TYPES, *_INT4_TYPES) and whole_blocks:
+    if isinstance(m.format, TernaryFormat) and t in (*_TERNARY_TYPES, *_INT4_TYPES) and whole_blocks:
         codes = unpack_ternary(m.qweight.cpu()) + 7  # w + 8: Q4_0's offset, d = gamma
         gamma = m.scales.detach().cpu().to(torch.float32).reshape(-1).expand(m.out_features)
         if perm is not None:
@@ -310,7 +318,7 @@ def _encode_packed(m: nn.Module, perm: Optional[torch.Tensor], t: str, name: str
         return _Encoded(gguf_blocks.q4_0(codes, d), "Q4_0", _q4_expected(codes, d, None, perm))
     enc = _encode_float(w, perm, t, float_type)
     if t not in ("f16", "q8_0"):  # a packed module stored as floats (dequantised): exact for int4 with F32
-        exact = " (exact)" if m.method == "ternary" and gguf_blocks.exact_in_f16(m.scales) else ""
+        exact = " (exact)" if isinstance(m.format, TernaryFormat) and gguf_blocks.exact_in_f16(m.scales) else ""
         plan.fallbacks.setdefault(f"{enc.ggml_type}{exact}", []).append(name)
     return enc
 
@@ -361,8 +369,7 @@ def _metadata(writer: Any, model: nn.Module, arch: str, widths: dict[str, Any], 
     writer.add_rope_dimension_count(int(widths["head_dim"]))
     writer.add_vocab_size(int(widths["vocab_size"]))
     if t == MIXED:  # general.file_type names one type: the most common packed one (llama.cpp reads it as a label)
-        kinds = [("MOSTLY_Q4_0" if m.symmetric else "MOSTLY_Q4_1") if m.method == "int4" else "MOSTLY_TQ2_0"
-                 for m in quantized_modules(model).values()]
+        kinds = [_FILE_TYPE[own_type(m)] for m in quantized_modules(model).values()]
         file_type = max(set(kinds), key=kinds.count) if kinds else "MOSTLY_F16"
     else:
         file_type = _FILE_TYPE[t]

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from compress.io.exports.common import quantized_modules, short_list
+from compress.kernels.formats import Int4Format
 
 
 def int4_problems(model: nn.Module, fmt: str) -> list[str]:
@@ -14,11 +15,11 @@ def int4_problems(model: nn.Module, fmt: str) -> list[str]:
                 f"size and calibration for you), so quantise it first: compress-lm quantize MODEL --method int4 "
                 f"--group-size 128 [--gptq], then export the result as {fmt}"]
     out: list[str] = []
-    ternary = [n for n, m in packed.items() if m.method != "int4"]
+    ternary = [n for n, m in packed.items() if not isinstance(m.format, Int4Format)]
     if ternary:
         out.append(f"{short_list(ternary)} hold ternary weights, which {fmt} does not store; export ternary models "
                    f"as bitnet or gguf")
-    fractional = [n for n, m in packed.items() if m.method == "int4" and m.zeros is not None
+    fractional = [n for n, m in packed.items() if isinstance(m.format, Int4Format) and m.zeros is not None
                   and not m.zeros.is_meta and not torch.equal(m.zeros, m.zeros.round())]  # a meta skeleton cannot tell
     if fractional:
         out.append(f"{short_list(fractional)} have fractional zero points, which {fmt} cannot store; quantise "
@@ -27,7 +28,7 @@ def int4_problems(model: nn.Module, fmt: str) -> list[str]:
 
 
 def int4_modules(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in quantized_modules(model).items() if m.method == "int4"}
+    return {n: m for n, m in quantized_modules(model).items() if isinstance(m.format, Int4Format)}
 
 
 def zero_points(m: nn.Module) -> torch.Tensor:

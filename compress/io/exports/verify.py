@@ -44,6 +44,7 @@ from compress.io.exports import gguf_arch
 from compress.io.exports.base import Output
 from compress.io.exports.common import ExportError, quantized_modules
 from compress.io.storage import round_model_
+from compress.kernels.formats import TernaryFormat
 
 TOLERANCE = 1e-3  # relative to the largest |logit|
 SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog, and then it rests."
@@ -111,7 +112,7 @@ def reference_model(model: nn.Module, fmt: str, out: Output) -> nn.Module:
     _float32_rope(ref)
     packed = quantized_modules(ref)
     for name, m in packed.items():
-        if m.method != "ternary":
+        if not isinstance(m.format, TernaryFormat):
             continue
         if fmt == "bitnet":
             inverse = (1.0 / m.scales.detach().to(torch.float64).reshape(1)).to(torch.float32)  # as bitnet_state writes it

@@ -1,54 +1,7 @@
-"""Packed weight formats: the one storage layout per format, shared by every kernel.
+"""Bit layouts of the packed linear formats: packing, unpacking, dequantising, shape checks.
 
-Shape contract (the only place it is written down; W is an ``nn.Linear``
-weight of shape ``[N, K]`` = out_features x in_features):
-
-int4 (W4A16, group-wise)
-    ``qweight``  int32 ``[K // 8, N]``, N contiguous.  Nibble ``j`` (bits
-                 ``4j .. 4j+3``) of word ``[r, n]`` holds the unsigned code
-                 ``q[n, 8r + j]`` in ``0..15``.
-    ``scales``   float ``[ceil(K / G), N]`` (float16 by default; any float
-                 dtype is accepted).  Row ``g`` covers ``k`` in
-                 ``[gG, min((g+1)G, K))``: when G does not divide K the last
-                 group is partial (K = 576, G = 128: four groups of 128 and
-                 one of 64), as in GPTQ's checkpoint format.
-    ``zeros``    float ``[ceil(K / G), N]`` zero points in code units (usually
-                 integers 0..15, stored in the scales' dtype), or ``None`` for
-                 symmetric weights, which use the fixed offset 8.
-    dequant      ``w[n, k] = (q[n, k] - z[k // G, n]) * s[k // G, n]``,
-                 with ``z = 8`` when ``zeros is None``.
-    ``group_size`` G is a power of two >= 16 (32/64/128 are the usual ones)
-                 or ``G == K`` (per-channel; ``-1`` is accepted as a shorthand
-                 for K).  K must be a multiple of 8 (packing); G need not
-                 divide it, and a G larger than K is one partial group.
-
-ternary (W1.58, BitNet b1.58)
-    ``qweight``  int32 ``[K // 16, N]``, N contiguous.  2-bit field ``j``
-                 (bits ``2j .. 2j+1``) of word ``[r, n]`` holds the code
-                 ``c[n, 16r + j] = w + 1`` in ``{0, 1, 2}`` (3 is never written).
-    ``scale``    float ``[N]``, one scale per output channel; a per-tensor
-                 scale (0-d or ``[1]``) is broadcast to ``[N]`` by
-                 :func:`broadcast_ternary_scale`.
-    dequant      ``w[n, k] = (c[n, k] - 1) * scale[n]``.
-    K must be a multiple of 16.
-
-W1.58A8 (int8 activations, BitNet b1.58), as transformers' ``BitLinear`` computes it
-    ``inv``      float32 ``[M]``: ``127 / max(|x[m, :]|, 1e-5)`` per token, in float32.
-    ``x_q``      int8 ``[M, K]``: ``clamp(round_half_even(x * inv), -128, 127)``.
-    ``ws``       float32 ``[N]``: the weight scale ``1 / gamma``, divided in float64 and
-                 rounded once to float32 (what the ``bitnet`` export stores as ``weight_scale``).
-    output       ``y[m, n] = acc[m, n] / (ws[n] * inv[m])``, ``acc`` the exact integer dot
-                 ``sum_k x_q[m, k] * (c[n, k] - 1)``; one IEEE product, then one IEEE division,
-                 in this order (:func:`a8_rescale`).  Multiplying by ``1/inv`` and ``gamma``
-                 instead is the same maths but differs in the last bit for half the outputs,
-                 and the next layer's int8 rounding turns such bits into whole steps: the
-                 reference, QAT and the Triton kernel all go through these helpers so the
-                 exported model computes what was evaluated.
-
-Words are filled from the least significant bits, so the sign bit of an int32
-word holds the top bits of the last element; kernels mask after the (arithmetic)
-shift, which makes the sign harmless.  This is GemLite's layout (packed along
-K, N contiguous), so one tensor serves GEMV, split-K and GEMM alike.
+The contract is written once, in :mod:`compress.kernels.formats`; the format
+classes (:mod:`compress.kernels.formats.linear`) are built on these functions.
 """
 from __future__ import annotations
 
@@ -68,7 +21,8 @@ __all__ = [
     "broadcast_ternary_scale",
     "resolve_group_size",
     "int4_num_groups",
-    "shape_problem",
+    "k_problem",
+    "int4_group_problem",
     "check_int4",
     "check_ternary",
     "A8_QMAX",
@@ -83,28 +37,25 @@ TERNARY_PER_WORD = 16
 
 # --------------------------------------------------------------------------- checks
 
-def shape_problem(fmt: str, N: int, K: int, group_size: Optional[int] = 128) -> Optional[str]:
-    """Return why a ``[N, K]`` weight cannot use ``fmt`` ("int4" or "ternary"), or None if it can.
-
-    Quantisers call this for every layer before touching a weight, so one
-    message can list every offending module.
-    """
-    if fmt not in ("int4", "ternary"):
-        return f"unknown packed format {fmt!r}; use 'int4' or 'ternary'."
-    multiple = INT4_PER_WORD if fmt == "int4" else TERNARY_PER_WORD
-    if K <= 0 or K % multiple:
-        padded = ((max(K, 1) + multiple - 1) // multiple) * multiple
+def k_problem(fmt: str, per_word: int, N: int, K: int) -> Optional[str]:
+    """Why ``K`` cannot be packed ``per_word`` codes to an int32 word (None if it can)."""
+    if K <= 0 or K % per_word:
+        padded = ((max(K, 1) + per_word - 1) // per_word) * per_word
         return (
             f"{fmt} weight of shape [{N}, {K}] cannot be packed: in_features K={K} must be a "
-            f"positive multiple of {multiple}; pad K to {padded} or leave this layer unquantised."
+            f"positive multiple of {per_word}; pad K to {padded} or leave this layer unquantised."
         )
-    if fmt == "int4":
-        G = K if group_size in (-1, 0, None) else int(group_size)
-        if G != K and (G < 16 or G & (G - 1)):
-            return (
-                f"int4 weight of shape [{N}, {K}] cannot use group size {group_size}: use a power "
-                f"of two >= 16 (32, 64 or 128; the last group may be partial), or -1 for one group per channel."
-            )
+    return None
+
+
+def int4_group_problem(N: int, K: int, group_size: Optional[int]) -> Optional[str]:
+    """Why ``group_size`` cannot serve an int4 ``[N, K]`` weight (None if it can)."""
+    G = K if group_size in (-1, 0, None) else int(group_size)
+    if G != K and (G < 16 or G & (G - 1)):
+        return (
+            f"int4 weight of shape [{N}, {K}] cannot use group size {group_size}: use a power "
+            f"of two >= 16 (32, 64 or 128; the last group may be partial), or -1 for one group per channel."
+        )
     return None
 
 
@@ -115,14 +66,14 @@ def int4_num_groups(K: int, group_size: int) -> int:
 
 def resolve_group_size(group_size: Optional[int], K: int, N: int = -1) -> int:
     """Return the effective int4 group size (``-1``, ``0`` or None mean per-channel, G = K)."""
-    problem = shape_problem("int4", N, K, group_size)
+    problem = k_problem("int4", INT4_PER_WORD, N, K) or int4_group_problem(N, K, group_size)
     if problem:
         raise ValueError(problem)
     return K if group_size in (-1, 0, None) else int(group_size)
 
 
-def _check_k(fmt: str, N: int, K: int) -> None:
-    problem = shape_problem(fmt, N, K, group_size=-1)  # group size is checked with the scales
+def _check_k(fmt: str, per_word: int, N: int, K: int) -> None:
+    problem = k_problem(fmt, per_word, N, K)  # the group size is checked with the scales
     if problem:
         raise ValueError(problem)
 
@@ -224,7 +175,7 @@ def _check_codes(q: torch.Tensor, hi: int, fmt: str) -> None:
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """Pack unsigned 4-bit codes ``q[N, K]`` (0..15) into int32 ``qweight[K/8, N]``."""
     _check_codes(q, 15, "int4")
-    _check_k("int4", q.shape[0], q.shape[1])
+    _check_k("int4", INT4_PER_WORD, q.shape[0], q.shape[1])
     return _pack(q, 4)
 
 
@@ -247,7 +198,7 @@ def pack_ternary(codes: torch.Tensor) -> torch.Tensor:
     off-by-one never silently packs.
     """
     _check_codes(codes, 2, "ternary")
-    _check_k("ternary", codes.shape[0], codes.shape[1])
+    _check_k("ternary", TERNARY_PER_WORD, codes.shape[0], codes.shape[1])
     return _pack(codes, 2)
 
 
