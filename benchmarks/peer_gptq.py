@@ -16,9 +16,12 @@ Rows: original; our RTN (symmetric; and float zero points); our GPTQ as the
 default recipe runs it (GPTAQ, float zero points); our GPTQ symmetric (the
 W4A16 scheme); our GPTQ with integer zero points (the W4A16_ASYM scheme);
 llm-compressor W4A16 and W4A16_ASYM (GPTQModifier, dampening 0.01, its default
-static activation order, lm_head left out).  The JSON is rewritten after every
-row, so an interrupted run keeps what it measured; ``--reuse`` takes children's
-results already in ``--work-dir``.
+static activation order, lm_head left out); on request (``--rows``) plain
+symmetric GPTQ without GPTAQ (``sym-plain``), bitsandbytes NF4 and HQQ.  The
+JSON is rewritten after every row, so an interrupted run keeps what it
+measured; ``--reuse`` takes children's results already in ``--work-dir``,
+``--append`` adds rows to an earlier run's JSON, ``--from-json`` redoes its
+table and PNG.
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/peer_gptq.py --group-size 64    # -> results/peer_gptq_g64.{json,png}
     python benchmarks/peer_gptq.py --quick --output /tmp/peer_quick                 # smoke test, a few minutes
