@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from compress.arch import Adapter, LayerParts, adapter_for
 from compress.errors import CompressError, ConfigError
+from compress.output_kl import KLProbe
 from compress.pruning import allocation as alloc
 from compress.pruning.calibrate import Calibration, calibrate, calibration_rows, check_in_vocabulary, sample_windows
 from compress.pruning.config import PruneConfig
@@ -293,36 +294,26 @@ class _Pruning:
         return (self.cfg.kv_loss_windows > 0 and self.cfg.importance != "magnitude"
                 and self.last_windows is not None and self.adapter.spec.causal)
 
-    @torch.no_grad()
     def kv_removal_losses(self, i: int) -> torch.Tensor:
         """Each kv group's score: how far the model's next-token distributions move (KL, nats per token) on
         the latest calibration windows when the group's heads are cut out of ``o`` (an exact removal: heads
         reach the output only through their columns of ``o``).  A silent group scores 0."""
         parts = self.adapter.layer(i)
         g = layer_groups(parts)
-        o = parts.o.weight
+        o = parts.o.weight.detach()
         ids = self.last_windows.to(self.adapter.embed.weight.device)
         was_training = self.model.training
         self.model.eval()
-        kl = torch.zeros(g.num_kv_heads, dtype=torch.float64)
         try:
-            for batch in ids.split(self.cfg.batch_size):
-                base = self._log_probs(batch)
-                for group in range(g.num_kv_heads):
-                    cols = g.q_rows([group]).to(o.device)
-                    saved = o[:, cols].clone()
-                    o[:, cols] = 0
-                    try:
-                        cut = self._log_probs(batch)
-                    finally:
-                        o[:, cols] = saved
-                    kl[group] += float((base.exp() * (base - cut)).sum())
+            probe = KLProbe(self.model, self.adapter, ids.split(self.cfg.batch_size))
+            kl = []
+            for group in range(g.num_kv_heads):
+                cut = o.clone()
+                cut[:, g.q_rows([group]).to(o.device)] = 0
+                kl.append(probe.error(i, [(parts.o, cut)]))
         finally:
             self.model.train(was_training)
-        return kl / ids.numel()
-
-    def _log_probs(self, batch: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.model(input_ids=batch, use_cache=False).logits.float(), dim=-1)
+        return torch.tensor(kl, dtype=torch.float64)
 
     def note_granularity(self, budgets: list[alloc.LayerBudget], widths: list[alloc.Widths]) -> None:
         rows = list(zip(self.active, budgets, widths))

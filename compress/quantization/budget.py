@@ -22,7 +22,7 @@ Steps (``plan_budget``), all before any weight changes:
    projection under each format (``target_metric``, round-to-nearest,
    ``target_sequences`` calibration windows).  The embedding formats are
    measured as the KL of the model's output distributions to the original's
-   with the table swapped (``compress.sensitivity.probes.KLProbe``).  To add
+   with the table swapped (``compress.output_kl.KLProbe``).  To add
    them up, the probe's errors are put on the KL scale: KL grows with the
    square of a small weight perturbation, so a projection's predicted KL is
    ``a_f * error**2``, with ``a_f`` fitted once per format f: the KL of
@@ -431,7 +431,7 @@ def _measure(model: nn.Module, config: QuantConfig, data: Any, units: list[Unit]
     from compress.quantization.quantizers import fake_quantize
     from compress.sensitivity import SensitivityConfig, measure_sensitivity
     from compress.sensitivity.measure import calibration_windows
-    from compress.sensitivity.probes import KLProbe
+    from compress.output_kl import KLProbe
 
     if data is None:
         raise QuantError("A size budget measures each module's error on calibration text: pass data= (token ids "
