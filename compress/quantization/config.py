@@ -41,8 +41,8 @@ class QuantError(CompressError):
 # The fields of the two configs, in the order of the flat form (``to_dict``, positional arguments, manifests).
 FIELD_ORDER = (
     "method", "scale", "per_channel", "activations", "group_size", "symmetric", "zero_point", "gptq", "damp",
-    "act_order", "clip_search", "gptaq", "gptaq_alpha", "block_size", "true_sequential", "calibration_batch_size",
-    "calibration_sequences", "scale_dtype", "embeddings", "embedding_group_size", "modules_to_not_convert",
+    "act_order", "clip_search", "gptaq", "gptaq_alpha", "group_refit", "block_size", "true_sequential",
+    "calibration_batch_size", "calibration_sequences", "scale_dtype", "embeddings", "embedding_group_size", "modules_to_not_convert",
     "overrides", "target_size", "target_formats", "target_metric", "target_sequences", "progress",
 )
 
@@ -330,7 +330,7 @@ class Int4Config(QuantConfig):
 
     _own: ClassVar[tuple[str, ...]] = (
         "group_size", "symmetric", "zero_point", "gptq", "damp", "act_order", "clip_search", "gptaq", "gptaq_alpha",
-        "block_size", "true_sequential", "calibration_batch_size", "calibration_sequences",
+        "group_refit", "block_size", "true_sequential", "calibration_batch_size", "calibration_sequences",
     )
 
     method: str = "int4"
@@ -343,6 +343,7 @@ class Int4Config(QuantConfig):
     clip_search: bool = True
     gptaq: bool = True
     gptaq_alpha: float = 0.25
+    group_refit: bool = True
     block_size: int = 128
     true_sequential: bool = True
     calibration_batch_size: int = 4
@@ -393,7 +394,7 @@ def _check_group_size(g: Any) -> None:
 
 _QUANTISER_FIELDS = {
     "method", "scale", "per_channel", "activations", "group_size", "symmetric", "zero_point", "gptq",
-    "damp", "act_order", "clip_search", "block_size", "scale_dtype", "gptaq", "gptaq_alpha",
+    "damp", "act_order", "clip_search", "block_size", "scale_dtype", "gptaq", "gptaq_alpha", "group_refit",
 }
 
 SHORTHANDS: dict[str, dict[str, Any]] = {

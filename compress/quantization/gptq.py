@@ -114,6 +114,8 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, overwri
     hdiag = H.diagonal().clone() if cfg.clip_search else None
     search = {"clip_search": cfg.clip_search}
 
+    # The refit needs the objective after the loop: the weights, undamped Hessian and drift in column order.
+    refit = (W, H if cfg.act_order else H.clone(), drift) if cfg.group_refit else None
     n_groups, dev = num_groups(K, G), W.device
     float_zero = cfg.zero_point == "float"
     scales = torch.empty(n_groups, N, device=dev)
@@ -153,12 +155,17 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, overwri
     codes = codes.t()
     if perm is not None:
         codes = codes[:, torch.argsort(perm)]
-    return Int4Weights(
+    q = Int4Weights(
         codes=codes.to(torch.uint8).contiguous(),
         scales=scales.to(dtype),
         zeros=None if zeros is None else zeros.to(dtype),
         group_size=G,
     )
+    if refit is not None:
+        W0, H0, D0 = refit
+        with _one_cpu_thread(dev):
+            q = refit_group_params(W0, H0, q, drift=D0, alpha=cfg.gptaq_alpha, float_zero=float_zero, dtype=dtype)
+    return q
 
 
 @contextmanager
@@ -206,3 +213,87 @@ def _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, param_a
         Wt[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1.0)
         if P is not None:  # W1's rows now hold the dequantised columns, as in the reference
             Wt[i2:].addmm_(P[i1:i2, i2:].t(), W1)
+
+
+def refit_group_params(w: torch.Tensor, H: torch.Tensor, q: Int4Weights, *, drift: torch.Tensor | None = None,
+                       alpha: float = 1.0, float_zero: bool = False, dtype: torch.dtype = torch.float16) -> Int4Weights:
+    """Least-squares scales (and float zero points) for ``q``'s fixed codes under GPTQ's own objective.
+
+    With the codes fixed, the dequantised weight is linear in each group's
+    parameters: ``Q[n, k] = a[g, n] * c[n, k] + b[g, n]`` (a = scale, b =
+    -scale * zero).  For each output row the parameters of all its groups are
+    solved jointly to minimise ``(W_n - Q_n) H (W_n - Q_n)^T`` (the layer's
+    output error on the calibration inputs; with GPTAQ's ``drift`` the target
+    is the original layer's output, its cross term scaled by ``alpha``).
+    Symmetric weights and integer zero points keep their zero points and refit
+    the scales only.  A row keeps its old parameters unless the new ones,
+    rounded to ``dtype``, lower that error (and its scales stay positive), so
+    the refit never makes a row worse.
+    """
+    N, K = q.codes.shape
+    if tuple(w.shape) != (N, K):
+        raise QuantError(f"the weight is {tuple(w.shape)} but the codes are {(N, K)}; refit the weight they were "
+                         f"quantised from.")
+    if tuple(H.shape) != (K, K):
+        raise QuantError(f"the Hessian is {tuple(H.shape)} but the weight has {K} inputs; pass its {K} x {K} "
+                         f"input Hessian.")
+    G = q.group_size
+    n = num_groups(K, G)
+    Kp = n * G
+    W = w.detach().to(torch.float32)
+    H = H.to(torch.float32)
+    float_zero = float_zero and q.zeros is not None
+    dev = W.device
+    old_s = q.scales.to(torch.float32)  # [n, N]
+    z = torch.full_like(old_s, 8.0) if q.zeros is None else q.zeros.to(torch.float32)
+    C = q.codes.to(torch.float32)
+    if not float_zero:  # scale only: Q = a * (c - z)
+        C = C - z.t().repeat_interleave(G, dim=1)[:, :K]
+    V = W @ H  # the target's cross term, row n: H W_n^T (+ alpha D^T W_n^T)
+    if drift is not None:
+        V.add_(W @ drift.to(torch.float32), alpha=alpha)
+
+    def seg(x: torch.Tensor) -> torch.Tensor:  # [..., K] -> per-group sums [..., n]
+        return torch.nn.functional.pad(x, (0, Kp - K)).reshape(*x.shape[:-1], n, G).sum(-1)
+
+    m = 2 * n if float_zero else n
+    M = torch.zeros(N, m, m, device=dev)
+    r = torch.zeros(N, m, device=dev)
+    r[:, :n] = seg(C * V)
+    for g in range(n):
+        cols = slice(g * G, min((g + 1) * G, K))
+        Y = C[:, cols] @ H[cols]  # [N, K]: sum over k in g of c[n, k] H[k, :]
+        M[:, g, :n] = seg(Y * C)
+        if float_zero:
+            M[:, g, n:] = seg(Y)
+    if float_zero:
+        M[:, n:, :n] = M[:, :n, n:].transpose(1, 2)
+        Hs = seg(seg(H).t())  # [n, n] block sums of H (symmetric)
+        M[:, n:, n:] = Hs
+        r[:, n:] = seg(V)
+
+    def theta(s: torch.Tensor, zz: torch.Tensor) -> torch.Tensor:
+        return torch.cat([s.t(), (-s * zz).t()], dim=1) if float_zero else s.t()
+
+    def loss(t: torch.Tensor) -> torch.Tensor:  # up to a constant, per row
+        return (t[:, None, :] @ M @ t[:, :, None]).reshape(N) - 2 * (t * r).sum(1)
+
+    ridge = 1e-6 * M.diagonal(dim1=1, dim2=2).abs().mean(1).clamp(min=1e-30)
+    A = M + ridge[:, None, None] * torch.eye(m, device=dev)
+    sol, info = torch.linalg.solve_ex(A, r[:, :, None])
+    sol = sol[:, :, 0]
+    new_s = _stored_as(sol[:, :n].t(), dtype)
+    if float_zero:
+        new_z = (-sol[:, n:].t() / new_s).to(dtype).to(torch.float32)
+    else:
+        new_z = z
+    ok = (info == 0) & (sol[:, :n] > 0).all(1) & torch.isfinite(sol).all(1)
+    better = ok & (loss(theta(new_s, new_z)) < loss(theta(old_s, z)))
+    scales = torch.where(better[None, :], new_s, old_s)
+    zeros = None if q.zeros is None else torch.where(better[None, :], new_z, z) if float_zero else q.zeros
+    return Int4Weights(codes=q.codes, scales=scales.to(q.scales.dtype),
+                       zeros=None if zeros is None else zeros.to(q.zeros.dtype), group_size=G)
+
+
+def _stored_as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return x.to(torch.float32).clamp(min=torch.finfo(dtype).tiny).to(dtype).to(torch.float32)
