@@ -37,7 +37,9 @@ from compress.quantization.quantizers import (
     num_groups,
 )
 
-_DAMP_RETRIES = 4  # each retry multiplies damping by 10
+_DAMP_RETRIES = 4
+REFIT_DAMP = 0.0
+REFIT_PASSES = 1  # each retry multiplies damping by 10
 
 
 def accumulate_hessian(H: torch.Tensor, count: int, x: torch.Tensor) -> int:
@@ -91,7 +93,7 @@ def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
 
 
 def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, overwrite_hessian: bool = False,
-                  drift: torch.Tensor | None = None) -> Int4Weights:
+                  drift: torch.Tensor | None = None, _params=None) -> Int4Weights:
     """GPTQ-quantise ``w[N, K]`` given the input Hessian ``H[K, K]``; returns codes in original column order.
 
     ``overwrite_hessian``: work in ``H`` itself instead of a copy (the layer-by-layer
@@ -125,6 +127,11 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, overwri
         # static groups: parameters from the weights before any compensation
         for g in range(n_groups):
             cols = slice(g * G, (g + 1) * G)
+            if _params is not None:
+                scales[g] = _params[0][g].float()
+                if zeros is not None:
+                    zeros[g] = _params[1][g].float()
+                continue
             scales[g], z = int4_params(W[:, cols], cfg.symmetric, dtype, float_zero, **search,
                                        weight=None if hdiag is None else hdiag[cols])
             if zeros is not None:
@@ -164,7 +171,11 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, overwri
     if refit is not None:
         W0, H0, D0 = refit
         with _one_cpu_thread(dev):
-            q = refit_group_params(W0, H0, q, drift=D0, alpha=cfg.gptaq_alpha, float_zero=float_zero, dtype=dtype)
+            q = refit_group_params(W0, H0, q, drift=D0, alpha=cfg.gptaq_alpha, float_zero=float_zero, dtype=dtype,
+                                   damp=REFIT_DAMP)
+        if REFIT_PASSES > 1 and _params is None and cfg.act_order:
+            for _ in range(REFIT_PASSES - 1):
+                q = gptq_quantize(W0, H0, cfg, drift=D0, _params=(q.scales, q.zeros))
     return q
 
 
@@ -216,7 +227,8 @@ def _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, param_a
 
 
 def refit_group_params(w: torch.Tensor, H: torch.Tensor, q: Int4Weights, *, drift: torch.Tensor | None = None,
-                       alpha: float = 1.0, float_zero: bool = False, dtype: torch.dtype = torch.float16) -> Int4Weights:
+                       alpha: float = 1.0, float_zero: bool = False, dtype: torch.dtype = torch.float16,
+                       damp: float = 0.0) -> Int4Weights:
     """Least-squares scales (and float zero points) for ``q``'s fixed codes under GPTQ's own objective.
 
     With the codes fixed, the dequantised weight is linear in each group's
@@ -242,6 +254,8 @@ def refit_group_params(w: torch.Tensor, H: torch.Tensor, q: Int4Weights, *, drif
     Kp = n * G
     W = w.detach().to(torch.float32)
     H = H.to(torch.float32)
+    if damp:
+        H = H + damp * H.diagonal().mean() * torch.eye(K, device=H.device)
     float_zero = float_zero and q.zeros is not None
     dev = W.device
     old_s = q.scales.to(torch.float32)  # [n, N]
