@@ -1,9 +1,8 @@
 """Layer-by-layer GPTQ: capture each decoder layer's inputs, quantise, feed the result on.
 
 Peak memory is the model plus one layer's working set (its inputs for all
-calibration batches and the Hessians of the stage being quantised).  Each
-stage's Hessian pass stops inside the layer once the stage's modules have seen
-their inputs.
+calibration batches, the Hessians of the stage being quantised, and the
+outputs of the layer's attention and MLP blocks kept for later passes).
 
 Capture without exceptions: every layer's ``forward`` is replaced for one pass
 of the backbone by a recorder that stores the call and hands its input
@@ -12,9 +11,18 @@ runs.  The keyword arguments the backbone builds per layer (masks, rotary
 embeddings; they differ per layer type in Gemma3) are kept per layer; the
 hidden states are then computed for real, one quantised layer after another.
 
+A layer is quantised in stages (q/k/v, o, MLP inputs, MLP output), each stage
+on the inputs left by the ones before, so the layer is run once per stage.
+Three things keep that close to one run: each stage's pass stops once its
+modules have seen their inputs; the output of a block (attention, MLP) whose
+weights are final is kept per batch and reused by later passes
+(``_BlockMemo``); and modules fed the same tensor (q/k/v, gate/up) share one
+input product and are recorded together, so a pass stops before the others run.
+
 GPTAQ targets also need the original model's inputs to each module: a second
 stream of hidden states runs through a copy of each layer as it was before
-quantisation, batch by batch beside the quantised one.
+quantisation, batch by batch beside the quantised one.  Nothing in that copy
+changes, so each of its blocks runs about once per batch.
 """
 from __future__ import annotations
 
@@ -28,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from compress.arch import Adapter
-from compress.quantization.gptq import accumulate_drift, accumulate_hessian, gptq_quantize
+from compress.quantization.gptq import PreparedHessian, fold_product, gptq_quantize, input_product, prepare_hessian
 from compress.quantization.memory import release_freed_memory
 from compress.quantization.plan import Target, set_module
 from compress.quantization.quantizers import Quantised
@@ -107,20 +115,107 @@ class _StageInputsSeen(Exception):
     """Raised inside a layer once every module of the stage has seen its input: the rest of the layer is not needed."""
 
 
+def _block_of(layer_relative: str) -> str | None:
+    """The layer's direct child holding a module (attention, MLP), or None for a direct child itself."""
+    head, dot, _ = layer_relative.partition(".")
+    return head if dot else None
+
+
+class _BlockMemo:
+    """Per-batch outputs of a layer's sub-blocks (attention, MLP) that can no longer change.
+
+    A sub-block is final once every target in it is quantised (or from the start,
+    for the copy of the layer as it was).  Its input comes from earlier parts of
+    the layer, final too, so its output on batch b is the same on every later
+    pass over the layer: later passes take it from here instead of running
+    attention or the MLP again.  A block whose inputs are recorded this pass
+    (``needed``) always runs.  The first reuse of each block is checked against a
+    real run; a mismatch turns the memo off for that block (same result, slower).
+    """
+
+    def __init__(self, layer: nn.Module, names: set[str], final: bool = False) -> None:
+        self.batch = 0
+        self.recording = True  # off for the last pass over a layer: nothing reads its outputs again
+        self.needed: set[str] = set()
+        self.final: set[str] = set(names) if final else set()
+        self._outputs: dict[tuple[str, int], Any] = {}
+        self._checked: set[str] = set()
+        self._off: set[str] = set()
+        self._blocks = {name: layer.get_submodule(name) for name in names}
+        self._before = {name: block.__dict__.get("forward") for name, block in self._blocks.items()}
+        for name, block in self._blocks.items():
+            block.forward = self._wrap(name, block.forward)  # instance attribute, removed by close()
+
+    def _wrap(self, name: str, real: Callable) -> Callable:
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            key = (name, self.batch)
+            usable = name in self.final and name not in self._off
+            if usable and name not in self.needed and key in self._outputs:
+                if name in self._checked:
+                    return _cloned(self._outputs[key])
+                out = real(*args, **kwargs)
+                self._checked.add(name)
+                if not _same(out, self._outputs[key]):
+                    self._off.add(name)
+                    self._outputs = {k: v for k, v in self._outputs.items() if k[0] != name}
+                return out
+            out = real(*args, **kwargs)
+            if usable and self.recording:
+                self._outputs[key] = _cloned(out)
+            return out
+
+        return forward
+
+    def close(self) -> None:
+        """Put the blocks' own ``forward`` back and drop the kept outputs (twice is harmless)."""
+        for name, block in self._blocks.items():
+            if self._before[name] is None:
+                block.__dict__.pop("forward", None)
+            else:
+                block.forward = self._before[name]
+        self._outputs.clear()
+
+
+def _cloned(out: Any) -> Any:
+    """A copy of a block's output (a tensor, or a tuple holding tensors and None): layers may add to it in place."""
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, (tuple, list)):
+        return type(out)(_cloned(o) for o in out)
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and torch.allclose(a, b, rtol=1e-5, atol=1e-6))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a is b or a == b
+
+
 @torch.no_grad()
 def _input_statistics(
     layer: nn.Module, stage: list[Target], hidden: list[torch.Tensor], calls: list[LayerCall], stop_early: bool = True,
     original: nn.Module | None = None, fp_hidden: list[torch.Tensor] | None = None,
+    memo: _BlockMemo | None = None, fp_memo: _BlockMemo | None = None, needed_later: frozenset = frozenset(),
+    fp_advance: bool = False,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Input Hessians of the stage's GPTQ targets over every calibration batch, and GPTAQ's drift dXX^T.
 
     With ``stop_early`` each pass ends as soon as the last of these modules has
-    been called (q/k/v need only the input norm, o_proj the attention): about
-    half the compute of running the whole layer once per stage.  With
+    been called (q/k/v need only the input norm, o_proj the attention).  With
     ``original`` (the layer before quantisation) and ``fp_hidden`` (the
     original model's hidden states), each batch first runs ``original`` to
     record what its modules see, for the drift of the targets that ask for
-    GPTAQ; without them the drift dict is empty.
+    GPTAQ; without them the drift dict is empty.  ``memo`` / ``fp_memo``: the
+    two layers' ``_BlockMemo``; the original's pass then ends after the whole
+    block of its last module, so the block's output is kept, unless a later
+    stage records inputs inside that block again (``needed_later``: block names).
+    ``fp_advance`` (the layer's last stage): the original's pass runs to the
+    layer's end and its output replaces ``fp_hidden`` batch by batch.
+    Modules fed the same tensor (q/k/v, gate/up) share one input product per batch
+    and, after the first batch, are recorded together when the first of them is called.
     """
     wanted = [t for t in stage if t.config.gptq]
     drifting = [t for t in wanted if t.config.gptaq] if original is not None else []
@@ -132,43 +227,127 @@ def _input_statistics(
     drift = {t.name: zeros(t) for t in drifting}
     fp_inputs: dict[str, torch.Tensor] = {}
     seen: set[str] = set()
+    products: dict[tuple, tuple] = {}  # this batch's input products, by the identity of the tensors they came from
+
+    def product(x: torch.Tensor, x_fp: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+        key = (id(x), None if x_fp is None else id(x_fp))
+        if key not in products:  # the tensors stay referenced here, so their ids cannot be reused this batch
+            products[key] = (x, x_fp, *input_product(x, x_fp))
+        return products[key][2:]
+
+    path = {id(m): n for n, m in layer.named_modules()}
+    block = {t.name: _block_of(path[id(t.module)]) for t in wanted}
+    # The original's pass may finish the block it is in (its output is then memoised for later passes).
+    finish_block = {t.name: fp_memo is not None and block[t.name] is not None and block[t.name] not in needed_later
+                    for t in drifting}
+
+    # Targets fed the very tensor an earlier target got (q/k/v, gate/up) are learnt on the first batch; on
+    # later batches the first of them records the whole group, so a pass can stop before the others run.
+    first_batch = [True]
+    group_of: dict[str, dict[str, list[str]]] = {"fp": {}, "q": {}}
+    this_batch: dict[str, dict[str, torch.Tensor]] = {"fp": {}, "q": {}}
+
+    def group(stream: str, name: str, x: torch.Tensor, done: Any) -> list[str]:
+        if first_batch[0]:
+            lead = next((n for n, t in this_batch[stream].items() if t is x), None)
+            this_batch[stream][name] = x
+            if lead is not None:
+                group_of[stream].setdefault(lead, [lead]).append(name)
+            return [name]
+        return [n for n in group_of[stream].get(name, [name]) if n not in done]
 
     def record(name: str) -> Callable:
         def pre_hook(module: nn.Module, args: tuple) -> None:
-            fp_inputs[name] = args[0].detach()
-            if stop_early and len(fp_inputs) == len(drift):
+            if name in fp_inputs:  # recorded with the first of its group
+                return
+            for n in group("fp", name, args[0], fp_inputs):
+                fp_inputs[n] = args[0]
+            if stop_early and not fp_advance and len(fp_inputs) == len(drift) and not finish_block[name]:
                 raise _StageInputsSeen
 
         return pre_hook
 
+    def block_done(module: nn.Module, args: tuple, out: Any) -> None:
+        if stop_early and not fp_advance and len(fp_inputs) == len(drift):
+            raise _StageInputsSeen
+
     def hook(name: str) -> Callable:
         def pre_hook(module: nn.Module, args: tuple) -> None:
-            stats[name][1] = accumulate_hessian(stats[name][0], stats[name][1], args[0])
-            if name in drift:
-                drift[name][1] = accumulate_drift(drift[name][0], drift[name][1], fp_inputs[name], args[0])
-            seen.add(name)
+            if name in seen:
+                return
+            for n in group("q", name, args[0], seen):
+                stats[n][1] = fold_product(stats[n][0], stats[n][1], *product(args[0]))
+                if n in drift:
+                    drift[n][1] = fold_product(drift[n][0], drift[n][1], *product(args[0], fp_inputs[n]))
+                seen.add(n)
             if stop_early and len(seen) == len(stats):
                 raise _StageInputsSeen
 
         return pre_hook
 
-    path = {id(m): n for n, m in layer.named_modules()}
     handles = [original.get_submodule(path[id(t.module)]).register_forward_pre_hook(record(t.name)) for t in drifting]
+    handles += [original.get_submodule(b).register_forward_hook(block_done)
+                for b in {block[t.name] for t in drifting if finish_block[t.name]}]
     handles += [t.module.register_forward_pre_hook(hook(t.name)) for t in wanted]
+    if memo is not None:
+        memo.needed = {block[t.name] for t in wanted} - {None}
+    if fp_memo is not None:
+        fp_memo.needed = {block[t.name] for t in drifting if not finish_block[t.name]} - {None}
+        recording = fp_memo.recording
+        fp_memo.recording = recording and not fp_advance  # nothing reads the original's blocks after its last pass
     try:
         if wanted:
-            for h, fp_h, call in zip(hidden, fp_hidden if drifting else hidden, calls):
+            for b, (h, fp_h, call) in enumerate(zip(hidden, fp_hidden if drifting else hidden, calls)):
                 seen.clear()
                 fp_inputs.clear()
+                products.clear()
+                for m in (memo, fp_memo):
+                    if m is not None:
+                        m.batch = b
+                advanced = None
                 for module, states in ((original, fp_h), (layer, h)) if drifting else ((layer, h),):
                     try:
-                        call.run(module, states)
+                        out = call.run(module, states)
+                        if module is original and fp_advance:
+                            advanced = out
                     except _StageInputsSeen:
                         pass
+                if advanced is not None:  # after the quantised pass, which may read tensors recorded from fp_h
+                    fp_h.copy_(advanced)
+                first_batch[0] = False
+                this_batch["fp"].clear()
+                this_batch["q"].clear()
     finally:
         for handle in handles:
             handle.remove()
+        products.clear()
+        for m in (memo, fp_memo):
+            if m is not None:
+                m.needed = set()
+        if fp_memo is not None:
+            fp_memo.recording = recording
     return {name: H for name, (H, _) in stats.items()}, {name: D for name, (D, _) in drift.items()}
+
+
+def _prepared_groups(stage: list[Target], H: dict[str, torch.Tensor], drift: dict[str, torch.Tensor]) -> dict[str, str]:
+    """For each GPTQ target, the first target of the stage with equal statistics and settings (q/k/v, gate/up):
+    they share one Hessian preparation (damped inverse, order, GPTAQ's P)."""
+    first: dict[str, str] = {}
+    leaders: list[Target] = []
+    for t in stage:
+        if t.name not in H:
+            continue
+        for lead in leaders:
+            same_drift = (t.name in drift) == (lead.name in drift) and (
+                t.name not in drift or torch.equal(drift[t.name], drift[lead.name]))
+            if (PreparedHessian.settings_of(t.config) == PreparedHessian.settings_of(lead.config) and same_drift
+                    and torch.equal(H[t.name], H[lead.name])):
+                first[t.name] = lead.name
+                break
+        else:
+            leaders.append(t)
+            first[t.name] = t.name
+    return first
 
 
 def quantize_sequential(
@@ -195,26 +374,58 @@ def quantize_sequential(
     for i in bar:
         layer, packed = adapter.layers[i], []
         original = copy.deepcopy(layer) if gptaq else None
+        prefix = adapter.layer_name(i) + "."
+        block_of = {t.name: _block_of(t.name[len(prefix):]) for t in layer_targets[i]}
+        blocks = set(block_of.values()) - {None}
+        memo = _BlockMemo(layer, blocks)
+        fp_memo = _BlockMemo(original, blocks, final=True) if gptaq else None
+        stages = _stages(adapter, i, layer_targets[i], true_sequential)
+        fp_advanced = False
         try:
-            for stage in _stages(adapter, i, layer_targets[i], true_sequential):
-                H, drift = _input_statistics(layer, stage, hidden, calls[i], original=original, fp_hidden=fp_hidden)
+            for s, stage in enumerate(stages):
+                later = frozenset(block_of[t.name] for st in stages[s + 1:] for t in st
+                                  if t.config.gptq and t.config.gptaq) - {None}
+                # The original's last pass over the layer also moves its hidden states on.
+                advance = gptaq and s == len(stages) - 1 and any(t.config.gptq and t.config.gptaq for t in stage)
+                fp_advanced = fp_advanced or advance
+                H, drift = _input_statistics(layer, stage, hidden, calls[i], original=original, fp_hidden=fp_hidden,
+                                             memo=memo, fp_memo=fp_memo, needed_later=later, fp_advance=advance)
+                lead_of = _prepared_groups(stage, H, drift)
+                prepared: dict[str, PreparedHessian] = {}
                 for t in stage:
                     dtype = t.module.weight.dtype
-                    module = convert(t, gptq_quantize(t.module.weight, H.pop(t.name), t.config, overwrite_hessian=True,
-                                                      drift=drift.pop(t.name, None))
-                                     if t.name in H else None)
+                    quantised = None
+                    if t.name in H:
+                        lead = lead_of[t.name]
+                        if lead not in prepared:
+                            prepared[lead] = prepare_hessian(H[lead], t.config, drift=drift.get(lead), overwrite_hessian=True)
+                        quantised = gptq_quantize(t.module.weight, None, t.config, prepared=prepared[lead])
+                    module = convert(t, quantised)
                     # Later passes over this layer run a dense copy: the reference kernel would unpack
                     # the weights on every call.  Same weights; the packed module goes back below.
                     packed.append((t.name, module))
                     set_module(adapter.model, t.name, _dense_copy(module, dtype))
+                del H, drift, prepared
+                done = {name for name, _ in packed}
+                memo.final |= {b for b in blocks if all(n in done for n, bl in block_of.items() if bl == b)}
                 release_freed_memory()
+            if fp_advanced:
+                fp_memo.close()  # its outputs are not read again
             if i + 1 < adapter.num_layers:
+                memo.recording = False
+                if fp_memo is not None:
+                    fp_memo.recording = False
                 with torch.no_grad():
-                    for h, call in zip(hidden, calls[i]):
+                    for b, (h, call) in enumerate(zip(hidden, calls[i])):
+                        memo.batch = b
                         h.copy_(call.run(layer, h))  # in place: one copy of the calibration activations, not two
-                    for h, call in zip(fp_hidden, calls[i]):
+                    for b, (h, call) in enumerate(zip(fp_hidden if not fp_advanced else [], calls[i])):
+                        fp_memo.batch = b
                         h.copy_(call.run(original, h))
         finally:
+            memo.close()
+            if fp_memo is not None:
+                fp_memo.close()
             del original
             for name, module in packed:
                 set_module(adapter.model, name, module)

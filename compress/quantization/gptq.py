@@ -24,6 +24,7 @@ by its Hessian diagonal.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -44,26 +45,31 @@ REFIT_PASSES = 1  # each retry multiplies damping by 10
 
 def accumulate_hessian(H: torch.Tensor, count: int, x: torch.Tensor) -> int:
     """Fold inputs ``x[..., K]`` into the running ``H[K, K]`` in place; return the new sample count."""
-    return _fold(H, count, x)
+    return fold_product(H, count, *input_product(x))
 
 
 def accumulate_drift(D: torch.Tensor, count: int, x_fp: torch.Tensor, x: torch.Tensor) -> int:
     """Fold ``(x_fp - x)^T x`` into the running ``D[K, K]`` (scaled as ``accumulate_hessian`` scales H); return the count."""
-    return _fold(D, count, x, x_fp)
+    return fold_product(D, count, *input_product(x, x_fp))
 
 
-def _fold(S: torch.Tensor, count: int, x: torch.Tensor, x_fp: torch.Tensor | None = None) -> int:
-    """S <- the running 2/n * sum of left^T x, where left is x itself (Hessian) or x_fp - x (GPTAQ's drift)."""
+def input_product(x: torch.Tensor, x_fp: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """``left^T x`` over the rows of a batch (left: ``x`` itself, or GPTAQ's ``x_fp - x``) and the row count.
+
+    Separate from ``fold_product`` so that modules fed the same tensor (q/k/v,
+    gate/up) share one K x K product: it is most of the statistics' cost.
+    """
     x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
-    m = x.shape[0]
-    if m == 0:
+    left = x if x_fp is None else x_fp.detach().reshape(-1, x_fp.shape[-1]).to(torch.float32) - x
+    return left.t() @ x, x.shape[0]
+
+
+def fold_product(S: torch.Tensor, count: int, product: torch.Tensor, rows: int) -> int:
+    """S <- the running 2/n * sum over all rows so far, given one batch's ``input_product``; return the new count."""
+    if rows == 0:
         return count
-    total = count + m
-    S.mul_(count / total)
-    scale = (2.0 / total) ** 0.5
-    x = x * scale
-    left = x if x_fp is None else x_fp.detach().reshape(-1, x_fp.shape[-1]).to(torch.float32) * scale - x
-    S.addmm_(left.t(), x)
+    total = count + rows
+    S.mul_(count / total).add_(product, alpha=2.0 / total)
     return total
 
 
@@ -92,37 +98,82 @@ def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
     )
 
 
-def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, overwrite_hessian: bool = False,
-                  drift: torch.Tensor | None = None, _params=None) -> Int4Weights:
-    """GPTQ-quantise ``w[N, K]`` given the input Hessian ``H[K, K]``; returns codes in original column order.
+@dataclass
+class PreparedHessian:
+    """What GPTQ derives from a Hessian before touching weights; shared by modules with equal statistics."""
+
+    dead: torch.Tensor  # inputs that were always zero
+    hdiag: torch.Tensor | None  # the clip search's column weights (undamped diagonal), None without the search
+    perm: torch.Tensor | None  # activation order, None without it
+    Hinv: torch.Tensor  # upper Cholesky factor of the damped inverse, in ``perm`` order
+    P: torch.Tensor | None  # GPTAQ's drift term, None for plain GPTQ
+    settings: tuple  # the config fields it depends on
+    H: torch.Tensor | None = None  # for the group refit: the undamped Hessian in column order (None without it)
+    drift: torch.Tensor | None = None  # for the group refit: GPTAQ's dXX^T in column order
+
+    @staticmethod
+    def settings_of(cfg: QuantConfig) -> tuple:
+        return cfg.damp, cfg.act_order, cfg.clip_search, cfg.gptaq, cfg.gptaq_alpha, cfg.group_refit
+
+    def fits(self, cfg: QuantConfig) -> bool:
+        return self.settings == self.settings_of(cfg)
+
+
+def prepare_hessian(H: torch.Tensor, cfg: QuantConfig, *, drift: torch.Tensor | None = None,
+                    overwrite_hessian: bool = False) -> PreparedHessian:
+    """Dead inputs, activation order, the damped inverse's Cholesky factor and GPTAQ's P for ``H[K, K]``.
 
     ``overwrite_hessian``: work in ``H`` itself instead of a copy (the layer-by-layer
     driver's Hessians are used once; K x K copies are the largest temporaries here).
     ``drift``: dXX^T from ``accumulate_drift`` (GPTAQ); None is plain GPTQ.
     """
+    H = H.to(torch.float32) if overwrite_hessian else H.to(torch.float32).clone()
+    dead = H.diagonal() == 0  # inputs that were always zero carry no information
+    H[dead, dead] = 1.0
+    if drift is not None:
+        drift = drift.to(torch.float32).clone()
+        drift[:, dead] = 0.0
+    hdiag = H.diagonal().clone() if cfg.clip_search else None
+    # The group refit needs the objective after the column loop: H undamped and drift, in column order.
+    refit = ((H if cfg.act_order else H.clone()), drift) if cfg.group_refit else (None, None)
+    perm = None
+    if cfg.act_order:
+        perm = torch.argsort(H.diagonal(), descending=True)
+        H = H[perm][:, perm]
+        if drift is not None:
+            drift = drift[perm][:, perm]
+    with _one_cpu_thread(H.device):
+        Hinv = _inverse_cholesky(H, cfg.damp)
+        P = None
+        if drift is not None:
+            P = cfg.gptaq_alpha * (drift @ Hinv.t()).triu_(diagonal=1) @ Hinv
+    return PreparedHessian(dead, hdiag, perm, Hinv, P, PreparedHessian.settings_of(cfg), *refit)
+
+
+def gptq_quantize(w: torch.Tensor, H: torch.Tensor | None, cfg: QuantConfig, *, overwrite_hessian: bool = False,
+                  drift: torch.Tensor | None = None, prepared: PreparedHessian | None = None,
+                  _params=None) -> Int4Weights:
+    """GPTQ-quantise ``w[N, K]`` given the input Hessian ``H[K, K]``; returns codes in original column order.
+
+    ``overwrite_hessian`` and ``drift``: as in ``prepare_hessian``.  ``prepared``:
+    that function's result for this Hessian and config, instead of ``H`` and ``drift``.
+    """
+    if prepared is None:
+        prepared = prepare_hessian(H, cfg, drift=drift, overwrite_hessian=overwrite_hessian)
+    elif not prepared.fits(cfg):
+        raise ValueError("gptq_quantize: the prepared Hessian was made for other damping / order / GPTAQ settings.")
     N, K = w.shape
     G = effective_group_size(cfg, K)
     dtype = cfg.torch_scale_dtype
     W = w.detach().to(torch.float32).clone()
-    H = H.to(torch.float32) if overwrite_hessian else H.to(torch.float32).clone()
-
-    dead = H.diagonal() == 0  # inputs that were always zero carry no information
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    if drift is not None:
-        drift = drift.to(torch.float32).clone()
-        drift[:, dead] = 0.0
-    # The clip search weighs a column's rounding error by its input energy (undamped Hessian diagonal).
-    hdiag = H.diagonal().clone() if cfg.clip_search else None
+    W[:, prepared.dead] = 0.0
+    hdiag, perm = prepared.hdiag, prepared.perm
     search = {"clip_search": cfg.clip_search}
 
-    # The refit needs the objective after the loop: the weights, undamped Hessian and drift in column order.
-    refit = (W, H if cfg.act_order else H.clone(), drift) if cfg.group_refit else None
     n_groups, dev = num_groups(K, G), W.device
     float_zero = cfg.zero_point == "float"
     scales = torch.empty(n_groups, N, device=dev)
     zeros = None if cfg.symmetric else torch.empty(n_groups, N, device=dev)
-    perm = None
     if cfg.act_order or G == K:
         # static groups: parameters from the weights before any compensation
         for g in range(n_groups):
@@ -136,28 +187,20 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, overwri
                                        weight=None if hdiag is None else hdiag[cols])
             if zeros is not None:
                 zeros[g] = z
-    if cfg.act_order:
-        perm = torch.argsort(H.diagonal(), descending=True)
-        W, H = W[:, perm], H[perm][:, perm]
-        if drift is not None:
-            drift = drift[perm][:, perm]
-
-    with _one_cpu_thread(dev):
-        Hinv = _inverse_cholesky(H, cfg.damp)
-        P = None
-        if drift is not None:
-            P = cfg.gptaq_alpha * (drift @ Hinv.t()).triu_(diagonal=1) @ Hinv
-            del drift
+    W0 = W  # the weights in column order, for the group refit
+    if perm is not None:
+        W = W[:, perm]
     # Work on W^T so that a weight column is a contiguous row: the inner loop is row ops and rank-1 updates.
     Wt = W.t().contiguous()
-    del H, W
+    del W
     codes = torch.zeros(K, N, dtype=torch.uint8, device=dev)  # codes 0..15 are exact in any dtype
     group_of = ((perm if perm is not None else torch.arange(K)) // G).tolist()  # host list: no syncs in the loop
     static = cfg.act_order or G == K
     # blocks hold whole groups so a group's columns are all up to date when its parameters are found
     B = cfg.block_size if static else G * max(1, cfg.block_size // G)
     with _one_cpu_thread(dev):
-        _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, (cfg.symmetric, dtype, float_zero), hdiag, P)
+        _column_loop(Wt, prepared.Hinv, codes, scales, zeros, group_of, G, B, static, (cfg.symmetric, dtype, float_zero),
+                     hdiag, prepared.P)
 
     codes = codes.t()
     if perm is not None:
@@ -168,14 +211,13 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, overwri
         zeros=None if zeros is None else zeros.to(dtype),
         group_size=G,
     )
-    if refit is not None:
-        W0, H0, D0 = refit
+    if cfg.group_refit:
         with _one_cpu_thread(dev):
-            q = refit_group_params(W0, H0, q, drift=D0, alpha=cfg.gptaq_alpha, float_zero=float_zero, dtype=dtype,
-                                   damp=REFIT_DAMP)
+            q = refit_group_params(W0, prepared.H, q, drift=prepared.drift, alpha=cfg.gptaq_alpha,
+                                   float_zero=float_zero, dtype=dtype, damp=REFIT_DAMP)
         if REFIT_PASSES > 1 and _params is None and cfg.act_order:
             for _ in range(REFIT_PASSES - 1):
-                q = gptq_quantize(W0, H0, cfg, drift=D0, _params=(q.scales, q.zeros))
+                q = gptq_quantize(W0, None, cfg, prepared=prepared, _params=(q.scales, q.zeros))
     return q
 
 

@@ -230,3 +230,143 @@ def test_gptaq_alpha_must_be_sane():
 
     with pytest.raises(ConfigError, match="gptaq_alpha must be between 0 and 1"):
         QuantConfig(gptq=True, gptaq_alpha=2.0)
+
+
+class _RunEveryPass:
+    """Stands in for calibrate._BlockMemo: no outputs kept, every pass runs every block."""
+
+    def __init__(self, layer, names, final=False):
+        self.batch, self.recording, self.needed, self.final = 0, True, set(), set()
+
+    def close(self):
+        pass
+
+
+def _packed_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "bert-mlm"])
+def test_memoised_passes_quantise_exactly_as_running_every_pass(family, monkeypatch):
+    """Attention / MLP outputs reused across a layer's stage passes change nothing, and save work."""
+    from compress.arch import adapter_for
+    from compress.quantization import calibrate
+
+    base, ids, _ = _tiny_with_reference(family)
+    cfg = QuantConfig(group_size=32, gptq=True, progress=False)  # GPTAQ: both streams
+    runs = {}
+    for name, memo_class in (("memo", calibrate._BlockMemo), ("every pass", _RunEveryPass)):
+        model = copy.deepcopy(base)
+        q_calls = []
+        handles = [adapter_for(model).layer(i).q.register_forward_pre_hook(lambda m, a: q_calls.append(1))
+                   for i in range(adapter_for(model).num_layers)]
+        monkeypatch.setattr(calibrate, "_BlockMemo", memo_class)
+        quantize(model, cfg, data=ids)
+        for h in handles:
+            h.remove()
+        runs[name] = (_packed_state(model), len(q_calls))
+    (memo_state, memo_calls), (every_state, every_calls) = runs["memo"], runs["every pass"]
+    assert memo_state.keys() == every_state.keys()
+    for key in memo_state:
+        assert torch.equal(memo_state[key], every_state[key]), key
+    assert memo_calls < every_calls
+
+
+def test_a_memo_that_disagrees_with_a_real_run_is_turned_off(monkeypatch):
+    """The first reuse of each kept output is checked; wrong ones (here: shifted by 1) are dropped, results unchanged."""
+    from compress.quantization import calibrate
+
+    base, ids, _ = _tiny_with_reference("llama")
+    cfg = QuantConfig(group_size=32, gptq=True, progress=False)
+    memo_class, real_cloned = calibrate._BlockMemo, calibrate._cloned
+    reference = copy.deepcopy(base)
+    monkeypatch.setattr(calibrate, "_BlockMemo", _RunEveryPass)
+    quantize(reference, cfg, data=ids)
+
+    def shifted(out):  # every tensor kept is off by one
+        return real_cloned(out) + 1.0 if isinstance(out, torch.Tensor) else real_cloned(out)
+
+    monkeypatch.setattr(calibrate, "_BlockMemo", memo_class)
+    monkeypatch.setattr(calibrate, "_cloned", shifted)
+    model = copy.deepcopy(base)
+    quantize(model, cfg, data=ids)
+    ref_state, state = _packed_state(reference), _packed_state(model)
+    for key in ref_state:
+        assert torch.equal(ref_state[key], state[key]), key
+
+
+def test_a_prepared_hessian_is_refused_for_other_settings():
+    from compress.quantization.gptq import prepare_hessian
+
+    x = correlated_inputs(k=64)
+    H = torch.zeros(64, 64)
+    accumulate_hessian(H, 0, x)
+    w = torch.randn(8, 64)
+    cfg = QuantConfig(group_size=32, gptq=True)
+    prepared = prepare_hessian(H, cfg)
+    assert torch.equal(gptq_quantize(w, None, cfg, prepared=prepared).codes, gptq_quantize(w, H, cfg).codes)
+    with pytest.raises(ValueError, match="other damping"):
+        gptq_quantize(w, None, QuantConfig(group_size=32, gptq=True, damp=0.1), prepared=prepared)
+
+
+def test_modules_sharing_an_input_get_the_hessian_of_their_own_inputs():
+    """q/k/v (and gate/up) are recorded together after the first batch; each still gets exactly its inputs' H."""
+    from compress.arch import adapter_for
+    from compress.quantization.calibrate import _input_statistics, _stages, capture_layer_calls
+    from compress.quantization.gptq import accumulate_hessian
+    from compress.quantization.plan import make_plan
+
+    model = tiny_model("llama")
+    adapter = adapter_for(model)
+    batches = list(torch.randint(4, 300, (8, 16), generator=torch.Generator().manual_seed(3)).split(2))
+    hidden, calls = capture_layer_calls(adapter, batches)
+    prefix = adapter.layer_name(0) + "."
+    targets = [t for t in make_plan(model, QuantConfig(group_size=32, gptq=True)).targets if t.name.startswith(prefix)]
+    layer = adapter.layers[0]
+    for stage in _stages(adapter, 0, targets, true_sequential=True):
+        expected = {}
+        for t in stage:
+            H, count = torch.zeros(t.module.in_features, t.module.in_features), [0]
+
+            def add(m, args, H=H, count=count):
+                count[0] = accumulate_hessian(H, count[0], args[0])
+
+            handle = t.module.register_forward_pre_hook(add)
+            with torch.no_grad():
+                for h, call in zip(hidden, calls[0]):
+                    call.run(layer, h)
+            handle.remove()
+            expected[t.name] = H
+        got, _ = _input_statistics(layer, stage, hidden, calls[0])
+        for name, H in expected.items():
+            assert torch.allclose(got[name], H, rtol=1e-5, atol=1e-6), name
+
+
+def test_the_originals_last_pass_moves_its_hidden_states_on_with_the_same_statistics():
+    """GPTAQ's last stage runs the original layer to its end and keeps its output as the next layer's input."""
+    from compress.arch import adapter_for
+    from compress.quantization.calibrate import _input_statistics, _stages, capture_layer_calls
+    from compress.quantization.plan import make_plan
+
+    model = tiny_model("llama")
+    adapter = adapter_for(model)
+    batches = list(torch.randint(4, 300, (6, 16), generator=torch.Generator().manual_seed(4)).split(2))
+    hidden, calls = capture_layer_calls(adapter, batches)
+    layer = adapter.layers[0]
+    original = copy.deepcopy(layer)
+    with torch.no_grad():  # the layer as if its earlier stages were quantised: the two streams differ
+        layer.mlp.gate_proj.weight.add_(0.05 * torch.randn_like(layer.mlp.gate_proj.weight))
+        fp_hidden = [h + 0.01 * torch.randn_like(h) for h in hidden]
+    prefix = adapter.layer_name(0) + "."
+    targets = [t for t in make_plan(model, QuantConfig(group_size=32, gptq=True)).targets if t.name.startswith(prefix)]
+    last = _stages(adapter, 0, targets, true_sequential=True)[-1]
+    kept = [h.clone() for h in fp_hidden]
+    H, D = _input_statistics(layer, last, hidden, calls[0], original=original, fp_hidden=fp_hidden)
+    assert all(torch.equal(a, b) for a, b in zip(kept, fp_hidden))  # untouched without fp_advance
+    with torch.no_grad():
+        expected = [call.run(original, h) for h, call in zip(fp_hidden, calls[0])]
+    H2, D2 = _input_statistics(layer, last, hidden, calls[0], original=original, fp_hidden=fp_hidden, fp_advance=True)
+    for name in H:
+        assert torch.equal(H[name], H2[name]) and torch.equal(D[name], D2[name])
+        assert D[name].abs().sum() > 0
+    assert all(torch.equal(a, b) for a, b in zip(expected, fp_hidden))
