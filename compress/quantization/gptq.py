@@ -19,7 +19,9 @@ reference implementation does.  With ``act_order`` they are fixed up front
 from the original weights ("static groups"), so the packed layout needs no
 column permutation.  With ``clip_search`` each group's range is the shrink of
 its min-max range with the least squared rounding error, each column weighted
-by its Hessian diagonal.
+by its Hessian diagonal.  With ``group_refit`` (default) the scales and float
+zero points are then refitted to the chosen codes by least squares under the
+same objective (``refit_group_params``).
 """
 from __future__ import annotations
 
