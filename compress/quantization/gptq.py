@@ -33,6 +33,7 @@ import torch
 from compress.quantization.config import QuantConfig, QuantError
 from compress.quantization.quantizers import (
     Int4Weights,
+    _stored,
     effective_group_size,
     int4_codes,
     int4_dequant,
@@ -40,13 +41,13 @@ from compress.quantization.quantizers import (
     num_groups,
 )
 
-_DAMP_RETRIES = 4
+_DAMP_RETRIES = 4  # each retry multiplies damping by 10
 # Group refit knobs, kept for measurement (benchmarks/gptq_variants.py refit_damp= / refit_passes=): damping of H
 # in the refit's objective (a fraction of its mean diagonal, pulling toward the original weights), and the number
 # of GPTQ passes (each after the first re-runs the column loop with the refitted parameters fixed, then refits).
 # On SmolLM2-135M g128 neither lowered the perplexity on news below one plain refit (README, issue 18).
 REFIT_DAMP = 0.0
-REFIT_PASSES = 1  # each retry multiplies damping by 10
+REFIT_PASSES = 1
 
 
 def accumulate_hessian(H: torch.Tensor, count: int, x: torch.Tensor) -> int:
@@ -163,6 +164,8 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor | None, cfg: QuantConfig, *, 
 
     ``overwrite_hessian`` and ``drift``: as in ``prepare_hessian``.  ``prepared``:
     that function's result for this Hessian and config, instead of ``H`` and ``drift``.
+    ``_params``: fixed (scales, zeros) for static groups instead of searching them
+    (``REFIT_PASSES``' later passes).
     """
     if prepared is None:
         prepared = prepare_hessian(H, cfg, drift=drift, overwrite_hessian=overwrite_hessian)
@@ -344,7 +347,7 @@ def refit_group_params(w: torch.Tensor, H: torch.Tensor, q: Int4Weights, *, drif
     A = M + ridge[:, None, None] * torch.eye(m, device=dev)
     sol, info = torch.linalg.solve_ex(A, r[:, :, None])
     sol = sol[:, :, 0]
-    new_s = _stored_as(sol[:, :n].t(), dtype)
+    new_s = _stored(sol[:, :n].t(), dtype)
     if float_zero:
         new_z = (-sol[:, n:].t() / new_s).to(dtype).to(torch.float32)
     else:
@@ -355,7 +358,3 @@ def refit_group_params(w: torch.Tensor, H: torch.Tensor, q: Int4Weights, *, drif
     zeros = None if q.zeros is None else torch.where(better[None, :], new_z, z) if float_zero else q.zeros
     return Int4Weights(codes=q.codes, scales=scales.to(q.scales.dtype),
                        zeros=None if zeros is None else zeros.to(q.zeros.dtype), group_size=G)
-
-
-def _stored_as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return x.to(torch.float32).clamp(min=torch.finfo(dtype).tiny).to(dtype).to(torch.float32)
