@@ -7,9 +7,10 @@ evaluated on the held-out Shakespeare split and the unseen "news" split
 (``--eval-seqs`` sequences each), with the fp32 model measured alongside.
 ``calib=N`` in a variant overrides the calibration sequence count;
 ``round_up=true`` stores scales rounded *up* to fp16 (the quantiser before
-issue 18), to measure rounding to nearest against it; ``refit_damp=X`` and
-``refit_passes=N`` set GPTQ's group-refit knobs (``compress.quantization.gptq.
-REFIT_DAMP`` / ``REFIT_PASSES``) for that variant.  Results
+issue 18), to measure rounding to nearest against it; ``refit_damp=X``,
+``refit_passes=N`` and ``refit_alpha=A`` set GPTQ's group-refit knobs
+(``compress.quantization.gptq.REFIT_DAMP`` / ``REFIT_PASSES`` /
+``REFIT_ALPHA``) for that variant.  Results
 are appended to the JSON after every variant, so an interrupted run keeps
 what it measured.
 
@@ -40,17 +41,18 @@ def _bench():
 
 
 @contextmanager
-def _refit_knobs(damp, passes):
+def _refit_knobs(damp, passes, alpha=None):
     """GPTQ's group-refit knobs set for one variant (None: as they are)."""
     from compress.quantization import gptq
 
-    before = gptq.REFIT_DAMP, gptq.REFIT_PASSES
+    before = gptq.REFIT_DAMP, gptq.REFIT_PASSES, gptq.REFIT_ALPHA
     gptq.REFIT_DAMP = before[0] if damp is None else float(damp)
     gptq.REFIT_PASSES = before[1] if passes is None else int(passes)
+    gptq.REFIT_ALPHA = before[2] if alpha is None else float(alpha)
     try:
         yield
     finally:
-        gptq.REFIT_DAMP, gptq.REFIT_PASSES = before
+        gptq.REFIT_DAMP, gptq.REFIT_PASSES, gptq.REFIT_ALPHA = before
 
 
 @contextmanager
@@ -130,7 +132,7 @@ def main(argv=None) -> int:
         name, fields = parse_variant(text)
         calib_n = fields.pop("calib", args.calib_seqs)
         round_up = fields.pop("round_up", False)
-        knobs = fields.pop("refit_damp", None), fields.pop("refit_passes", None)
+        knobs = fields.pop("refit_damp", None), fields.pop("refit_passes", None), fields.pop("refit_alpha", None)
         fields = {"group_size": args.group_size, "gptq": True, "progress": False, **fields}
         cfg = QuantConfig(calibration_sequences=calib_n, **fields)
         m = copy.deepcopy(model)
@@ -141,8 +143,8 @@ def main(argv=None) -> int:
         seconds = time.perf_counter() - start
         m.eval()
         row = {"fields": fields, "scales_rounded_up": round_up,
-               **({"refit_damp": knobs[0]} if knobs[0] is not None else {}),
-               **({"refit_passes": knobs[1]} if knobs[1] is not None else {}), "calibration_sequences": min(calib_n, len(calibration)), "quantise_seconds": seconds, "domains": {}}
+               **{k: v for k, v in zip(("refit_damp", "refit_passes", "refit_alpha"), knobs) if v is not None},
+               "calibration_sequences": min(calib_n, len(calibration)), "quantise_seconds": seconds, "domains": {}}
         for domain, ids in held.items():
             r = bench.compare_causal(model, {name: m}, ids, args.batch_size)
             row["domains"][domain] = {"fp32_perplexity": r["fp32"]["perplexity"], "perplexity": r[name]["perplexity"],

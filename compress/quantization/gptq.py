@@ -48,6 +48,7 @@ _DAMP_RETRIES = 4  # each retry multiplies damping by 10
 # On SmolLM2-135M g128 neither lowered the perplexity on news below one plain refit (README, issue 18).
 REFIT_DAMP = 0.0
 REFIT_PASSES = 1
+REFIT_ALPHA = None  # the refit's weight of GPTAQ's drift term (None: gptaq_alpha, as the column loop)
 
 
 def accumulate_hessian(H: torch.Tensor, count: int, x: torch.Tensor) -> int:
@@ -222,7 +223,8 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor | None, cfg: QuantConfig, *, 
     )
     if cfg.group_refit:
         with _one_cpu_thread(dev):
-            q = refit_group_params(W0, prepared.H, q, drift=prepared.drift, alpha=cfg.gptaq_alpha,
+            q = refit_group_params(W0, prepared.H, q, drift=prepared.drift,
+                                   alpha=cfg.gptaq_alpha if REFIT_ALPHA is None else REFIT_ALPHA,
                                    float_zero=float_zero, dtype=dtype, damp=REFIT_DAMP)
         if REFIT_PASSES > 1 and _params is None and cfg.act_order:
             for _ in range(REFIT_PASSES - 1):

@@ -11,12 +11,12 @@ def test_variant_fields_and_refit_knobs_are_set_for_one_variant_only():
     bench = load_benchmark("gptq_variants")
     name, fields = bench.parse_variant('p2:symmetric=false,zero_point="float",refit_passes=2,refit_damp=0.05')
     assert name == "p2" and fields == {"symmetric": False, "zero_point": "float", "refit_passes": 2, "refit_damp": 0.05}
-    before = gptq.REFIT_DAMP, gptq.REFIT_PASSES
-    with bench._refit_knobs(0.05, 2):
-        assert (gptq.REFIT_DAMP, gptq.REFIT_PASSES) == (0.05, 2)
-    assert (gptq.REFIT_DAMP, gptq.REFIT_PASSES) == before
-    with bench._refit_knobs(None, None):
-        assert (gptq.REFIT_DAMP, gptq.REFIT_PASSES) == before
+    before = gptq.REFIT_DAMP, gptq.REFIT_PASSES, gptq.REFIT_ALPHA
+    with bench._refit_knobs(0.05, 2, 1.0):
+        assert (gptq.REFIT_DAMP, gptq.REFIT_PASSES, gptq.REFIT_ALPHA) == (0.05, 2, 1.0)
+    assert (gptq.REFIT_DAMP, gptq.REFIT_PASSES, gptq.REFIT_ALPHA) == before
+    with bench._refit_knobs(None, None, None):
+        assert (gptq.REFIT_DAMP, gptq.REFIT_PASSES, gptq.REFIT_ALPHA) == before
 
 
 def test_a_second_pass_rechooses_the_codes_with_the_refitted_parameters(monkeypatch):
