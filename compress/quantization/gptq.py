@@ -42,9 +42,9 @@ from compress.quantization.quantizers import (
 )
 
 _DAMP_RETRIES = 4  # each retry multiplies damping by 10
-# Group refit knobs, kept for measurement (benchmarks/gptq_variants.py refit_damp= / refit_passes= / refit_alpha=): H's damping
-# in the refit's objective (a fraction of its mean diagonal, pulling toward the original weights), and the number
-# of GPTQ passes (each after the first re-runs the column loop with the refitted parameters fixed, then refits).
+# Group refit knobs, kept for measurement (benchmarks/gptq_variants.py refit_damp= / refit_passes= / refit_alpha=):
+# H's damping in the refit's objective (a fraction of its mean diagonal, pulling toward the original weights), the
+# number of GPTQ passes (each after the first re-runs the column loop with the refitted parameters fixed, then refits).
 # On SmolLM2-135M g128 none lowered the perplexity on news below one plain refit (README, issue 18).
 REFIT_DAMP = 0.0
 REFIT_PASSES = 1
