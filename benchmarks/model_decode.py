@@ -39,7 +39,6 @@ import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from compress.errors import CompressError
+from compress.io.atomic import write_file
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GRAPH_MODES = ("capture", "compile", "none")
@@ -448,24 +448,10 @@ def _versions() -> dict:
             "cuda": torch.version.cuda, "python": platform.python_version()}
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; results are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, report: dict) -> None:
-    _write_atomic(path, lambda p: p.write_text(json.dumps(report, indent=1)))
+    write_file(path, lambda p: p.write_text(json.dumps(report, indent=1)))
 
 
 def plot(report: dict, path: Path) -> None:
@@ -509,7 +495,7 @@ def plot(report: dict, path: Path) -> None:
     fig.suptitle(f"end-to-end decode on {report['device']}, {report['dtype']}, prompt {report['prompt_len']}, "
                  f"{report['new_tokens']} new tokens" + (" (CPU smoke run: not a speed claim)" if report["smoke"] else ""))
     fig.tight_layout()
-    _write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    write_file(path, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
 
 

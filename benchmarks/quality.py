@@ -227,10 +227,6 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,7 +296,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / (NAME + ("-quick" if args.quick else ""))
-    _write_atomic(stem.with_suffix(".json"), json.dumps(result, indent=2))
+    from compress.io.atomic import write_text
+    write_text(stem.with_suffix(".json"), json.dumps(result, indent=2))
     plot(result, stem.with_suffix(".png"))
     print(table(result))
     say(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')} in {result['seconds']:.0f} s")

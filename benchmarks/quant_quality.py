@@ -443,11 +443,6 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write beside the target, then rename: an interrupted run never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -519,7 +514,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     }
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    from compress.io.atomic import write_text
+    write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
     plot(result, out.with_suffix(".png"))
     print(table(result))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')} in {result['seconds'] / 60:.1f} min")

@@ -220,10 +220,6 @@ def _device_name(device: str) -> str:
     return f"CPU, {os.cpu_count()} cores"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run_part(part: str, args: argparse.Namespace, teacher, splits, command: str) -> dict:
@@ -308,7 +304,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     for part in PARTS if args.part == "both" else (args.part,):
         result = run_part(part, args, teacher, splits, command.strip())
         stem = out_dir / f"{NAME}-{part}{suffix}"
-        _write_atomic(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+        from compress.io.atomic import write_text
+        write_text(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
         plot(result, stem.with_suffix(".png"))
         print(table(result))
         print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}", flush=True)

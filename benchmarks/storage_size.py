@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import json
 import math
 import os
 import platform
