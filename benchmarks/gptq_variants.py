@@ -7,7 +7,10 @@ evaluated on the held-out Shakespeare split and the unseen "news" split
 (``--eval-seqs`` sequences each), with the fp32 model measured alongside.
 ``calib=N`` in a variant overrides the calibration sequence count;
 ``round_up=true`` stores scales rounded *up* to fp16 (the quantiser before
-issue 18), to measure rounding to nearest against it.  Results
+issue 18), to measure rounding to nearest against it; ``refit_damp=X``,
+``refit_passes=N`` and ``refit_alpha=A`` set GPTQ's group-refit knobs
+(``compress.quantization.gptq.REFIT_DAMP`` / ``REFIT_PASSES`` /
+``REFIT_ALPHA``) for that variant.  Results
 are appended to the JSON after every variant, so an interrupted run keeps
 what it measured.
 
@@ -35,6 +38,21 @@ def _bench():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@contextmanager
+def _refit_knobs(damp, passes, alpha=None):
+    """GPTQ's group-refit knobs set for one variant (None: as they are)."""
+    from compress.quantization import gptq
+
+    before = gptq.REFIT_DAMP, gptq.REFIT_PASSES, gptq.REFIT_ALPHA
+    gptq.REFIT_DAMP = before[0] if damp is None else float(damp)
+    gptq.REFIT_PASSES = before[1] if passes is None else int(passes)
+    gptq.REFIT_ALPHA = before[2] if alpha is None else float(alpha)
+    try:
+        yield
+    finally:
+        gptq.REFIT_DAMP, gptq.REFIT_PASSES, gptq.REFIT_ALPHA = before
 
 
 @contextmanager
@@ -114,16 +132,19 @@ def main(argv=None) -> int:
         name, fields = parse_variant(text)
         calib_n = fields.pop("calib", args.calib_seqs)
         round_up = fields.pop("round_up", False)
+        knobs = fields.pop("refit_damp", None), fields.pop("refit_passes", None), fields.pop("refit_alpha", None)
         fields = {"group_size": args.group_size, "gptq": True, "progress": False, **fields}
         cfg = QuantConfig(calibration_sequences=calib_n, **fields)
         m = copy.deepcopy(model)
         print(f"[variant] {name}: {cfg.label()} {fields} calib {calib_n}", flush=True)
         start = time.perf_counter()
-        with _scales_rounded_up(round_up):
+        with _scales_rounded_up(round_up), _refit_knobs(*knobs):
             compress.quantize(m, cfg, data=calibration[:calib_n] if cfg.gptq else None)
         seconds = time.perf_counter() - start
         m.eval()
-        row = {"fields": fields, "scales_rounded_up": round_up, "calibration_sequences": min(calib_n, len(calibration)), "quantise_seconds": seconds, "domains": {}}
+        row = {"fields": fields, "scales_rounded_up": round_up,
+               **{k: v for k, v in zip(("refit_damp", "refit_passes", "refit_alpha"), knobs) if v is not None},
+               "calibration_sequences": min(calib_n, len(calibration)), "quantise_seconds": seconds, "domains": {}}
         for domain, ids in held.items():
             r = bench.compare_causal(model, {name: m}, ids, args.batch_size)
             row["domains"][domain] = {"fp32_perplexity": r["fp32"]["perplexity"], "perplexity": r[name]["perplexity"],

@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPTQ in plain column order instead of by decreasing input energy (act_order overfits less; on by default)")
     p.add_argument("--no-clip-search", dest="clip_search", action="store_false",
                    help="int4 group ranges from min/max alone, without searching shrink factors 1.0..0.8 (on by default)")
+    p.add_argument("--no-group-refit", dest="group_refit", action="store_false",
+                   help="GPTQ keeps each group's scale (and zero point) as chosen before the codes, instead of refitting "
+                        "them by least squares to the codes under the layer's output error (on by default)")
     p.add_argument("--calibration-sequences", type=int, default=argparse.SUPPRESS, metavar="N",
                    help=f"GPTQ reads at most N calibration sequences of --seq-len tokens "
                         f"(default {QuantConfig.calibration_sequences}, QuantConfig's)")
@@ -396,6 +399,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     config = QuantConfig(method=args.method or "int4", group_size=args.group_size, symmetric=not args.asymmetric,
                          gptq=args.gptq, scale=args.scale, activations="a8" if args.a8 else "a16",
                          act_order=args.act_order, clip_search=args.clip_search, gptaq=args.gptaq,
+                         group_refit=args.group_refit,
                          zero_point=args.zero_point, **given, **target)
     bits = 2.2 if isinstance(config, TernaryConfig) else 4.5  # packed weights and their scales, rounded up
     budget = config.target_size is not None

@@ -157,9 +157,11 @@ def test_eval_real_smollm2_directory_against_builtin(tmp_path, capsys):
         assert r["model"]["params_total"] == 134_515_008
 
 
-@pytest.mark.parametrize("flags, act_order, clip_search", [
-    ([], True, True), (["--no-act-order"], False, True), (["--no-clip-search"], True, False)])
-def test_quantize_gptq_defaults_and_switches(tiny_dir, text_file, tmp_path, monkeypatch, flags, act_order, clip_search):
+@pytest.mark.parametrize("flags, act_order, clip_search, refit", [
+    ([], True, True, True), (["--no-act-order"], False, True, True), (["--no-clip-search"], True, False, True),
+    (["--no-group-refit"], True, True, False)])
+def test_quantize_gptq_defaults_and_switches(tiny_dir, text_file, tmp_path, monkeypatch, flags, act_order, clip_search,
+                                             refit):
     from compress import api
 
     seen = []
@@ -167,4 +169,5 @@ def test_quantize_gptq_defaults_and_switches(tiny_dir, text_file, tmp_path, monk
     monkeypatch.setattr(api, "quantize", lambda model, config, data=None: seen.append(config) or real(model, config, data))
     assert main(["quantize", str(tiny_dir), "--method", "int4", "--group-size", "32", "--gptq", "--data", str(text_file),
                  "--seq-len", "16", "--calibration-sequences", "4", *flags, "-o", str(tmp_path / "q")]) == 0
-    assert (seen[0].gptq, seen[0].act_order, seen[0].clip_search) == (True, act_order, clip_search)
+    assert (seen[0].gptq, seen[0].act_order, seen[0].clip_search, seen[0].group_refit) == (True, act_order, clip_search,
+                                                                                          refit)

@@ -19,7 +19,9 @@ reference implementation does.  With ``act_order`` they are fixed up front
 from the original weights ("static groups"), so the packed layout needs no
 column permutation.  With ``clip_search`` each group's range is the shrink of
 its min-max range with the least squared rounding error, each column weighted
-by its Hessian diagonal.
+by its Hessian diagonal.  With ``group_refit`` (default) the scales and float
+zero points are then refitted to the chosen codes by least squares under the
+same objective (``refit_group_params``).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import torch
 from compress.quantization.config import QuantConfig, QuantError
 from compress.quantization.quantizers import (
     Int4Weights,
+    _stored,
     effective_group_size,
     int4_codes,
     int4_dequant,
@@ -39,6 +42,13 @@ from compress.quantization.quantizers import (
 )
 
 _DAMP_RETRIES = 4  # each retry multiplies damping by 10
+# Group refit knobs, kept for measurement (benchmarks/gptq_variants.py refit_damp= / refit_passes= / refit_alpha=):
+# H's damping in the refit's objective (a fraction of its mean diagonal, pulling toward the original weights), the
+# number of GPTQ passes (each after the first re-runs the column loop with the refitted parameters fixed, then refits).
+# On SmolLM2-135M g128 none lowered the perplexity on news below one plain refit (README, issue 18).
+REFIT_DAMP = 0.0
+REFIT_PASSES = 1
+REFIT_ALPHA = None  # the refit's weight of GPTAQ's drift term (None: gptaq_alpha, as the column loop)
 
 
 def accumulate_hessian(H: torch.Tensor, count: int, x: torch.Tensor) -> int:
@@ -106,10 +116,12 @@ class PreparedHessian:
     Hinv: torch.Tensor  # upper Cholesky factor of the damped inverse, in ``perm`` order
     P: torch.Tensor | None  # GPTAQ's drift term, None for plain GPTQ
     settings: tuple  # the config fields it depends on
+    H: torch.Tensor | None = None  # for the group refit: the undamped Hessian in column order (None without it)
+    drift: torch.Tensor | None = None  # for the group refit: GPTAQ's dXX^T in column order
 
     @staticmethod
     def settings_of(cfg: QuantConfig) -> tuple:
-        return cfg.damp, cfg.act_order, cfg.clip_search, cfg.gptaq, cfg.gptaq_alpha
+        return cfg.damp, cfg.act_order, cfg.clip_search, cfg.gptaq, cfg.gptaq_alpha, cfg.group_refit
 
     def fits(self, cfg: QuantConfig) -> bool:
         return self.settings == self.settings_of(cfg)
@@ -130,6 +142,8 @@ def prepare_hessian(H: torch.Tensor, cfg: QuantConfig, *, drift: torch.Tensor | 
         drift = drift.to(torch.float32).clone()
         drift[:, dead] = 0.0
     hdiag = H.diagonal().clone() if cfg.clip_search else None
+    # The group refit needs the objective after the column loop: H undamped and drift, in column order.
+    refit = ((H if cfg.act_order else H.clone()), drift) if cfg.group_refit else (None, None)
     perm = None
     if cfg.act_order:
         perm = torch.argsort(H.diagonal(), descending=True)
@@ -141,15 +155,18 @@ def prepare_hessian(H: torch.Tensor, cfg: QuantConfig, *, drift: torch.Tensor | 
         P = None
         if drift is not None:
             P = cfg.gptaq_alpha * (drift @ Hinv.t()).triu_(diagonal=1) @ Hinv
-    return PreparedHessian(dead, hdiag, perm, Hinv, P, PreparedHessian.settings_of(cfg))
+    return PreparedHessian(dead, hdiag, perm, Hinv, P, PreparedHessian.settings_of(cfg), *refit)
 
 
 def gptq_quantize(w: torch.Tensor, H: torch.Tensor | None, cfg: QuantConfig, *, overwrite_hessian: bool = False,
-                  drift: torch.Tensor | None = None, prepared: PreparedHessian | None = None) -> Int4Weights:
+                  drift: torch.Tensor | None = None, prepared: PreparedHessian | None = None,
+                  _params=None) -> Int4Weights:
     """GPTQ-quantise ``w[N, K]`` given the input Hessian ``H[K, K]``; returns codes in original column order.
 
     ``overwrite_hessian`` and ``drift``: as in ``prepare_hessian``.  ``prepared``:
     that function's result for this Hessian and config, instead of ``H`` and ``drift``.
+    ``_params``: fixed (scales, zeros) for static groups instead of searching them
+    (``REFIT_PASSES``' later passes).
     """
     if prepared is None:
         prepared = prepare_hessian(H, cfg, drift=drift, overwrite_hessian=overwrite_hessian)
@@ -171,10 +188,16 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor | None, cfg: QuantConfig, *, 
         # static groups: parameters from the weights before any compensation
         for g in range(n_groups):
             cols = slice(g * G, (g + 1) * G)
+            if _params is not None:
+                scales[g] = _params[0][g].float()
+                if zeros is not None:
+                    zeros[g] = _params[1][g].float()
+                continue
             scales[g], z = int4_params(W[:, cols], cfg.symmetric, dtype, float_zero, **search,
                                        weight=None if hdiag is None else hdiag[cols])
             if zeros is not None:
                 zeros[g] = z
+    W0 = W  # the weights in column order, for the group refit
     if perm is not None:
         W = W[:, perm]
     # Work on W^T so that a weight column is a contiguous row: the inner loop is row ops and rank-1 updates.
@@ -192,12 +215,21 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor | None, cfg: QuantConfig, *, 
     codes = codes.t()
     if perm is not None:
         codes = codes[:, torch.argsort(perm)]
-    return Int4Weights(
+    q = Int4Weights(
         codes=codes.to(torch.uint8).contiguous(),
         scales=scales.to(dtype),
         zeros=None if zeros is None else zeros.to(dtype),
         group_size=G,
     )
+    if cfg.group_refit:
+        with _one_cpu_thread(dev):
+            q = refit_group_params(W0, prepared.H, q, drift=prepared.drift,
+                                   alpha=cfg.gptaq_alpha if REFIT_ALPHA is None else REFIT_ALPHA,
+                                   float_zero=float_zero, dtype=dtype, damp=REFIT_DAMP)
+        if REFIT_PASSES > 1 and _params is None and cfg.act_order:
+            for _ in range(REFIT_PASSES - 1):
+                q = gptq_quantize(W0, None, cfg, prepared=prepared, _params=(q.scales, q.zeros))
+    return q
 
 
 @contextmanager
@@ -245,3 +277,86 @@ def _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, param_a
         Wt[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1.0)
         if P is not None:  # W1's rows now hold the dequantised columns, as in the reference
             Wt[i2:].addmm_(P[i1:i2, i2:].t(), W1)
+
+
+def refit_group_params(w: torch.Tensor, H: torch.Tensor, q: Int4Weights, *, drift: torch.Tensor | None = None,
+                       alpha: float = 1.0, float_zero: bool = False, dtype: torch.dtype = torch.float16,
+                       damp: float = 0.0) -> Int4Weights:
+    """Least-squares scales (and float zero points) for ``q``'s fixed codes under GPTQ's own objective.
+
+    With the codes fixed, the dequantised weight is linear in each group's
+    parameters: ``Q[n, k] = a[g, n] * c[n, k] + b[g, n]`` (a = scale, b =
+    -scale * zero).  For each output row the parameters of all its groups are
+    solved jointly to minimise ``(W_n - Q_n) H (W_n - Q_n)^T`` (the layer's
+    output error on the calibration inputs; with GPTAQ's ``drift`` the target
+    is the original layer's output, its cross term scaled by ``alpha``).
+    Symmetric weights and integer zero points keep their zero points and refit
+    the scales only.  A row keeps its old parameters unless the new ones,
+    rounded to ``dtype``, lower that error (and its scales stay positive), so
+    the refit never makes a row worse.
+    """
+    N, K = q.codes.shape
+    if tuple(w.shape) != (N, K):
+        raise QuantError(f"the weight is {tuple(w.shape)} but the codes are {(N, K)}; refit the weight they were "
+                         f"quantised from.")
+    if tuple(H.shape) != (K, K):
+        raise QuantError(f"the Hessian is {tuple(H.shape)} but the weight has {K} inputs; pass its {K} x {K} "
+                         f"input Hessian.")
+    G = q.group_size
+    n = num_groups(K, G)
+    Kp = n * G
+    W = w.detach().to(torch.float32)
+    H = H.to(torch.float32)
+    if damp:
+        H = H + damp * H.diagonal().mean() * torch.eye(K, device=H.device)
+    float_zero = float_zero and q.zeros is not None
+    dev = W.device
+    old_s = q.scales.to(torch.float32)  # [n, N]
+    z = torch.full_like(old_s, 8.0) if q.zeros is None else q.zeros.to(torch.float32)
+    C = q.codes.to(torch.float32)
+    if not float_zero:  # scale only: Q = a * (c - z)
+        C = C - z.t().repeat_interleave(G, dim=1)[:, :K]
+    V = W @ H  # the target's cross term, row n: H W_n^T (+ alpha D^T W_n^T)
+    if drift is not None:
+        V.add_(W @ drift.to(torch.float32), alpha=alpha)
+
+    def seg(x: torch.Tensor) -> torch.Tensor:  # [..., K] -> per-group sums [..., n]
+        return torch.nn.functional.pad(x, (0, Kp - K)).reshape(*x.shape[:-1], n, G).sum(-1)
+
+    m = 2 * n if float_zero else n
+    M = torch.zeros(N, m, m, device=dev)
+    r = torch.zeros(N, m, device=dev)
+    r[:, :n] = seg(C * V)
+    for g in range(n):
+        cols = slice(g * G, min((g + 1) * G, K))
+        Y = C[:, cols] @ H[cols]  # [N, K]: sum over k in g of c[n, k] H[k, :]
+        M[:, g, :n] = seg(Y * C)
+        if float_zero:
+            M[:, g, n:] = seg(Y)
+    if float_zero:
+        M[:, n:, :n] = M[:, :n, n:].transpose(1, 2)
+        Hs = seg(seg(H).t())  # [n, n] block sums of H (symmetric)
+        M[:, n:, n:] = Hs
+        r[:, n:] = seg(V)
+
+    def theta(s: torch.Tensor, zz: torch.Tensor) -> torch.Tensor:
+        return torch.cat([s.t(), (-s * zz).t()], dim=1) if float_zero else s.t()
+
+    def loss(t: torch.Tensor) -> torch.Tensor:  # up to a constant, per row
+        return (t[:, None, :] @ M @ t[:, :, None]).reshape(N) - 2 * (t * r).sum(1)
+
+    ridge = 1e-6 * M.diagonal(dim1=1, dim2=2).abs().mean(1).clamp(min=1e-30)
+    A = M + ridge[:, None, None] * torch.eye(m, device=dev)
+    sol, info = torch.linalg.solve_ex(A, r[:, :, None])
+    sol = sol[:, :, 0]
+    new_s = _stored(sol[:, :n].t(), dtype)
+    if float_zero:
+        new_z = (-sol[:, n:].t() / new_s).to(dtype).to(torch.float32)
+    else:
+        new_z = z
+    ok = (info == 0) & (sol[:, :n] > 0).all(1) & torch.isfinite(sol).all(1)
+    better = ok & (loss(theta(new_s, new_z)) < loss(theta(old_s, z)))
+    scales = torch.where(better[None, :], new_s, old_s)
+    zeros = None if q.zeros is None else torch.where(better[None, :], new_z, z) if float_zero else q.zeros
+    return Int4Weights(codes=q.codes, scales=scales.to(q.scales.dtype),
+                       zeros=None if zeros is None else zeros.to(q.zeros.dtype), group_size=G)

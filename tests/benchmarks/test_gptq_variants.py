@@ -1,0 +1,34 @@
+"""benchmarks/gptq_variants.py: variant parsing and the group-refit knobs it sets per variant."""
+import torch
+
+from compress.quantization import QuantConfig, gptq
+from compress.quantization.quantizers import dequantize
+from tests.bench_script import load_benchmark
+from tests.quantization.test_group_refit import _drifted
+
+
+def test_variant_fields_and_refit_knobs_are_set_for_one_variant_only():
+    bench = load_benchmark("gptq_variants")
+    name, fields = bench.parse_variant('p2:symmetric=false,zero_point="float",refit_passes=2,refit_damp=0.05')
+    assert name == "p2" and fields == {"symmetric": False, "zero_point": "float", "refit_passes": 2, "refit_damp": 0.05}
+    before = gptq.REFIT_DAMP, gptq.REFIT_PASSES, gptq.REFIT_ALPHA
+    with bench._refit_knobs(0.05, 2, 1.0):
+        assert (gptq.REFIT_DAMP, gptq.REFIT_PASSES, gptq.REFIT_ALPHA) == (0.05, 2, 1.0)
+    assert (gptq.REFIT_DAMP, gptq.REFIT_PASSES, gptq.REFIT_ALPHA) == before
+    with bench._refit_knobs(None, None, None):
+        assert (gptq.REFIT_DAMP, gptq.REFIT_PASSES, gptq.REFIT_ALPHA) == before
+
+
+def test_a_second_pass_rechooses_the_codes_with_the_refitted_parameters(monkeypatch):
+    x_fp, x, H, drift = _drifted(k=128)
+    torch.manual_seed(4)
+    w = torch.randn(32, 128) * 0.05
+    cfg = QuantConfig(group_size=64, gptq=True, symmetric=False, zero_point="float")
+    one = gptq.gptq_quantize(w, H, cfg, drift=drift)
+    monkeypatch.setattr(gptq, "REFIT_PASSES", 2)
+    two = gptq.gptq_quantize(w, H, cfg, drift=drift)
+    assert not torch.equal(one.codes, two.codes)
+    off = gptq.gptq_quantize(w, H, QuantConfig(group_size=64, gptq=True, symmetric=False, zero_point="float",
+                                               group_refit=False), drift=drift)
+    err = lambda q: (x @ dequantize(q).t() - x_fp @ w.t()).pow(2).sum().item()  # noqa: E731
+    assert err(two) < err(off)
