@@ -293,8 +293,6 @@ def _input_statistics(
         memo.needed = {block[t.name] for t in wanted} - {None}
     if fp_memo is not None:
         fp_memo.needed = {block[t.name] for t in drifting if not finish_block[t.name]} - {None}
-        recording = fp_memo.recording
-        fp_memo.recording = recording and not fp_advance  # nothing reads the original's blocks after its last pass
     try:
         if wanted:
             for b, (h, fp_h, call) in enumerate(zip(hidden, fp_hidden if drifting else hidden, calls)):
@@ -324,8 +322,6 @@ def _input_statistics(
         for m in (memo, fp_memo):
             if m is not None:
                 m.needed = set()
-        if fp_memo is not None:
-            fp_memo.recording = recording
     return {name: H for name, (H, _) in stats.items()}, {name: D for name, (D, _) in drift.items()}
 
 
@@ -387,7 +383,9 @@ def quantize_sequential(
                                   if t.config.gptq and t.config.gptaq) - {None}
                 # The original's last pass over the layer also moves its hidden states on.
                 advance = gptaq and s == len(stages) - 1 and any(t.config.gptq and t.config.gptaq for t in stage)
-                fp_advanced = fp_advanced or advance
+                if advance:
+                    fp_advanced = True
+                    fp_memo.recording = False  # nothing reads the original's blocks after its last pass
                 H, drift = _input_statistics(layer, stage, hidden, calls[i], original=original, fp_hidden=fp_hidden,
                                              memo=memo, fp_memo=fp_memo, needed_later=later, fp_advance=advance)
                 lead_of = _prepared_groups(stage, H, drift)
@@ -413,15 +411,15 @@ def quantize_sequential(
                 fp_memo.close()  # its outputs are not read again
             if i + 1 < adapter.num_layers:
                 memo.recording = False
-                if fp_memo is not None:
-                    fp_memo.recording = False
                 with torch.no_grad():
                     for b, (h, call) in enumerate(zip(hidden, calls[i])):
                         memo.batch = b
                         h.copy_(call.run(layer, h))  # in place: one copy of the calibration activations, not two
-                    for b, (h, call) in enumerate(zip(fp_hidden if not fp_advanced else [], calls[i])):
-                        fp_memo.batch = b
-                        h.copy_(call.run(original, h))
+                    if gptaq and not fp_advanced:
+                        fp_memo.recording = False
+                        for b, (h, call) in enumerate(zip(fp_hidden, calls[i])):
+                            fp_memo.batch = b
+                            h.copy_(call.run(original, h))
         finally:
             memo.close()
             if fp_memo is not None:
