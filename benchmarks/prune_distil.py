@@ -201,13 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--sparsity must be between 0 and 1, got {args.sparsity}")
 
     import compress
-    from compress.data import TextConfig, eval_only_sequences, load_text
+    from compress.data import TextConfig, default_source, eval_only_sequences, load_text
     from compress.generated import GenerateConfig
     from compress.io.atomic import write_json
 
     teacher, tokenizer = compress.load_model("smollm2-135m", device=args.device)
     text = TextConfig(seq_len=args.seq_len, seed=0, calibration_fraction=0.25, eval_fraction=0.08)
-    splits = load_text(None, tokenizer, text, model=teacher,
+    # default_source: the mix every command uses when given no text (load_text(None) would be the plays alone)
+    splits = load_text(default_source(teacher), tokenizer, text, model=teacher,
                        generate=GenerateConfig(tokens=args.generate_tokens, progress=not args.quiet))
     domains = {"shakespeare": load_text("shakespeare", tokenizer, text).eval[: args.eval_seqs],
                "news": eval_only_sequences("news", tokenizer, text)[: args.eval_seqs]}

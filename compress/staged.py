@@ -228,6 +228,7 @@ def _combine(
         uniform=last.uniform,
         substeps=sum(r.substeps for r in reports),
         calibration_tokens=sum(r.calibration_tokens for r in reports),
+        refitted=sum(r.refitted for r in reports),
         skipped=[*last.skipped, *notes,
                  f"{cfg.stages} stages, each trained by distillation from a frozen copy of the unpruned model; "
                  "s_l is the compound of the stages' allocations."],

@@ -81,6 +81,7 @@ def estimate(model: nn.Module, stages: list[tuple[str, dict]], eval_batch: int, 
             extra += _activation_bytes(model, facts["batch_size"], seq_len, training=False)  # the teacher's forward
         elif facts["kind"] == "prune":
             extra = weights if facts.get("gradients") else 0
+            extra += weights if facts.get("refit") else 0  # the refit's copy of the layers before pruning
             extra += _activation_bytes(model, facts["batch_size"], facts["seq_len"], training=bool(facts.get("gradients")))
         elif facts["kind"] == "quantize":
             extra = weights // 4 + _activation_bytes(model, facts.get("batch_size", 4), seq_len, training=False)

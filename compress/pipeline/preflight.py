@@ -289,7 +289,7 @@ def _check_memory(recipe: Recipe, model: nn.Module, seq_len: int, device: torch.
         if isinstance(s, Prune):
             c = s.config
             facts.append((stage_name(i, s), {"kind": "prune", "batch_size": c.batch_size, "gradients": c.importance == "taylor",
-                                             "seq_len": c.calib_seq_len or seq_len}))
+                                             "seq_len": c.calib_seq_len or seq_len, "refit": c.refit}))
         elif isinstance(s, Recover):
             c = s.config
             facts.append((stage_name(i, s), {"kind": "recover", "batch_size": c.batch_size,

@@ -45,6 +45,16 @@ class PruneConfig:
     group; the groups whose removal costs least go.  0 ranks kv groups by
     ``importance`` alone; magnitude importance (data-free) never measures.
 
+    ``refit`` (when there is calibration text): after the last sub-step,
+    every layer's ``o`` and ``mlp_out`` are refitted by ridge regression so
+    the pruned layer's outputs match the original's on the first
+    ``refit_samples`` calibration sequences (whole sequences, ``batch_size`` at
+    a time), each layer fed the refitted layers before it; ``refit_damp``
+    scales the ridge term, which pulls towards plain pruning
+    (``compress.pruning.refit``).  It holds a copy of the decoder layers
+    while pruning.  On SmolLM2-135M at 20% it lowered news and Shakespeare
+    KL before and after distillation (README, "Refit after pruning").
+
     ``stages > 1`` is Adapt-Accel's incremental schedule (ALGORITHMS.md §1.5):
     stage k prunes until the non-embedding parameters reach ``N0 * (1 -
     sparsity * k / stages)``, then trains by distillation from a frozen copy
@@ -70,6 +80,9 @@ class PruneConfig:
     calib_seq_len: int | None = 64
     batch_size: int = 8
     kv_loss_windows: int = 8
+    refit: bool = True
+    refit_samples: int = 128
+    refit_damp: float = 0.1
     seed: int = 0
     stages: int = 1
     stage_tokens: int | None = None
@@ -91,6 +104,12 @@ class PruneConfig:
         _at_least("batch_size", self.batch_size, 1)
         _at_least("kv_loss_windows", self.kv_loss_windows, 0)
         _at_least("stages", self.stages, 1)
+        _at_least("refit_samples", self.refit_samples, 1)
+        if not isinstance(self.refit, bool):
+            raise ConfigError(f"refit must be True or False, got {self.refit!r}.")
+        damp = self.refit_damp
+        if isinstance(damp, bool) or not (isinstance(damp, (int, float)) and math.isfinite(damp) and damp > 0):
+            raise ConfigError(f"refit_damp must be a finite number > 0 (0.1 is the default), got {damp!r}.")
         if self.calib_seq_len is not None:
             _at_least("calib_seq_len", self.calib_seq_len, 2)
         if not (isinstance(self.amplitude, (int, float)) and math.isfinite(self.amplitude) and self.amplitude >= 0):

@@ -10,8 +10,9 @@ nothing, since the model (and so every score) is unchanged.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import fields, replace
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ from compress.pruning.calibrate import Calibration, calibrate, calibration_rows,
 from compress.pruning.config import PruneConfig
 from compress.pruning.groups import LayerGroups, layer_groups
 from compress.pruning.problems import layer_budget, prune_problems, unreachable
+from compress.pruning.refit import Snapshot, refit_outputs
 from compress.pruning.report import LayerWidths, PruneReport
 from compress.pruning.scores import kv_group_scores, mlp_channel_scores, top_k
 from compress.pruning.surgery import (
@@ -170,10 +172,12 @@ class _Pruning:
         self.active = [new for new, old in enumerate(kept) if old not in cfg.protect_layers]
         budgets, widths, fixed = self.plan(groups0, kept, drop, non_emb0, target)
         sources = source_layers(adapter)  # before dropping: indices in the original, unpruned model
+        snapshot = self.snapshot()
         if drop:
             drop_layers(adapter, drop)
 
         s, substeps = self.allocate(budgets, widths, fixed, target, non_emb0)
+        refitted = self.refit(snapshot, kept) if snapshot is not None else 0
         uniform, config_notes = record_widths(adapter, [sources[i] for i in kept])
         self.notes += config_notes
         total1, non_emb1 = count_parameters(self.model)
@@ -191,8 +195,32 @@ class _Pruning:
             uniform=uniform,
             substeps=substeps,
             calibration_tokens=self.calib_tokens,
+            refitted=refitted,
             skipped=self.notes,
         )
+
+    # -- refit (compress.pruning.refit) --------------------------------------
+    def refit_batches(self) -> list[torch.Tensor]:
+        assert self.tokens is not None
+        rows = self.tokens[: self.cfg.refit_samples].to(self.adapter.embed.weight.device)
+        return list(rows.split(self.cfg.batch_size))
+
+    def snapshot(self) -> Snapshot | None:
+        """The layers before pruning, the refit's target; None when there is no refit."""
+        if not self.cfg.refit:
+            return None
+        if self.tokens is None:
+            self.notes.append("No refit after pruning: it needs calibration text (pass data=).")
+            return None
+        with _evaluating(self.model):
+            return Snapshot.take(self.adapter, self.refit_batches())
+
+    def refit(self, snapshot: Snapshot, kept: list[int]) -> int:
+        with _evaluating(self.model):
+            done = refit_outputs(self.adapter, snapshot, kept, self.refit_batches(), damp=self.cfg.refit_damp,
+                                 progress=self.cfg.progress)
+        self.calib_tokens += sum(b.numel() for b in self.refit_batches())
+        return done
 
     def plan(
         self, groups0: list[LayerGroups], kept: list[int], drop: list[int], non_emb0: int, target: float
@@ -351,6 +379,17 @@ class _Pruning:
                 params=(g0.params(g0.mlp_width, g0.num_kv_heads), g1.params(g1.mlp_width, g1.num_kv_heads)),
             ))
         return rows
+
+
+@contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) for the block, then the mode the model had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _numel(module: nn.Module) -> int:

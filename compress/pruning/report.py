@@ -58,6 +58,7 @@ class PruneReport(Report):
     uniform: bool = True
     substeps: int = 0
     calibration_tokens: int = 0
+    refitted: int = 0  # output projections refitted to the original's outputs after pruning
     skipped: list[str] = field(default_factory=list)
     stages: list[StageReport] = field(default_factory=list)  # incremental mode only
 
@@ -95,6 +96,8 @@ class PruneReport(Report):
             "  ".join("-" * n for n in widths),
             *map(fmt, rows),
         ]
+        if self.refitted:
+            lines.append(f"refitted {self.refitted} output projections (o, mlp_out) to the original layers' outputs")
         if self.dropped_layers:
             lines.append(f"dropped layers (original index): {self.dropped_layers}")
         if self.protected_layers:

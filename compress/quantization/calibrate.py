@@ -27,8 +27,6 @@ changes, so each of its blocks runs about once per batch.
 from __future__ import annotations
 
 import copy
-import inspect
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
@@ -36,66 +34,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from compress.arch import Adapter
+from compress.layer_calls import LayerCall, capture_layer_calls
 from compress.quantization.gptq import PreparedHessian, fold_product, gptq_quantize, input_product, prepare_hessian
 from compress.quantization.memory import release_freed_memory
 from compress.quantization.plan import Target, set_module
 from compress.quantization.quantizers import Quantised
 
 Convert = Callable[[Target, Optional[Quantised]], nn.Module]
-
-
-@dataclass
-class LayerCall:
-    """One call of a layer minus its hidden states: rebuild it with ``call(layer, hidden)``."""
-
-    args: tuple
-    kwargs: dict[str, Any]
-    hidden_in_kwargs: bool
-
-    def run(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-        if self.hidden_in_kwargs:
-            out = layer(*self.args, hidden_states=hidden, **self.kwargs)
-        else:
-            out = layer(hidden, *self.args, **self.kwargs)
-        return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _split_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, LayerCall]:
-    if args:
-        return args[0], LayerCall(args[1:], dict(kwargs), False)
-    kwargs = dict(kwargs)
-    hidden = kwargs.pop("hidden_states")
-    return hidden, LayerCall((), kwargs, True)
-
-
-@torch.no_grad()
-def capture_layer_calls(adapter: Adapter, batches: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[list[LayerCall]]]:
-    """First layer's input hidden states per batch, and every layer's calls per batch."""
-    layers = list(adapter.layers)
-    calls: list[list[LayerCall]] = [[] for _ in layers]
-    first_hidden: list[torch.Tensor] = []
-
-    def recorder(i: int) -> Callable:
-        def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
-            hidden, call = _split_call(args, kwargs)
-            calls[i].append(call)
-            if i == 0:
-                first_hidden.append(hidden)
-            return hidden  # every supported family's layer returns the hidden states alone
-
-        return forward
-
-    backbone = getattr(adapter.model, "base_model", adapter.model)
-    extra = {"use_cache": False} if "use_cache" in inspect.signature(backbone.forward).parameters else {}
-    try:
-        for i, layer in enumerate(layers):
-            layer.forward = recorder(i)  # instance attribute shadows the class method for this pass
-        for ids in batches:
-            backbone(input_ids=ids, **extra)
-    finally:
-        for layer in layers:
-            layer.__dict__.pop("forward", None)
-    return first_hidden, calls
 
 
 def _stages(adapter: Adapter, index: int, targets: list[Target], true_sequential: bool) -> list[list[Target]]:
