@@ -162,6 +162,8 @@ class BudgetPlan:
     seconds: float
     notes: list[str] = field(default_factory=list)
     probe: Any = None  # the KLProbe holding the original's output distributions on the windows
+    guard: dict[str, float] = field(default_factory=dict)  # measured KL of the plan and each uniform candidate
+    guard_choice: Optional[str] = None  # "plan" or the uniform candidate kept
 
     @property
     def predicted_bytes(self) -> int:
@@ -310,11 +312,19 @@ def plan_budget(model: nn.Module, config: QuantConfig, data: Any, *, dtype: Any 
             for o in u.options:
                 if o.format != "keep":
                     o.error = float(errors[u.name][o.format])
+        if data is not None:  # planned from given errors: the guard still measures on the windows
+            probe, windows = _probe(model, config, data)
+            seqs, seq_len = int(windows.shape[0]), int(windows.shape[1])
     _choose(units, target - fixed)
+    guard: dict[str, float] = {}
+    guard_choice = None
+    if probe is not None:
+        guard, guard_choice, note = _guard(model, config, probe, units, target - fixed)
+        notes.append(note)
     chosen = dataclasses.replace(config, target_size=None, overrides=_overrides(config, units),
                                  embeddings=_embedding_choice(config, units))
     return BudgetPlan(target, units, fixed, chosen, config.target_metric, scale, seqs, seq_len,
-                      time.perf_counter() - start, notes, probe)
+                      time.perf_counter() - start, notes, probe, guard, guard_choice)
 
 
 def check_budget(model: nn.Module, config: QuantConfig, dtype: Any = None) -> tuple[list[Unit], int, list[str]]:
@@ -427,29 +437,18 @@ def _spend_rest(units: list[Unit], left: int) -> None:
 
 def _measure(model: nn.Module, config: QuantConfig, data: Any, units: list[Unit]) -> tuple[Any, float, int, int, list[str]]:
     """Fill every option's predicted KL; returns (the KL probe, the scale a per format, windows, their length, notes)."""
-    from compress.arch import adapter_for
     from compress.quantization.quantizers import fake_quantize
-    from compress.sensitivity import SensitivityConfig, measure_sensitivity
-    from compress.sensitivity.measure import calibration_windows
-    from compress.output_kl import KLProbe
+    from compress.sensitivity import measure_sensitivity
 
-    if data is None:
-        raise QuantError("A size budget measures each module's error on calibration text: pass data= (token ids "
-                         "[n, seq_len] or load_text(...)), or --data on the command line.")
-    adapter = adapter_for(model)
     linear = [u for u in units if u.kind == "linear"]
     formats = sorted({o.format for u in linear for o in u.options if o.format != "keep"},
                      key=lambda f: LINEAR_FORMATS.index(f))
-    scfg = SensitivityConfig(metric=config.target_metric, formats=tuple(SENSITIVITY_NAMES[f] for f in formats) or
-                             ("int4-g128",), importance="magnitude", sequences=config.target_sequences,
-                             batch_size=config.calibration_batch_size, progress=config.progress)
-    windows = calibration_windows(data, scfg, adapter)
+    scfg = _sensitivity_config(config, formats)
+    probe, windows = _probe(model, config, data)
     notes = []
     was_training = model.training
     model.eval()
     try:
-        device = adapter.embed.weight.device
-        probe = KLProbe(model, adapter, [b.to(device) for b in windows.split(scfg.batch_size)])
         if linear:
             report = measure_sensitivity(model, windows, scfg)
             raw = {row.name: row.errors for row in report.modules}
@@ -487,28 +486,119 @@ def _measure(model: nn.Module, config: QuantConfig, data: Any, units: list[Unit]
     return probe, scale, int(windows.shape[0]), int(windows.shape[1]), notes
 
 
-def _measure_embedding(model: nn.Module, config: QuantConfig, probe: Any, unit: Unit) -> None:
+def _sensitivity_config(config: QuantConfig, formats: list[str]) -> Any:
+    from compress.sensitivity import SensitivityConfig
+
+    return SensitivityConfig(metric=config.target_metric, formats=tuple(SENSITIVITY_NAMES[f] for f in formats) or
+                             ("int4-g128",), importance="magnitude", sequences=config.target_sequences,
+                             batch_size=config.calibration_batch_size, progress=config.progress)
+
+
+def _probe(model: nn.Module, config: QuantConfig, data: Any) -> tuple[Any, torch.Tensor]:
+    """A KL probe on ``target_sequences`` calibration windows (the original's outputs kept), and the windows."""
+    from compress.arch import adapter_for
+    from compress.output_kl import KLProbe
+    from compress.sensitivity.measure import calibration_windows
+
+    if data is None:
+        raise QuantError("A size budget measures each module's error on calibration text: pass data= (token ids "
+                         "[n, seq_len] or load_text(...)), or --data on the command line.")
+    adapter = adapter_for(model)
+    scfg = _sensitivity_config(config, [])
+    windows = calibration_windows(data, scfg, adapter)
+    was_training = model.training
+    model.eval()
+    try:
+        device = adapter.embed.weight.device
+        probe = KLProbe(model, adapter, [b.to(device) for b in windows.split(scfg.batch_size)])
+    finally:
+        model.train(was_training)
+    return probe, windows
+
+
+def _embedding_changes(model: nn.Module, config: QuantConfig, fmt: str) -> list:
+    """The embedding table (and an untied head kept with it) rounded to ``fmt``, as probe changes."""
     from compress.quantization.embedding import _head, quantize_rows
 
     embed = model.get_input_embeddings()
     _, head = _head(model)
     tied = head is not None and getattr(head, "weight", None) is embed.weight
+    bits = 8 if fmt.endswith("int8") else 4
+
+    def rounded(w: torch.Tensor) -> torch.Tensor:
+        group = w.shape[1] if bits == 8 else config.embedding_group_size
+        codes, scales = quantize_rows(w, bits, group, config.torch_scale_dtype)
+        V, D = w.shape
+        return (codes.to(torch.float32).reshape(V, D // group, group) * scales.to(torch.float32)[..., None]
+                ).reshape(V, D).to(w.dtype)
+
+    changes = [(embed, rounded(embed.weight))]
+    if isinstance(head, nn.Linear) and not tied:
+        changes.append((head, rounded(head.weight)))
+    return changes
+
+
+def _measure_embedding(model: nn.Module, config: QuantConfig, probe: Any, unit: Unit) -> None:
     for o in unit.options:
+        if o.format != "keep":
+            o.error = o.raw_error = probe.error(0, _embedding_changes(model, config, o.format))
+
+
+def _assignment_kl(model: nn.Module, config: QuantConfig, probe: Any, units: list[Unit], picks: list[int]) -> float:
+    """Measured KL with every unit rounded to its picked option (round to nearest, as the errors were measured)."""
+    from compress.quantization.quantizers import fake_quantize
+
+    changes: list = []
+    for u, i in zip(units, picks):
+        o = u.options[i]
         if o.format == "keep":
             continue
-        bits = 8 if o.format.endswith("int8") else 4
+        if u.kind == "linear":
+            lin = model.get_submodule(u.name)
+            changes.append((lin, fake_quantize(lin.weight, o.config)))
+        else:
+            changes += _embedding_changes(model, config, o.format)
+    return probe.error(0, changes)
 
-        def rounded(w: torch.Tensor) -> torch.Tensor:
-            group = w.shape[1] if bits == 8 else config.embedding_group_size
-            codes, scales = quantize_rows(w, bits, group, config.torch_scale_dtype)
-            V, D = w.shape
-            return (codes.to(torch.float32).reshape(V, D // group, group) * scales.to(torch.float32)[..., None]
-                    ).reshape(V, D).to(w.dtype)
 
-        changes = [(embed, rounded(embed.weight))]
-        if isinstance(head, nn.Linear) and not tied:
-            changes.append((head, rounded(head.weight)))
-        o.error = o.raw_error = probe.error(0, changes)
+def _uniform_candidates(units: list[Unit], available: int) -> dict[str, list[int]]:
+    """Every uniform assignment that fits: one linear format in every projection (where it has it; the
+    smallest option where not) with each embedding format."""
+    linear = [u for u in units if u.kind == "linear"]
+    formats = [f for f in LINEAR_FORMATS if f != "keep" and any(o.format == f for u in linear for o in u.options)]
+    emb = next((u for u in units if u.kind == "embedding"), None)
+    out: dict[str, list[int]] = {}
+    for fmt in formats:
+        for e in ([o.format for o in emb.options] if emb is not None else [None]):
+            picks = []
+            for u in units:
+                want = e if u.kind == "embedding" else fmt
+                same = [i for i, o in enumerate(u.options) if o.format == want]
+                picks.append(same[0] if same else min(range(len(u.options)), key=lambda i: u.options[i].bytes))
+            if sum(u.options[i].bytes for u, i in zip(units, picks)) <= available:
+                out[fmt + ("" if e is None else f" + {e}")] = picks
+    return out
+
+
+def _guard(model: nn.Module, config: QuantConfig, probe: Any, units: list[Unit], available: int
+           ) -> tuple[dict[str, float], str, str]:
+    """Keep the plan or the uniform assignment that fits with the least measured KL; (every KL, the kept, a note)."""
+    plan = [u.choice for u in units]
+    candidates = {"plan": plan, **{k: v for k, v in _uniform_candidates(units, available).items() if v != plan}}
+    was_training = model.training
+    model.eval()
+    try:
+        measured = {name: _assignment_kl(model, config, probe, units, picks) for name, picks in candidates.items()}
+    finally:
+        model.train(was_training)
+    best = min(measured, key=lambda k: (measured[k], k != "plan"))  # a tie keeps the plan
+    shown = "; ".join(f"{k} {v:.4g}" for k, v in sorted(measured.items(), key=lambda kv: kv[1]))
+    if best == "plan":
+        return measured, best, f"measured guard (KL on the windows, round to nearest): the plan kept ({shown})."
+    for u, i in zip(units, candidates[best]):
+        u.choice = i
+    return measured, best, (f"measured guard (KL on the windows, round to nearest): uniform {best} measured lower than "
+                      f"the plan and is used instead ({shown}).")
 
 
 # -- quantising to the plan, and the report ------------------------------------------------------------
@@ -533,6 +623,8 @@ class BudgetReport(QuantReport):
     seq_len: int = 0
     choices: list[dict[str, Any]] = field(default_factory=list)
     saved_bytes: Optional[int] = None  # the file compress.save wrote, when the caller records it
+    guard_kl: dict[str, float] = field(default_factory=dict)  # measured KL (round to nearest) of the plan and each
+    guard_choice: Optional[str] = None                         # uniform candidate that fits; which one was kept
 
     def errors(self) -> dict[str, dict[str, float]]:
         """Predicted KL per unit and format: ``quantize_to_size(..., errors=...)`` plans another size from them."""

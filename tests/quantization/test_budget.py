@@ -23,6 +23,7 @@ from compress.quantization.budget import (
     plan_budget,
     stored_file_bytes,
 )
+from compress.quantization.apply import quantize_to_size
 from compress.quantization.embedding import QuantEmbedding
 from tests.tiny import SAMPLE_TEXT, tiny_model, tiny_tokenizer
 
@@ -395,3 +396,45 @@ def test_an_untied_head_is_counted_once_whether_the_embedding_unit_or_the_base_c
     assert keep_head == ("embedding" in {c["kind"] for c in report.choices})
     assert keep_head or any("output head is quantised as a linear module" in n for n in report.notes)
 
+
+
+# -- the measured guard ------------------------------------------------------------------------------
+
+def test_the_guard_replaces_a_plan_that_misleading_errors_chose_with_a_uniform_format_that_measures_lower():
+    model = tiny_model("llama")
+    units, _, _ = check_budget(model, QuantConfig(target_size="1GiB", progress=False))
+    # predictions that call ternary free: the knapsack then puts every projection in ternary
+    errors = {u.name: {o.format: (1e-9 if o.format == "ternary" else 1.0) for o in u.options if o.format != "keep"}
+              for u in units}
+    g32 = stored_file_bytes(model) - sum(
+        max(o.bytes for o in u.options) - next(o.bytes for o in u.options if o.format == "int4-g32")
+        for u in units if u.kind == "linear")
+    report = quantize_to_size(model, QuantConfig(target_size=g32 + 64, progress=False), _ids(), errors=errors)
+    kept = report.guard_choice
+    assert kept is not None and kept != "plan" and kept.startswith("int4-")
+    assert report.guard_kl[kept] < report.guard_kl["plan"]
+    linear = {c["format"] for c in report.choices if c["kind"] == "linear"}
+    assert linear == {kept.split(" + ")[0]}
+    assert report.stored_bytes <= report.target_bytes
+    assert any("uniform" in n and "instead" in n for n in report.notes)
+
+
+def test_the_guard_keeps_the_least_measured_assignment_and_every_candidate_fits():
+    model = tiny_model("llama")
+    target = int(stored_file_bytes(model) * 0.45)
+    report = quantize(model, QuantConfig(target_size=target, progress=False), data=_ids())
+    assert "plan" in report.guard_kl and len(report.guard_kl) > 1  # uniform candidates fit at this size
+    assert report.guard_kl[report.guard_choice] == min(report.guard_kl.values())
+    assert report.stored_bytes <= target
+    # the measured KL after quantising (RTN) is the kept candidate's, measured on the same windows
+    assert report.measured_kl == pytest.approx(report.guard_kl[report.guard_choice], rel=0.05, abs=1e-4)
+
+
+def test_planning_from_given_errors_without_text_has_no_guard():
+    model = tiny_model("llama")
+    first = plan_budget(model, QuantConfig(target_size=int(stored_file_bytes(model) * 0.5), progress=False), _ids())
+    from compress.quantization.budget import plan_errors
+
+    again = plan_budget(model, QuantConfig(target_size=int(stored_file_bytes(model) * 0.6), progress=False), None,
+                        errors=plan_errors(first))
+    assert first.guard and not again.guard and again.guard_choice is None
