@@ -159,6 +159,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                {"quantise_seconds": seconds, "target_bytes": rep.target_bytes, "predicted_bytes": rep.predicted_bytes,
                 "predicted_kl": rep.predicted_kl, "measured_kl_calibration": rep.measured_kl,
                 "format_counts": rep.format_counts(), "kl_scale": rep.kl_scale,
+                "guard_kl_calibration": rep.guard_kl, "guard_choice": rep.guard_choice,
                 "choices": {c["name"]: c["format"] for c in rep.choices}})
         del m
 

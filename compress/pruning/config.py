@@ -52,8 +52,10 @@ class PruneConfig:
     a time), each layer fed the refitted layers before it; ``refit_damp``
     scales the ridge term, which pulls towards plain pruning
     (``compress.pruning.refit``).  It holds a copy of the decoder layers
-    while pruning.  On SmolLM2-135M at 20% it lowered news and Shakespeare
-    KL before and after distillation (README, "Refit after pruning").
+    while pruning.  On SmolLM2-135M at 20% it lowers the KL to the original
+    on both domains before training (news 1.005 -> 0.857, Shakespeare 0.527
+    -> 0.312); after 40 distillation steps the calibration domain keeps most
+    of the gain and the unseen one ends level (README, "Refit after pruning").
 
     ``stages > 1`` is Adapt-Accel's incremental schedule (ALGORITHMS.md §1.5):
     stage k prunes until the non-embedding parameters reach ``N0 * (1 -
