@@ -82,7 +82,7 @@ def prune_config(args, arm: str, sparsity: float):
     from compress.pruning import PruneConfig
 
     common = dict(sparsity=sparsity, importance="taylor", round_to=args.round_to, calib_samples=args.calib_samples,
-                  calib_seq_len=64, batch_size=8, progress=not args.quiet)
+                  calib_seq_len=64, batch_size=8, refit=not args.no_refit, progress=not args.quiet)
     if arm == "uniform":
         return PruneConfig(method="uniform", **common)
     if arm == "adapt":
@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-samples", type=int, default=32, help="pruning calibration windows of 64 tokens")
     p.add_argument("--generate-tokens", type=int, default=12288, help="generated tokens in the default mix (cached)")
     p.add_argument("--eval-seqs", type=int, default=8, help="held-out sequences per domain")
+    p.add_argument("--no-refit", action="store_true",
+                   help="plain pruning (the 2026-12-06 run refitted o / mlp_out after pruning: PruneConfig(refit=True))")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", default=str(RESULTS_DIR / f"{NAME}.json"))

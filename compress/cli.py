@@ -112,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     option("--batch-size", type=int, help="calibration windows per forward/backward pass")
     option("--kv-loss-windows", type=int, metavar="N",
            help="calibration windows on which each kv group's removal is measured before one goes (0: scores only)")
-    p.add_argument("--no-refit", dest="refit", action="store_false", default=argparse.SUPPRESS,
-                   help="skip the least-squares refit of each layer's o and mlp_out to the original's outputs after pruning")
+    p.add_argument("--refit", dest="refit", action="store_true", default=argparse.SUPPRESS,
+                   help="after pruning, refit each layer's o and mlp_out by least squares to the original's outputs "
+                        "(best when no training follows; default off)")
     option("--refit-samples", type=int, metavar="N", help="calibration sequences (whole) the refit after pruning reads")
     option("--refit-damp", type=float, help="ridge term of the refit, as a fraction of the mean input energy (larger: gentler)")
     option("--stages", type=int,

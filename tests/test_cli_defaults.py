@@ -71,7 +71,7 @@ def test_quantize_gptaq_and_zero_point_flags_reach_the_config(monkeypatch, tmp_p
 
 
 def test_prune_refit_flags_reach_the_config():
-    args = build_parser().parse_args(["prune", "m", "-o", "out", "--no-refit", "--refit-samples", "32",
+    args = build_parser().parse_args(["prune", "m", "-o", "out", "--refit", "--refit-samples", "32",
                                       "--refit-damp", "0.3"])
-    assert _given(args, PruneConfig) == {"seed": 0, "refit": False, "refit_samples": 32, "refit_damp": 0.3}
+    assert _given(args, PruneConfig) == {"seed": 0, "refit": True, "refit_samples": 32, "refit_damp": 0.3}
     PruneConfig(**_given(args, PruneConfig))  # and they make a valid config

@@ -58,7 +58,7 @@ def test_refit_brings_every_family_closer_to_the_original_on_its_calibration_tex
     importance = "activation" if family == "bert" else "taylor"
     plain, fitted = copy.deepcopy(original), copy.deepcopy(original)
     prune(plain, 0.4, data=ids, importance=importance, refit=False, **FAST)
-    report = prune(fitted, 0.4, data=ids, importance=importance, refit_damp=0.01, **FAST)
+    report = prune(fitted, 0.4, data=ids, importance=importance, refit=True, refit_damp=0.01, **FAST)
     a = adapter_for(fitted)
     assert report.refitted == 2 * a.num_layers
     for i in range(a.num_layers):  # the same widths: the refit changes values, never shapes
@@ -67,10 +67,10 @@ def test_refit_brings_every_family_closer_to_the_original_on_its_calibration_tex
     assert _output_error(fitted, original, ids) < _output_error(plain, original, ids)
 
 
-def test_without_refit_the_output_projections_are_the_originals_surviving_columns():
+def test_by_default_the_output_projections_are_the_originals_surviving_columns():
     original = gqa_model("llama")
     model = copy.deepcopy(original)
-    report = prune(model, 0.4, data=calib(), refit=False, **FAST)
+    report = prune(model, 0.4, data=calib(), **FAST)  # the refit is opt-in
     assert report.refitted == 0
     w0, w1 = adapter_for(original).layer(1).mlp_out.weight, adapter_for(model).layer(1).mlp_out.weight
     cols = [next(j for j in range(w0.shape[1]) if torch.equal(w0[:, j], w1[:, k])) for k in range(w1.shape[1])]
@@ -82,14 +82,14 @@ def test_refit_follows_dropped_layers():
     ids = calib(n=16)
     plain, fitted = copy.deepcopy(original), copy.deepcopy(original)
     prune(plain, 0.45, data=ids, drop_layers=1, refit=False, **FAST)
-    report = prune(fitted, 0.45, data=ids, drop_layers=1, refit_damp=0.01, **FAST)
+    report = prune(fitted, 0.45, data=ids, drop_layers=1, refit=True, refit_damp=0.01, **FAST)
     assert report.dropped_layers and report.refitted == 2 * 4
     assert _output_error(fitted, original, ids) < _output_error(plain, original, ids)
 
 
 def test_data_free_pruning_skips_the_refit_with_a_note():
     model = gqa_model("llama")
-    report = prune(model, 0.3, method="uniform", importance="magnitude", progress=False)
+    report = prune(model, 0.3, method="uniform", importance="magnitude", refit=True, progress=False)
     assert report.refitted == 0
     assert any("refit" in note for note in report.skipped)
 
