@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         if arm != "none":
             t0 = time.perf_counter()
             row["refitted"] = refit_outputs(adapter_for(student), snapshot, list(range(adapter_for(student).num_layers)),
-                                            batches, damp=float(arm), progress=not args.quiet)
+                                            damp=float(arm), progress=not args.quiet)
             row["refit_seconds"] = time.perf_counter() - t0
         row["pruned"] = measure(student, teacher, domains, 4)
         say(f"refit {arm}: " + line(row["pruned"]))

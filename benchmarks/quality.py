@@ -227,8 +227,6 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m")

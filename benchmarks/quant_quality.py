@@ -443,8 +443,6 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m")

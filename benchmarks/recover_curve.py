@@ -220,8 +220,6 @@ def _device_name(device: str) -> str:
     return f"CPU, {os.cpu_count()} cores"
 
 
-
-
 def run_part(part: str, args: argparse.Namespace, teacher, splits, command: str) -> dict:
     held = splits.eval[: args.eval_seqs]
     start = time.perf_counter()

@@ -200,26 +200,22 @@ class _Pruning:
         )
 
     # -- refit (compress.pruning.refit) --------------------------------------
-    def refit_batches(self) -> list[torch.Tensor]:
-        assert self.tokens is not None
-        rows = self.tokens[: self.cfg.refit_samples].to(self.adapter.embed.weight.device)
-        return list(rows.split(self.cfg.batch_size))
-
     def snapshot(self) -> Snapshot | None:
-        """The layers before pruning, the refit's target; None when there is no refit."""
+        """The layers before pruning on the first ``refit_samples`` calibration rows, the refit's target;
+        None when there is no refit."""
         if not self.cfg.refit:
             return None
         if self.tokens is None:
             self.notes.append("No refit after pruning: it needs calibration text (pass data=).")
             return None
+        rows = self.tokens[: self.cfg.refit_samples].to(self.adapter.embed.weight.device)
         with _evaluating(self.model):
-            return Snapshot.take(self.adapter, self.refit_batches())
+            return Snapshot.take(self.adapter, list(rows.split(self.cfg.batch_size)))
 
     def refit(self, snapshot: Snapshot, kept: list[int]) -> int:
         with _evaluating(self.model):
-            done = refit_outputs(self.adapter, snapshot, kept, self.refit_batches(), damp=self.cfg.refit_damp,
-                                 progress=self.cfg.progress)
-        self.calib_tokens += sum(b.numel() for b in self.refit_batches())
+            done = refit_outputs(self.adapter, snapshot, kept, damp=self.cfg.refit_damp, progress=self.cfg.progress)
+        self.calib_tokens += sum(b.numel() for b in snapshot.batches)
         return done
 
     def plan(

@@ -57,9 +57,11 @@ class _Seen(Exception):
 
 @dataclass
 class Snapshot:
-    """The decoder layers as they were before pruning, their first input per batch and their calls: the target."""
+    """The decoder layers as they were before pruning, the token ids it was taken on, and each layer's
+    first input and calls per batch: the refit's target."""
 
     layers: list[nn.Module]
+    batches: list[torch.Tensor]
     hidden: list[torch.Tensor]
     calls: list[list[LayerCall]]
 
@@ -67,7 +69,7 @@ class Snapshot:
     @torch.no_grad()
     def take(cls, adapter: Adapter, batches: list[torch.Tensor]) -> "Snapshot":
         hidden, calls = capture_layer_calls(adapter, batches)
-        return cls([copy.deepcopy(layer).eval() for layer in adapter.layers], hidden, calls)
+        return cls([copy.deepcopy(layer).eval() for layer in adapter.layers], batches, hidden, calls)
 
 
 def _path(layer: nn.Module, module: nn.Module) -> str:
@@ -115,7 +117,6 @@ def refit_outputs(
     adapter: Adapter,
     snapshot: Snapshot,
     sources: list[int],
-    batches: list[torch.Tensor],
     *,
     damp: float,
     progress: bool = False,
@@ -124,9 +125,9 @@ def refit_outputs(
 
     ``sources[i]``: the snapshot index of current layer ``i``; layers pruning
     dropped have none, and the original stream still runs through them.
-    ``batches``: the token ids ``snapshot`` was taken on.
+    The pruned model reads the token ids ``snapshot`` was taken on.
     """
-    hidden_p, calls_p = capture_layer_calls(adapter, batches)
+    hidden_p, calls_p = capture_layer_calls(adapter, snapshot.batches)
     hidden_o = [h.clone() for h in snapshot.hidden]
     done, next_source = 0, 0
     layers = list(adapter.layers)

@@ -130,7 +130,7 @@ class QuantConfig(metaclass=_PicksMethod):
     output error on the calibration inputs, GPTAQ's target included), a row
     keeping its old ones unless the refit lowers that error.  SmolLM2-135M
     int4 GPTAQ, float zero points, news perplexity: g128 1.159x -> 1.142x,
-    g64 1.088x -> 1.087x (Shakespeare 1.083x -> 1.082x and -> 1.057x; README).
+    g64 1.088x -> 1.087x (Shakespeare: g128 1.083x -> 1.082x, g64 1.083x -> 1.057x; README).
     ``true_sequential`` quantises q/k/v, o, the MLP inputs and the MLP output
     in turn, each with inputs from the already-quantised ones.
     ``calibration_sequences`` caps the calibration sequences GPTQ reads (128,
