@@ -13,11 +13,14 @@ hidden states are then computed for real, one quantised layer after another.
 
 A layer is quantised in stages (q/k/v, o, MLP inputs, MLP output), each stage
 on the inputs left by the ones before, so the layer is run once per stage.
-Three things keep that close to one run: each stage's pass stops once its
+Four things keep that close to one run: each stage's pass stops once its
 modules have seen their inputs; the output of a block (attention, MLP) whose
 weights are final is kept per batch and reused by later passes
-(``_BlockMemo``); and modules fed the same tensor (q/k/v, gate/up) share one
-input product and are recorded together, so a pass stops before the others run.
+(``_BlockMemo``); so is the output of each quantised module (q/k/v, gate/up)
+inside a block that must still run (its input and weights are final once its
+stage is done), within ``MODULE_MEMO_BYTES``; and modules fed the same tensor
+(q/k/v, gate/up) share one input product and are recorded together, so a pass
+stops before the others run.
 
 GPTAQ targets also need the original model's inputs to each module: a second
 stream of hidden states runs through a copy of each layer as it was before
@@ -42,6 +45,10 @@ from compress.quantization.quantizers import Quantised
 
 Convert = Callable[[Target, Optional[Quantised]], nn.Module]
 
+# Most bytes of quantised modules' outputs kept per layer (float32, all calibration batches). SmolLM2-135M on
+# 64 x 256 tokens keeps about 260 MB (q/k/v, gate/up); larger models or more tokens keep what fits, the rest runs.
+MODULE_MEMO_BYTES = 1 << 30
+
 
 def _stages(adapter: Adapter, index: int, targets: list[Target], true_sequential: bool) -> list[list[Target]]:
     """Targets of one layer in the order their inputs become final: q/k/v, o, MLP inputs, MLP output."""
@@ -54,6 +61,12 @@ def _stages(adapter: Adapter, index: int, targets: list[Target], true_sequential
     for t in targets:
         stages[stage_of.get(id(t.module), len(order))].append(t)
     return [s for s in stages if s]
+
+
+def _known_parts(adapter: Adapter, index: int) -> set[int]:
+    """Ids of the layer's modules whose place in the data flow ``_stages`` knows."""
+    parts = adapter.layer(index)
+    return {id(m) for m in (parts.q, parts.k, parts.v, parts.o, *parts.mlp_in, parts.mlp_out)}
 
 
 class _StageInputsSeen(Exception):
@@ -83,13 +96,38 @@ class _BlockMemo:
         self.recording = True  # off for the last pass over a layer: nothing reads its outputs again
         self.needed: set[str] = set()
         self.final: set[str] = set(names) if final else set()
+        self._layer = layer
         self._outputs: dict[tuple[str, int], Any] = {}
         self._checked: set[str] = set()
         self._off: set[str] = set()
-        self._blocks = {name: layer.get_submodule(name) for name in names}
-        self._before = {name: block.__dict__.get("forward") for name, block in self._blocks.items()}
-        for name, block in self._blocks.items():
-            block.forward = self._wrap(name, block.forward)  # instance attribute, removed by close()
+        self._blocks: dict[str, nn.Module] = {}
+        self._before: dict[str, Any] = {}
+        self._modules: set[str] = set()  # names added by add_module (their outputs count against the byte cap)
+        self._module_bytes = 0
+        for name in names:
+            self._attach(name)
+
+    def _attach(self, name: str) -> None:
+        block = self._layer.get_submodule(name)
+        self._blocks[name] = block
+        self._before[name] = block.__dict__.get("forward")
+        block.forward = self._wrap(name, block.forward)  # instance attribute, removed by close()
+
+    def add_module(self, name: str) -> None:
+        """Keep the outputs of the module now at ``name`` (relative to the layer): its stage is done, so its
+        weights and its input are final.  Call it after the quantised module (or its dense copy) is in place."""
+        self._attach(name)
+        self._modules.add(name)
+        self.final.add(name)
+
+    def forget_inside(self, block: str) -> None:
+        """Drop the kept outputs of modules inside ``block``: its own output is kept for every batch now."""
+        inside = {n for n in self._modules if n.startswith(block + ".")}
+        for key in [k for k in self._outputs if k[0] in inside]:
+            self._module_bytes -= _nbytes(self._outputs.pop(key))
+
+    def has_all(self, name: str, batches: int) -> bool:
+        return all((name, b) in self._outputs for b in range(batches))
 
     def _wrap(self, name: str, real: Callable) -> Callable:
         def forward(*args: Any, **kwargs: Any) -> Any:
@@ -102,11 +140,16 @@ class _BlockMemo:
                 self._checked.add(name)
                 if not _same(out, self._outputs[key]):
                     self._off.add(name)
-                    self._outputs = {k: v for k, v in self._outputs.items() if k[0] != name}
+                    for k in [k for k in self._outputs if k[0] == name]:
+                        size = _nbytes(self._outputs.pop(k))
+                        self._module_bytes -= size if name in self._modules else 0
                 return out
             out = real(*args, **kwargs)
             if usable and self.recording:
-                self._outputs[key] = _cloned(out)
+                size = _nbytes(out) if name in self._modules else 0
+                if self._module_bytes + size <= MODULE_MEMO_BYTES:
+                    self._outputs[key] = _cloned(out)
+                    self._module_bytes += size
             return out
 
         return forward
@@ -119,6 +162,15 @@ class _BlockMemo:
             else:
                 block.forward = self._before[name]
         self._outputs.clear()
+        self._module_bytes = 0
+
+
+def _nbytes(out: Any) -> int:
+    if isinstance(out, torch.Tensor):
+        return out.numel() * out.element_size()
+    if isinstance(out, (tuple, list)):
+        return sum(_nbytes(o) for o in out)
+    return 0
 
 
 def _cloned(out: Any) -> Any:
@@ -321,6 +373,10 @@ def quantize_sequential(
         memo = _BlockMemo(layer, blocks)
         fp_memo = _BlockMemo(original, blocks, final=True) if gptaq else None
         stages = _stages(adapter, i, layer_targets[i], true_sequential)
+        # A module's output is final once its stage is done only when the stages follow the data flow
+        # (q/k/v, o, MLP inputs, MLP output); targets outside those parts may sit anywhere in it.
+        known = _known_parts(adapter, i)
+        keep_module_outputs = true_sequential and all(id(t.module) in known for t in layer_targets[i])
         fp_advanced = False
         try:
             for s, stage in enumerate(stages):
@@ -350,7 +406,14 @@ def quantize_sequential(
                     set_module(adapter.model, t.name, _dense_copy(module, dtype))
                 del H, drift, prepared
                 done = {name for name, _ in packed}
+                for b in memo.final & blocks:  # recorded on this pass: what ran inside it is not needed again
+                    if memo.has_all(b, len(hidden)):
+                        memo.forget_inside(b)
                 memo.final |= {b for b in blocks if all(n in done for n, bl in block_of.items() if bl == b)}
+                if keep_module_outputs:  # a done module in a block that must still run: keep what it gives
+                    for t in stage:
+                        if block_of[t.name] is not None and block_of[t.name] not in memo.final:
+                            memo.add_module(t.name[len(prefix):])
                 release_freed_memory()
             if fp_advanced:
                 fp_memo.close()  # its outputs are not read again

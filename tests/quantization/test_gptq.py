@@ -238,6 +238,15 @@ class _RunEveryPass:
     def __init__(self, layer, names, final=False):
         self.batch, self.recording, self.needed, self.final = 0, True, set(), set()
 
+    def add_module(self, name):
+        pass
+
+    def forget_inside(self, block):
+        pass
+
+    def has_all(self, name, batches):
+        return False
+
     def close(self):
         pass
 
@@ -270,6 +279,36 @@ def test_memoised_passes_quantise_exactly_as_running_every_pass(family, monkeypa
     for key in memo_state:
         assert torch.equal(memo_state[key], every_state[key]), key
     assert memo_calls < every_calls
+
+
+@pytest.mark.parametrize("family", ["llama", "bert-mlm"])
+def test_kept_module_outputs_change_nothing_and_save_linear_calls(family, monkeypatch):
+    """Quantised q/k/v and gate/up keep their outputs for later passes (within MODULE_MEMO_BYTES): same codes,
+    fewer matmuls than with no room to keep them."""
+    from torch import nn
+
+    from compress.quantization import calibrate
+
+    base, ids, _ = _tiny_with_reference(family)
+    cfg = QuantConfig(group_size=32, gptq=True, progress=False)
+    real_forward = nn.Linear.forward
+    runs, default_cap = {}, calibrate.MODULE_MEMO_BYTES
+    for cap in (default_cap, 0):
+        calls = [0]
+
+        def counting(self, x, calls=calls):
+            calls[0] += 1
+            return real_forward(self, x)
+
+        monkeypatch.setattr(nn.Linear, "forward", counting)
+        monkeypatch.setattr(calibrate, "MODULE_MEMO_BYTES", cap)
+        model = copy.deepcopy(base)
+        quantize(model, cfg, data=ids)
+        runs[cap] = (_packed_state(model), calls[0])
+    (kept, kept_calls), (none, none_calls) = runs[default_cap], runs[0]
+    for key in kept:
+        assert torch.equal(kept[key], none[key]), key
+    assert kept_calls < none_calls
 
 
 def test_a_memo_that_disagrees_with_a_real_run_is_turned_off(monkeypatch):
