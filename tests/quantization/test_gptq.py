@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from compress.quantization import QuantConfig, QuantError, quantize
-from compress.quantization.gptq import accumulate_hessian, gptq_quantize
+from compress.quantization.gptq import accumulate_drift, accumulate_hessian, gptq_quantize
 from compress.quantization.quantizers import dequantize, quantize_int4
 from tests.tiny import tiny_model
 
@@ -409,3 +409,33 @@ def test_the_originals_last_pass_moves_its_hidden_states_on_with_the_same_statis
         assert torch.equal(H[name], H2[name]) and torch.equal(D[name], D2[name])
         assert D[name].abs().sum() > 0
     assert all(torch.equal(a, b) for a, b in zip(expected, fp_hidden))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_modules_sharing_a_hessian_quantised_together_get_the_codes_each_would_get_alone(symmetric):
+    """q/k/v (gate/up) stacked row-wise run one column loop; each gets exactly its own GPTQ result back."""
+    from torch import nn
+
+    from compress.quantization.calibrate import _joint_groups, _quantise_jointly
+    from compress.quantization.gptq import prepare_hessian
+    from compress.quantization.plan import Target
+
+    x = correlated_inputs(k=64)
+    H, D = torch.zeros(64, 64), torch.zeros(64, 64)
+    accumulate_hessian(H, 0, x)
+    accumulate_drift(D, 0, x + 0.05 * torch.randn_like(x), x)
+    cfg = QuantConfig(group_size=32, gptq=True, symmetric=symmetric, zero_point="float" if not symmetric else "integer")
+    torch.manual_seed(0)
+    targets = [Target(name, nn.Linear(64, rows, bias=False), cfg) for name, rows in (("q", 24), ("k", 8), ("v", 8))]
+    targets.append(Target("other", nn.Linear(64, 8, bias=False), QuantConfig(group_size=16, gptq=True)))
+    lead_of = {t.name: "q" for t in targets}
+    groups = _joint_groups(targets, lead_of)
+    assert [[t.name for t in g] for g in groups] == [["q", "k", "v"], ["other"]]  # other settings: alone
+    prepared = prepare_hessian(H, cfg, drift=D)
+    joint = _quantise_jointly(groups[0], prepared)
+    for t in groups[0]:
+        alone = gptq_quantize(t.module.weight, None, cfg, prepared=prepared)
+        assert torch.equal(joint[t.name].codes, alone.codes), t.name
+        assert torch.equal(joint[t.name].scales, alone.scales), t.name
+        assert (joint[t.name].zeros is None) == symmetric
+        assert symmetric or torch.equal(joint[t.name].zeros, alone.zeros), t.name
