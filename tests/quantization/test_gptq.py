@@ -35,6 +35,19 @@ def test_accumulated_hessian_is_2_over_n_xtx():
     assert torch.allclose(H, 2.0 / 700 * x.t() @ x, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("k", [32, 400, 1000])
+def test_the_input_product_is_the_gram_matrix_and_exactly_symmetric(k):
+    """Wide inputs compute only the upper block triangle of x^T x and mirror it."""
+    from compress.quantization.gptq import input_product
+
+    x = torch.randn(3, 50, k, generator=torch.Generator().manual_seed(k))
+    product, rows = input_product(x)
+    flat = x.reshape(-1, k)
+    assert rows == 150
+    assert torch.allclose(product, flat.t() @ flat, rtol=1e-5, atol=1e-4)
+    assert torch.equal(product, product.t())
+
+
 @pytest.mark.parametrize(
     "cfg",
     [
