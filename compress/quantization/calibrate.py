@@ -45,10 +45,6 @@ from compress.quantization.quantizers import Int4Weights, Quantised
 
 Convert = Callable[[Target, Optional[Quantised]], nn.Module]
 
-# Most bytes of quantised modules' outputs kept per layer (float32, all calibration batches). SmolLM2-135M on
-# 64 x 256 tokens keeps about 260 MB (q/k/v, gate/up); larger models or more tokens keep what fits, the rest runs.
-MODULE_MEMO_BYTES = 1 << 30
-
 
 def _stages(adapter: Adapter, index: int, targets: list[Target], true_sequential: bool) -> list[list[Target]]:
     """Targets of one layer in the order their inputs become final: q/k/v, o, MLP inputs, MLP output."""
@@ -63,10 +59,22 @@ def _stages(adapter: Adapter, index: int, targets: list[Target], true_sequential
     return [s for s in stages if s]
 
 
-def _known_parts(adapter: Adapter, index: int) -> set[int]:
-    """Ids of the layer's modules whose place in the data flow ``_stages`` knows."""
+def _tails(adapter: Adapter, index: int, targets: list[Target], true_sequential: bool) -> dict[str, str]:
+    """Blocks whose output may be their last module's (o_proj, down_proj), for ``_BlockMemo``; by name relative
+    to the layer.  Only when the stages follow the data flow (every target is a part ``_stages`` places), so
+    the input that module's statistics pass sees is final."""
     parts = adapter.layer(index)
-    return {id(m) for m in (parts.q, parts.k, parts.v, parts.o, *parts.mlp_in, parts.mlp_out)}
+    known = {id(m) for m in (parts.q, parts.k, parts.v, parts.o, *parts.mlp_in, parts.mlp_out)}
+    if not true_sequential or any(id(t.module) not in known for t in targets):
+        return {}
+    path = {id(m): n for n, m in adapter.layers[index].named_modules()}
+    tails = {}
+    for module in (parts.o, parts.mlp_out):
+        name = path.get(id(module))
+        block = None if name is None else _block_of(name)
+        if block is not None:
+            tails[block] = name
+    return tails
 
 
 class _StageInputsSeen(Exception):
@@ -89,9 +97,19 @@ class _BlockMemo:
     attention or the MLP again.  A block whose inputs are recorded this pass
     (``needed``) always runs.  The first reuse of each block is checked against a
     real run; a mismatch turns the memo off for that block (same result, slower).
+
+    ``tails`` (block -> its last module, o_proj / down_proj, relative to the
+    layer): the input that module's statistics pass saw is kept (``stash_input``;
+    it is final then), and once the block is final its output is that module
+    applied to the kept input, without running the rest of the block (q/k/v and
+    attention; gate/up).  Whether the block returns exactly that module's output
+    (the very tensor, alone or beside Nones in a tuple) is checked on the first
+    batch against a real run; a block that does more (BERT's residual and
+    LayerNorm) runs as before.
     """
 
-    def __init__(self, layer: nn.Module, names: set[str], final: bool = False) -> None:
+    def __init__(self, layer: nn.Module, names: set[str], final: bool = False,
+                 tails: dict[str, str] | None = None) -> None:
         self.batch = 0
         self.recording = True  # off for the last pass over a layer: nothing reads its outputs again
         self.needed: set[str] = set()
@@ -100,34 +118,21 @@ class _BlockMemo:
         self._outputs: dict[tuple[str, int], Any] = {}
         self._checked: set[str] = set()
         self._off: set[str] = set()
-        self._blocks: dict[str, nn.Module] = {}
-        self._before: dict[str, Any] = {}
-        self._modules: set[str] = set()  # names added by add_module (their outputs count against the byte cap)
-        self._module_bytes = 0
-        for name in names:
-            self._attach(name)
+        self._tails = dict(tails or {})
+        self._tail_off: set[str] = set()  # blocks that return more than their tail's output
+        self._tail_block = {module: block for block, module in self._tails.items()}
+        self._stash: dict[tuple[str, int], torch.Tensor] = {}
+        self._tail_shape: dict[str, tuple[int | None, int]] = {}  # block -> (place of the tail's output, length)
+        self._blocks = {name: layer.get_submodule(name) for name in names}
+        self._before = {name: block.__dict__.get("forward") for name, block in self._blocks.items()}
+        for name, block in self._blocks.items():
+            block.forward = self._wrap(name, block.forward)  # instance attribute, removed by close()
 
-    def _attach(self, name: str) -> None:
-        block = self._layer.get_submodule(name)
-        self._blocks[name] = block
-        self._before[name] = block.__dict__.get("forward")
-        block.forward = self._wrap(name, block.forward)  # instance attribute, removed by close()
-
-    def add_module(self, name: str) -> None:
-        """Keep the outputs of the module now at ``name`` (relative to the layer): its stage is done, so its
-        weights and its input are final.  Call it after the quantised module (or its dense copy) is in place."""
-        self._attach(name)
-        self._modules.add(name)
-        self.final.add(name)
-
-    def forget_inside(self, block: str) -> None:
-        """Drop the kept outputs of modules inside ``block``: its own output is kept for every batch now."""
-        inside = {n for n in self._modules if n.startswith(block + ".")}
-        for key in [k for k in self._outputs if k[0] in inside]:
-            self._module_bytes -= _nbytes(self._outputs.pop(key))
-
-    def has_all(self, name: str, batches: int) -> bool:
-        return all((name, b) in self._outputs for b in range(batches))
+    def stash_input(self, module: str, x: torch.Tensor) -> None:
+        """Keep ``x``, the input of ``module`` (relative to the layer) on the current batch, if it is a block's tail."""
+        block = self._tail_block.get(module)
+        if block is not None and block not in self._tail_off:
+            self._stash[(block, self.batch)] = x.detach().clone()
 
     def _wrap(self, name: str, real: Callable) -> Callable:
         def forward(*args: Any, **kwargs: Any) -> Any:
@@ -140,19 +145,39 @@ class _BlockMemo:
                 self._checked.add(name)
                 if not _same(out, self._outputs[key]):
                     self._off.add(name)
-                    for k in [k for k in self._outputs if k[0] == name]:
-                        size = _nbytes(self._outputs.pop(k))
-                        self._module_bytes -= size if name in self._modules else 0
+                    self._outputs = {k: v for k, v in self._outputs.items() if k[0] != name}
                 return out
-            out = real(*args, **kwargs)
+            if usable and name not in self.needed and key in self._stash and name not in self._tail_off:
+                out = self._from_tail(name, key, real, args, kwargs)
+            else:
+                out = real(*args, **kwargs)
             if usable and self.recording:
-                size = _nbytes(out) if name in self._modules else 0
-                if self._module_bytes + size <= MODULE_MEMO_BYTES:
-                    self._outputs[key] = _cloned(out)
-                    self._module_bytes += size
+                self._outputs[key] = _cloned(out)
             return out
 
         return forward
+
+    def _from_tail(self, name: str, key: tuple[str, int], real: Callable, args: tuple, kwargs: dict) -> Any:
+        """The block's output from its tail module and the kept input (checked against a real run the first time)."""
+        x = self._stash.pop(key)
+        tail = self._layer.get_submodule(self._tails[name])  # the quantised module (or its dense copy) now there
+        if name in self._tail_shape:
+            place, length = self._tail_shape[name]
+            y = tail(x)
+            return y if place is None else tuple(y if i == place else None for i in range(length))
+        seen: list[torch.Tensor] = []
+        handle = tail.register_forward_hook(lambda m, a, o: seen.append(o))
+        try:
+            out = real(*args, **kwargs)
+        finally:
+            handle.remove()
+        place = _place_of(out, seen[-1]) if len(seen) == 1 else False
+        if place is not False and _same(tail(x), seen[-1]):
+            self._tail_shape[name] = (place, 1 if place is None else len(out))
+        else:
+            self._tail_off.add(name)
+            self._stash = {k: v for k, v in self._stash.items() if k[0] != name}
+        return out
 
     def close(self) -> None:
         """Put the blocks' own ``forward`` back and drop the kept outputs (twice is harmless)."""
@@ -162,15 +187,16 @@ class _BlockMemo:
             else:
                 block.forward = self._before[name]
         self._outputs.clear()
-        self._module_bytes = 0
+        self._stash.clear()
 
 
-def _nbytes(out: Any) -> int:
-    if isinstance(out, torch.Tensor):
-        return out.numel() * out.element_size()
-    if isinstance(out, (tuple, list)):
-        return sum(_nbytes(o) for o in out)
-    return 0
+def _place_of(out: Any, y: torch.Tensor) -> int | None | bool:
+    """Where ``out`` holds ``y``: None if it is ``y``, i if a tuple with ``y`` at i and None elsewhere, else False."""
+    if out is y:
+        return None
+    if type(out) is tuple and sum(o is y for o in out) == 1 and all(o is y or o is None for o in out):
+        return next(i for i, o in enumerate(out) if o is y)
+    return False
 
 
 def _cloned(out: Any) -> Any:
@@ -233,6 +259,7 @@ def _input_statistics(
         return products[key][2:]
 
     path = {id(m): n for n, m in layer.named_modules()}
+    module_of = {t.name: t.module for t in wanted}
     block = {t.name: _block_of(path[id(t.module)]) for t in wanted}
     # The original's pass may finish the block it is in (its output is then memoised for later passes).
     finish_block = {t.name: fp_memo is not None and block[t.name] is not None and block[t.name] not in needed_later
@@ -273,6 +300,8 @@ def _input_statistics(
             if name in seen:
                 return
             for n in group("q", name, args[0], seen):
+                if memo is not None:
+                    memo.stash_input(path[id(module_of[n])], args[0])
                 stats[n][1] = fold_product(stats[n][0], stats[n][1], *product(args[0]))
                 if n in drift:
                     drift[n][1] = fold_product(drift[n][0], drift[n][1], *product(args[0], fp_inputs[n]))
@@ -402,13 +431,9 @@ def quantize_sequential(
         prefix = adapter.layer_name(i) + "."
         block_of = {t.name: _block_of(t.name[len(prefix):]) for t in layer_targets[i]}
         blocks = set(block_of.values()) - {None}
-        memo = _BlockMemo(layer, blocks)
+        memo = _BlockMemo(layer, blocks, tails=_tails(adapter, i, layer_targets[i], true_sequential))
         fp_memo = _BlockMemo(original, blocks, final=True) if gptaq else None
         stages = _stages(adapter, i, layer_targets[i], true_sequential)
-        # A module's output is final once its stage is done only when the stages follow the data flow
-        # (q/k/v, o, MLP inputs, MLP output); targets outside those parts may sit anywhere in it.
-        known = _known_parts(adapter, i)
-        keep_module_outputs = true_sequential and all(id(t.module) in known for t in layer_targets[i])
         fp_advanced = False
         try:
             for s, stage in enumerate(stages):
@@ -439,14 +464,7 @@ def quantize_sequential(
                     set_module(adapter.model, t.name, _dense_copy(module, dtype))
                 del H, drift, prepared, quantised_of
                 done = {name for name, _ in packed}
-                for b in memo.final & blocks:  # recorded on this pass: what ran inside it is not needed again
-                    if memo.has_all(b, len(hidden)):
-                        memo.forget_inside(b)
                 memo.final |= {b for b in blocks if all(n in done for n, bl in block_of.items() if bl == b)}
-                if keep_module_outputs:  # a done module in a block that must still run: keep what it gives
-                    for t in stage:
-                        if block_of[t.name] is not None and block_of[t.name] not in memo.final:
-                            memo.add_module(t.name[len(prefix):])
                 release_freed_memory()
             if fp_advanced:
                 fp_memo.close()  # its outputs are not read again
