@@ -10,7 +10,8 @@ evaluated on the held-out Shakespeare split and the unseen "news" split
 issue 18), to measure rounding to nearest against it; ``refit_damp=X``,
 ``refit_passes=N`` and ``refit_alpha=A`` set GPTQ's group-refit knobs
 (``compress.quantization.gptq.REFIT_DAMP`` / ``REFIT_PASSES`` /
-``REFIT_ALPHA``) for that variant.  Results
+``REFIT_ALPHA``) for that variant; ``clip_sides=true`` turns on
+``compress.quantization.quantizers.CLIP_SIDES``.  Results
 are appended to the JSON after every variant, so an interrupted run keeps
 what it measured.
 
@@ -53,6 +54,19 @@ def _refit_knobs(damp, passes, alpha=None):
         yield
     finally:
         gptq.REFIT_DAMP, gptq.REFIT_PASSES, gptq.REFIT_ALPHA = before
+
+
+@contextmanager
+def _clip_sides(on: bool):
+    """The clip search also shrinks each end of an asymmetric range alone (``quantizers.CLIP_SIDES``), if ``on``."""
+    from compress.quantization import quantizers
+
+    before = quantizers.CLIP_SIDES
+    quantizers.CLIP_SIDES = bool(on)
+    try:
+        yield
+    finally:
+        quantizers.CLIP_SIDES = before
 
 
 @contextmanager
@@ -132,17 +146,18 @@ def main(argv=None) -> int:
         name, fields = parse_variant(text)
         calib_n = fields.pop("calib", args.calib_seqs)
         round_up = fields.pop("round_up", False)
+        sides = fields.pop("clip_sides", False)
         knobs = fields.pop("refit_damp", None), fields.pop("refit_passes", None), fields.pop("refit_alpha", None)
         fields = {"group_size": args.group_size, "gptq": True, "progress": False, **fields}
         cfg = QuantConfig(calibration_sequences=calib_n, **fields)
         m = copy.deepcopy(model)
         print(f"[variant] {name}: {cfg.label()} {fields} calib {calib_n}", flush=True)
         start = time.perf_counter()
-        with _scales_rounded_up(round_up), _refit_knobs(*knobs):
+        with _scales_rounded_up(round_up), _refit_knobs(*knobs), _clip_sides(sides):
             compress.quantize(m, cfg, data=calibration[:calib_n] if cfg.gptq else None)
         seconds = time.perf_counter() - start
         m.eval()
-        row = {"fields": fields, "scales_rounded_up": round_up,
+        row = {"fields": fields, "scales_rounded_up": round_up, **({"clip_sides": True} if sides else {}),
                **{k: v for k, v in zip(("refit_damp", "refit_passes", "refit_alpha"), knobs) if v is not None},
                "calibration_sequences": min(calib_n, len(calibration)), "quantise_seconds": seconds, "domains": {}}
         for domain, ids in held.items():

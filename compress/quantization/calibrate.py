@@ -16,11 +16,12 @@ on the inputs left by the ones before, so the layer is run once per stage.
 Four things keep that close to one run: each stage's pass stops once its
 modules have seen their inputs; the output of a block (attention, MLP) whose
 weights are final is kept per batch and reused by later passes
-(``_BlockMemo``); so is the output of each quantised module (q/k/v, gate/up)
-inside a block that must still run (its input and weights are final once its
-stage is done), within ``MODULE_MEMO_BYTES``; and modules fed the same tensor
-(q/k/v, gate/up) share one input product and are recorded together, so a pass
-stops before the others run.
+(``_BlockMemo``); the first time such a block is needed, its output is its
+last module (o_proj, down_proj) applied to the input that module's own
+statistics pass kept, so q/k/v, attention and gate/up do not run again; and
+modules fed the same tensor (q/k/v, gate/up) share one input product and are
+recorded together, so a pass stops before the others run.  Those modules also
+share one GPTQ run: their weights are stacked row-wise (``_quantise_jointly``).
 
 GPTAQ targets also need the original model's inputs to each module: a second
 stream of hidden states runs through a copy of each layer as it was before

@@ -64,6 +64,9 @@ def _stored(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 # one with the least (weighted) squared rounding error is kept.  1.0 is the
 # plain min-max range, so the search never does worse on that error.
 CLIP_FACTORS = tuple(1.0 - 0.02 * i for i in range(11))  # 1.00, 0.98, ..., 0.80
+# Asymmetric ranges: after the joint shrink, search the bottom's and then the top's shrink alone (three times the
+# work). Kept for measurement (benchmarks/gptq_variants.py clip_sides=true).
+CLIP_SIDES = False
 
 
 def effective_group_size(cfg: QuantConfig, in_features: int) -> int:
@@ -91,15 +94,17 @@ def quantize_ternary(w: torch.Tensor, cfg: QuantConfig) -> TernaryWeights:
 # --------------------------------------------------------------------------- int4
 
 def _int4_range_params(
-    w: torch.Tensor, symmetric: bool, dtype: torch.dtype, float_zero: bool, shrink: float = 1.0
+    w: torch.Tensor, symmetric: bool, dtype: torch.dtype, float_zero: bool, shrink: float | torch.Tensor = 1.0,
+    shrink_hi: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Scale and zero point per row of ``w[N, G]`` for its range shrunk by ``shrink`` (see :func:`int4_params`)."""
+    """Scale and zero point per row of ``w[N, G]`` for its range shrunk by ``shrink`` (see :func:`int4_params`);
+    ``shrink_hi``: the top of the range shrunk by this instead (asymmetric; a float or one per row)."""
     if symmetric:
         return _stored(w.abs().amax(dim=1) * shrink / 7.5, dtype), None
     lo, hi = w.amin(dim=1), w.amax(dim=1)
     if not float_zero:
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
-    lo, hi = lo * shrink, hi * shrink
+    lo, hi = lo * shrink, hi * (shrink if shrink_hi is None else shrink_hi)
     scale = _stored((hi - lo) / INT4_MAX, dtype)
     zero = -lo / scale
     zero = zero.to(dtype).to(torch.float32) if float_zero else zero.round().clamp(0, INT4_MAX)
@@ -135,18 +140,24 @@ def int4_params(
         return best_scale, best_zero
     c = None if weight is None else weight.to(torch.float32)
     buf = torch.empty_like(w)
-    best_err = None
-    for shrink in CLIP_FACTORS:
-        scale, zero = (best_scale, best_zero) if best_err is None else _int4_range_params(w, symmetric, dtype, float_zero, shrink)
-        err = _rounding_error(w, scale, zero, c, buf)
-        if best_err is None:
-            best_err = err
-            continue
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_scale = torch.where(better, scale, best_scale)
-        if zero is not None:
-            best_zero = torch.where(better, zero, best_zero)
+    best_err = _rounding_error(w, best_scale, best_zero, c, buf)
+    best_lo = torch.ones(w.shape[0], device=w.device)
+    best_hi = best_lo.clone()
+    # The whole range shrunk; then (asymmetric, CLIP_SIDES) its bottom alone, then its top alone, from the best.
+    for side in ("both", "lo", "hi") if CLIP_SIDES and not symmetric else ("both",):
+        lo_from, hi_from = best_lo.clone(), best_hi.clone()
+        for shrink in CLIP_FACTORS[1:] if side == "both" else CLIP_FACTORS:
+            lo_f = shrink if side != "hi" else lo_from
+            hi_f = shrink if side != "lo" else hi_from
+            scale, zero = _int4_range_params(w, symmetric, dtype, float_zero, lo_f, hi_f)
+            err = _rounding_error(w, scale, zero, c, buf)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_scale = torch.where(better, scale, best_scale)
+            if zero is not None:
+                best_zero = torch.where(better, zero, best_zero)
+            best_lo = torch.where(better, lo_f, best_lo)
+            best_hi = torch.where(better, hi_f, best_hi)
     return best_scale, best_zero
 
 
