@@ -32,3 +32,22 @@ def test_a_second_pass_rechooses_the_codes_with_the_refitted_parameters(monkeypa
                                                group_refit=False), drift=drift)
     err = lambda q: (x @ dequantize(q).t() - x_fp @ w.t()).pow(2).sum().item()  # noqa: E731
     assert err(two) < err(off)
+
+
+def test_clip_sides_searches_each_end_alone_and_never_does_worse():
+    """CLIP_SIDES (gptq_variants.py clip_sides=true) adds a search of each end of an asymmetric range."""
+    from compress.quantization import quantizers
+
+    bench = load_benchmark("gptq_variants")
+    torch.manual_seed(0)
+    w = torch.randn(64, 32) * torch.linspace(0.2, 2.0, 32)  # skewed groups
+    w[:, 0] += 3.0
+    buf = torch.empty_like(w)
+    errors = {}
+    for on in (False, True):
+        with bench._clip_sides(on):
+            assert quantizers.CLIP_SIDES is on
+            scale, zero = quantizers.int4_params(w, False, torch.float16, True, clip_search=True)
+        errors[on] = quantizers._rounding_error(w, scale, zero, None, buf)
+    assert quantizers.CLIP_SIDES is False
+    assert (errors[True] <= errors[False]).all() and errors[True].sum() < errors[False].sum()
