@@ -10,8 +10,9 @@ evaluated on the held-out Shakespeare split and the unseen "news" split
 issue 18), to measure rounding to nearest against it; ``refit_damp=X``,
 ``refit_passes=N`` and ``refit_alpha=A`` set GPTQ's group-refit knobs
 (``compress.quantization.gptq.REFIT_DAMP`` / ``REFIT_PASSES`` /
-``REFIT_ALPHA``) for that variant; ``clip_sides=true`` turns on
-``compress.quantization.quantizers.CLIP_SIDES``.  Results
+``REFIT_ALPHA``) for that variant; ``clip_sides=false`` turns off
+``compress.quantization.quantizers.CLIP_SIDES`` (the clip search of each end
+of an asymmetric range alone, on by default).  Results
 are appended to the JSON after every variant, so an interrupted run keeps
 what it measured.
 
@@ -57,12 +58,13 @@ def _refit_knobs(damp, passes, alpha=None):
 
 
 @contextmanager
-def _clip_sides(on: bool):
-    """The clip search also shrinks each end of an asymmetric range alone (``quantizers.CLIP_SIDES``), if ``on``."""
+def _clip_sides(on: bool | None):
+    """Whether the clip search also shrinks each end of an asymmetric range alone (``quantizers.CLIP_SIDES``;
+    None: as it is)."""
     from compress.quantization import quantizers
 
     before = quantizers.CLIP_SIDES
-    quantizers.CLIP_SIDES = bool(on)
+    quantizers.CLIP_SIDES = before if on is None else bool(on)
     try:
         yield
     finally:
@@ -146,7 +148,7 @@ def main(argv=None) -> int:
         name, fields = parse_variant(text)
         calib_n = fields.pop("calib", args.calib_seqs)
         round_up = fields.pop("round_up", False)
-        sides = fields.pop("clip_sides", False)
+        sides = fields.pop("clip_sides", None)
         knobs = fields.pop("refit_damp", None), fields.pop("refit_passes", None), fields.pop("refit_alpha", None)
         fields = {"group_size": args.group_size, "gptq": True, "progress": False, **fields}
         cfg = QuantConfig(calibration_sequences=calib_n, **fields)
@@ -157,7 +159,7 @@ def main(argv=None) -> int:
             compress.quantize(m, cfg, data=calibration[:calib_n] if cfg.gptq else None)
         seconds = time.perf_counter() - start
         m.eval()
-        row = {"fields": fields, "scales_rounded_up": round_up, **({"clip_sides": True} if sides else {}),
+        row = {"fields": fields, "scales_rounded_up": round_up, **({} if sides is None else {"clip_sides": bool(sides)}),
                **{k: v for k, v in zip(("refit_damp", "refit_passes", "refit_alpha"), knobs) if v is not None},
                "calibration_sequences": min(calib_n, len(calibration)), "quantise_seconds": seconds, "domains": {}}
         for domain, ids in held.items():

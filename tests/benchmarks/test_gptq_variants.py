@@ -35,7 +35,7 @@ def test_a_second_pass_rechooses_the_codes_with_the_refitted_parameters(monkeypa
 
 
 def test_clip_sides_searches_each_end_alone_and_never_does_worse():
-    """CLIP_SIDES (gptq_variants.py clip_sides=true) adds a search of each end of an asymmetric range."""
+    """CLIP_SIDES (on by default; gptq_variants.py clip_sides=false) adds a search of each end of an asymmetric range."""
     from compress.quantization import quantizers
 
     bench = load_benchmark("gptq_variants")
@@ -43,11 +43,13 @@ def test_clip_sides_searches_each_end_alone_and_never_does_worse():
     w = torch.randn(64, 32) * torch.linspace(0.2, 2.0, 32)  # skewed groups
     w[:, 0] += 3.0
     buf = torch.empty_like(w)
-    errors = {}
+    errors, before = {}, quantizers.CLIP_SIDES
     for on in (False, True):
         with bench._clip_sides(on):
             assert quantizers.CLIP_SIDES is on
             scale, zero = quantizers.int4_params(w, False, torch.float16, True, clip_search=True)
         errors[on] = quantizers._rounding_error(w, scale, zero, None, buf)
-    assert quantizers.CLIP_SIDES is False
+        assert quantizers.CLIP_SIDES is before
+    with bench._clip_sides(None):
+        assert quantizers.CLIP_SIDES is before
     assert (errors[True] <= errors[False]).all() and errors[True].sum() < errors[False].sum()

@@ -90,7 +90,7 @@ def test_a_partial_last_group_is_counted_in_the_stored_bits(symmetric, bits):
 
 def test_partial_group_forward_equals_a_dense_matmul_built_from_the_codes():
     lin = linear(96, 40)
-    cfg = QuantConfig(group_size=64, symmetric=False)
+    cfg = QuantConfig(group_size=64, symmetric=False, clip_search=False)  # min-max ranges: every weight within a step
     ql = QuantLinear.from_linear(lin, cfg)
     q = quantize_weight(lin.weight, cfg)
     # column k uses group row k // 64: rows 0..63 -> 0, rows 64..95 -> 1 (the partial group)
