@@ -248,7 +248,7 @@ def test_gptaq_alpha_must_be_sane():
 class _RunEveryPass:
     """Stands in for calibrate._BlockMemo: no outputs kept, every pass runs every block."""
 
-    def __init__(self, layer, names, final=False, tails=None):
+    def __init__(self, layer, names, final=False, tails=None, stash_bytes=None):
         self.batch, self.recording, self.needed, self.final = 0, True, set(), set()
 
     def stash_input(self, module, x):
@@ -320,6 +320,41 @@ def test_blocks_computed_from_their_last_modules_kept_input_change_nothing(famil
         assert kept_calls < none_calls
     else:
         assert kept_calls == none_calls
+
+
+def test_kept_tail_inputs_stay_within_their_byte_limit(monkeypatch):
+    """STASH_PER_HIDDEN bounds the kept o_proj / down_proj inputs; batches beyond it run the block for real."""
+    from torch import nn
+
+    from compress.quantization import calibrate
+
+    base, ids, _ = _tiny_with_reference("llama")
+    cfg = QuantConfig(group_size=32, gptq=True, progress=False)
+    real_forward, real_stash = nn.Linear.forward, calibrate._BlockMemo.stash_input
+    runs, most = {}, [0]
+
+    def stash_input(self, module, x):
+        real_stash(self, module, x)
+        most[0] = max(most[0], sum(v.numel() * v.element_size() for v in self._stash.values()))
+
+    monkeypatch.setattr(calibrate._BlockMemo, "stash_input", stash_input)
+    for limit in (0.0, 0.6, 100.0):
+        calls, most[0] = [0], 0
+
+        def counting(self, x, calls=calls):
+            calls[0] += 1
+            return real_forward(self, x)
+
+        monkeypatch.setattr(nn.Linear, "forward", counting)
+        monkeypatch.setattr(calibrate, "STASH_PER_HIDDEN", limit)
+        model = copy.deepcopy(base)
+        quantize(model, cfg, data=ids)
+        hidden_bytes = ids.numel() * base.config.hidden_size * 4
+        assert most[0] <= limit * hidden_bytes
+        runs[limit] = (_packed_state(model), calls[0])
+    for key in runs[0.0][0]:
+        assert torch.equal(runs[0.0][0][key], runs[0.6][0][key]) and torch.equal(runs[0.0][0][key], runs[100.0][0][key])
+    assert runs[100.0][1] < runs[0.6][1] < runs[0.0][1]
 
 
 def test_a_memo_that_disagrees_with_a_real_run_is_turned_off(monkeypatch):
