@@ -56,8 +56,7 @@ def _stages(adapter: Adapter, index: int, targets: list[Target], true_sequential
     """Targets of one layer in the order their inputs become final: q/k/v, o, MLP inputs, MLP output."""
     if not true_sequential:
         return [targets]
-    parts = adapter.layer(index)
-    order = [[parts.q, parts.k, parts.v], [parts.o], list(parts.mlp_in), [parts.mlp_out]]
+    order = _data_flow(adapter, index)
     stage_of = {id(m): s for s, group in enumerate(order) for m in group}
     stages: list[list[Target]] = [[] for _ in range(len(order) + 1)]
     for t in targets:
@@ -65,17 +64,23 @@ def _stages(adapter: Adapter, index: int, targets: list[Target], true_sequential
     return [s for s in stages if s]
 
 
+def _data_flow(adapter: Adapter, index: int) -> list[list[nn.Module]]:
+    """The layer's parts in the order their inputs become final: q/k/v, o, MLP inputs, MLP output."""
+    parts = adapter.layer(index)
+    return [[parts.q, parts.k, parts.v], [parts.o], list(parts.mlp_in), [parts.mlp_out]]
+
+
 def _tails(adapter: Adapter, index: int, targets: list[Target], true_sequential: bool) -> dict[str, str]:
     """Blocks whose output may be their last module's (o_proj, down_proj), for ``_BlockMemo``; by name relative
     to the layer.  Only when the stages follow the data flow (every target is a part ``_stages`` places), so
     the input that module's statistics pass sees is final."""
-    parts = adapter.layer(index)
-    known = {id(m) for m in (parts.q, parts.k, parts.v, parts.o, *parts.mlp_in, parts.mlp_out)}
+    order = _data_flow(adapter, index)
+    known = {id(m) for group in order for m in group}
     if not true_sequential or any(id(t.module) not in known for t in targets):
         return {}
     path = {id(m): n for n, m in adapter.layers[index].named_modules()}
     tails = {}
-    for module in (parts.o, parts.mlp_out):
+    for module in (order[1][0], order[3][0]):  # o, mlp_out
         name = path.get(id(module))
         block = None if name is None else _block_of(name)
         if block is not None:
@@ -140,11 +145,10 @@ class _BlockMemo:
         block = self._tail_block.get(module)
         if block is None or block in self._tail_off:
             return
-        size = x.numel() * x.element_size()
         if self._stash_room is not None:
-            if size > self._stash_room:
+            if x.nbytes > self._stash_room:
                 return  # no room: this batch runs the block for real
-            self._stash_room -= size
+            self._stash_room -= x.nbytes
         self._stash[(block, self.batch)] = x.detach().clone()
 
     def _wrap(self, name: str, real: Callable) -> Callable:
@@ -196,7 +200,7 @@ class _BlockMemo:
     def _unstash(self, key: tuple[str, int]) -> torch.Tensor:
         x = self._stash.pop(key)
         if self._stash_room is not None:
-            self._stash_room += x.numel() * x.element_size()
+            self._stash_room += x.nbytes
         return x
 
     def close(self) -> None:
@@ -444,7 +448,7 @@ def quantize_sequential(
     hidden, calls = capture_layer_calls(adapter, batches)
     gptaq = any(t.config.gptq and t.config.gptaq for targets in layer_targets for t in targets)
     fp_hidden = [h.clone() for h in hidden] if gptaq else []  # the original model's hidden states (GPTAQ)
-    hidden_bytes = sum(h.numel() * h.element_size() for h in hidden)
+    hidden_bytes = sum(h.nbytes for h in hidden)
     bar = tqdm(range(adapter.num_layers), desc="GPTAQ" if gptaq else "GPTQ", unit="layer", disable=not progress)
     for i in bar:
         layer, packed = adapter.layers[i], []

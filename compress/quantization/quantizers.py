@@ -142,11 +142,12 @@ def int4_params(
     c = None if weight is None else weight.to(torch.float32)
     buf = torch.empty_like(w)
     best_err = _rounding_error(w, best_scale, best_zero, c, buf)
-    best_lo = torch.ones(w.shape[0], device=w.device)
-    best_hi = best_lo.clone()
+    sides = CLIP_SIDES and not symmetric
     # The whole range shrunk; then (asymmetric, CLIP_SIDES) its bottom alone, then its top alone, from the best.
-    for side in ("both", "lo", "hi") if CLIP_SIDES and not symmetric else ("both",):
-        lo_from, hi_from = best_lo.clone(), best_hi.clone()
+    # Only the side passes need each row's chosen shrinks, so only they track them.
+    best_lo = best_hi = torch.ones(w.shape[0], device=w.device) if sides else None
+    for side in ("both", "lo", "hi") if sides else ("both",):
+        lo_from, hi_from = best_lo, best_hi
         for shrink in CLIP_FACTORS[1:] if side == "both" else CLIP_FACTORS:
             lo_f = shrink if side != "hi" else lo_from
             hi_f = shrink if side != "lo" else hi_from
@@ -157,8 +158,9 @@ def int4_params(
             best_scale = torch.where(better, scale, best_scale)
             if zero is not None:
                 best_zero = torch.where(better, zero, best_zero)
-            best_lo = torch.where(better, lo_f, best_lo)
-            best_hi = torch.where(better, hi_f, best_hi)
+            if sides:
+                best_lo = torch.where(better, lo_f, best_lo)
+                best_hi = torch.where(better, hi_f, best_hi)
     return best_scale, best_zero
 
 

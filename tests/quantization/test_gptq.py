@@ -288,31 +288,37 @@ def test_memoised_passes_quantise_exactly_as_running_every_pass(family, monkeypa
     assert memo_calls < every_calls
 
 
+def _quantised_counting_linear_calls(base, ids, cfg, monkeypatch):
+    """A copy of ``base`` GPTQ-quantised on ``ids``: its packed state and how many nn.Linear forwards ran."""
+    from torch import nn
+
+    real_forward, calls = nn.Linear.forward, [0]
+
+    def counting(self, x):
+        calls[0] += 1
+        return real_forward(self, x)
+
+    monkeypatch.setattr(nn.Linear, "forward", counting)
+    model = copy.deepcopy(base)
+    quantize(model, cfg, data=ids)
+    monkeypatch.setattr(nn.Linear, "forward", real_forward)
+    return _packed_state(model), calls[0]
+
+
 @pytest.mark.parametrize("family", ["llama", "gemma3", "bert-mlm"])
 def test_blocks_computed_from_their_last_modules_kept_input_change_nothing(family, monkeypatch):
     """Once o_proj / down_proj are quantised, attention's / the MLP's output is that module applied to the input
     its statistics pass kept: same codes, fewer matmuls (BERT's blocks add a residual and LayerNorm: checked,
     then run as before)."""
-    from torch import nn
-
     from compress.quantization import calibrate
 
     base, ids, _ = _tiny_with_reference(family)
     cfg = QuantConfig(group_size=32, gptq=True, progress=False)
-    real_forward, real_tails = nn.Linear.forward, calibrate._tails
+    real_tails = calibrate._tails
     runs = {}
     for name, tails in (("tails", real_tails), ("none", lambda *a: {})):
-        calls = [0]
-
-        def counting(self, x, calls=calls):
-            calls[0] += 1
-            return real_forward(self, x)
-
-        monkeypatch.setattr(nn.Linear, "forward", counting)
         monkeypatch.setattr(calibrate, "_tails", tails)
-        model = copy.deepcopy(base)
-        quantize(model, cfg, data=ids)
-        runs[name] = (_packed_state(model), calls[0])
+        runs[name] = _quantised_counting_linear_calls(base, ids, cfg, monkeypatch)
     (kept, kept_calls), (none, none_calls) = runs["tails"], runs["none"]
     for key in kept:
         assert torch.equal(kept[key], none[key]), key
@@ -324,34 +330,24 @@ def test_blocks_computed_from_their_last_modules_kept_input_change_nothing(famil
 
 def test_kept_tail_inputs_stay_within_their_byte_limit(monkeypatch):
     """STASH_PER_HIDDEN bounds the kept o_proj / down_proj inputs; batches beyond it run the block for real."""
-    from torch import nn
-
     from compress.quantization import calibrate
 
     base, ids, _ = _tiny_with_reference("llama")
     cfg = QuantConfig(group_size=32, gptq=True, progress=False)
-    real_forward, real_stash = nn.Linear.forward, calibrate._BlockMemo.stash_input
+    real_stash = calibrate._BlockMemo.stash_input
     runs, most = {}, [0]
 
     def stash_input(self, module, x):
         real_stash(self, module, x)
-        most[0] = max(most[0], sum(v.numel() * v.element_size() for v in self._stash.values()))
+        most[0] = max(most[0], sum(v.nbytes for v in self._stash.values()))
 
     monkeypatch.setattr(calibrate._BlockMemo, "stash_input", stash_input)
     for limit in (0.0, 0.6, 100.0):
-        calls, most[0] = [0], 0
-
-        def counting(self, x, calls=calls):
-            calls[0] += 1
-            return real_forward(self, x)
-
-        monkeypatch.setattr(nn.Linear, "forward", counting)
+        most[0] = 0
         monkeypatch.setattr(calibrate, "STASH_PER_HIDDEN", limit)
-        model = copy.deepcopy(base)
-        quantize(model, cfg, data=ids)
+        runs[limit] = _quantised_counting_linear_calls(base, ids, cfg, monkeypatch)
         hidden_bytes = ids.numel() * base.config.hidden_size * 4
         assert most[0] <= limit * hidden_bytes
-        runs[limit] = (_packed_state(model), calls[0])
     for key in runs[0.0][0]:
         assert torch.equal(runs[0.0][0][key], runs[0.6][0][key]) and torch.equal(runs[0.0][0][key], runs[100.0][0][key])
     assert runs[100.0][1] < runs[0.6][1] < runs[0.0][1]
