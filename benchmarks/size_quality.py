@@ -3,7 +3,7 @@
 One run loads SmolLM2-135M (float32, the original, measured in the same run)
 and builds, each from a fresh copy:
 
-    uniform int4 RTN g128 / g64 / g32, each with the embedding table kept (bfloat16), int8 or int4 g32
+    uniform int4 and int3 RTN g128 / g64 / g32, each with the embedding table kept (bfloat16), int8 or int4 g32
     uniform ternary absmean, with the embedding table kept or int4 g32
     bitsandbytes NF4 and HQQ 4-bit g64 (benchmarks/quant_quality.py's builders; embedding kept)
     size budgets (QuantConfig(target_size=...)), round-to-nearest, for each of --targets,
@@ -91,6 +91,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--calibration-fraction", type=float, default=0.5,
                    help="share of the generated text used for calibration (default 0.5: about 25 x 256 tokens)")
     p.add_argument("--skip-peers", action="store_true", help="no NF4 / HQQ rows")
+    p.add_argument("--uniform-bits", type=int, nargs="*", default=[4, 3], choices=[3, 4],
+                   help="code widths of the uniform int rows (default 4 3: int4 and int3)")
     p.add_argument("--data", default=None, help="calibration text (default: compress.data.DEFAULT_SOURCE, generated)")
     p.add_argument("--out", default=str(RESULTS_DIR / NAME), help="path of the results without suffix (.json, .png)")
     args = p.parse_args(argv)
@@ -128,8 +130,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     record("original (bf16 file)", model, "original", saved_bytes(model), "compress.save of the unquantised model")
 
     # uniform formats: ours, saved and measured
-    for fmt, qfields in [("int4 g128", {"group_size": 128}), ("int4 g64", {"group_size": 64}),
-                         ("int4 g32", {"group_size": 32}), ("ternary", {"method": "ternary"})]:
+    uniform = [(f"int{b} g{g}", {"bits": b, "group_size": g}) for b in args.uniform_bits for g in (128, 64, 32)]
+    for fmt, qfields in uniform + [("ternary", {"method": "ternary"})]:
         for emb in ([None, "int8", "int4"] if fmt != "ternary" else [None, "int4"]):
             m = copy.deepcopy(model)
             qcfg = QuantConfig(**qfields, embeddings=emb, progress=False)

@@ -127,11 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output(p)
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("quantize", help="ternary or int4 quantisation to packed weights")
+    p = sub.add_parser("quantize", help="ternary, int4 or int3 quantisation to packed weights")
     _add_model(p)
     from compress.quantization.config import QuantConfig
-    p.add_argument("--method", choices=["ternary", "int4"],
-                   help="the format of every targeted module (required unless --target-size chooses them)")
+    p.add_argument("--method", choices=["ternary", "int4", "int3"],
+                   help="the format of every targeted module (required unless --target-size chooses them); int3 takes "
+                        "the int4 options (group size, zero points, GPTQ) with 3-bit codes")
     p.add_argument("--group-size", type=int, default=128, help="int4 group size: 32, 64, 128 (a last partial group is fine) or -1 per channel (default 128)")
     p.add_argument("--asymmetric", action="store_true", help="int4 with zero points")
     p.add_argument("--gptq", action="store_true", help="int4 with GPTQ error compensation (uses --data)")
@@ -162,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="size budget of the weights file, e.g. 80MiB (B, KB, KiB, MB, MiB, GB, GiB): each module's "
                         "format is chosen by measured error per byte (uses --data); --method is then the base")
     p.add_argument("--target-formats", nargs="+", metavar="FORMAT",
-                   help="formats --target-size chooses among (default: keep int4-g128 int4-g64 int4-g32 ternary "
-                        "embeddings-int8 embeddings-int4)")
+                   help="formats --target-size chooses among (default: keep int4-g128 int4-g64 int4-g32 int3-g128 "
+                        "int3-g64 int3-g32 ternary embeddings-int8 embeddings-int4)")
     p.add_argument("--target-metric", choices=["layer-error", "module-error", "kl"],
                    help="sensitivity probe --target-size measures errors with (default layer-error; kl is slowest)")
     p.add_argument("--target-sequences", type=int, metavar="N",
@@ -396,17 +397,19 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.target_formats:
         target["target_formats"] = tuple(args.target_formats)
     if args.method is None and args.target_size is None:
-        raise CompressError("quantize needs --method int4 or ternary, or --target-size SIZE (such as 80MiB) to choose "
+        raise CompressError("quantize needs --method int4, int3 or ternary, or --target-size SIZE (such as 80MiB) to choose "
                             "each module's format within a size budget.")
     if args.target_size is None and len(target):
         raise CompressError(f"--{next(iter(target)).replace('_', '-')} only applies with --target-size; add "
                             f"--target-size SIZE (such as 80MiB) or drop it.")
-    config = QuantConfig(method=args.method or "int4", group_size=args.group_size, symmetric=not args.asymmetric,
+    int_bits = {"bits": 3} if args.method == "int3" else {}
+    config = QuantConfig(method="int4" if args.method in (None, "int3") else args.method, **int_bits,
+                         group_size=args.group_size, symmetric=not args.asymmetric,
                          gptq=args.gptq, scale=args.scale, activations="a8" if args.a8 else "a16",
                          act_order=args.act_order, clip_search=args.clip_search, gptaq=args.gptaq,
                          group_refit=args.group_refit,
                          zero_point=args.zero_point, **given, **target)
-    bits = 2.2 if isinstance(config, TernaryConfig) else 4.5  # packed weights and their scales, rounded up
+    bits = 2.2 if isinstance(config, TernaryConfig) else config.bits + 0.5  # packed weights and scales, rounded up
     budget = config.target_size is not None
     if not budget:
         return _compress_and_save(args, config.gptq, lambda model, data: api.quantize(model, config, data=data), bits)

@@ -14,6 +14,7 @@ from compress.pruning.groups import layer_groups
 from compress.pruning.surgery import prune_attention, prune_mlp
 from compress.quantization import QuantConfig, QuantLinear, quantize
 from compress.quantization.config import name_matches
+from compress.sensitivity.config import DEFAULT_FORMATS
 from compress.sensitivity import (
     FORMATS,
     SensitivityReport,
@@ -58,7 +59,7 @@ def test_every_layer_and_module_is_measured(family):
     assert len(report.modules) == adapter.num_layers * per_layer
     assert {m.name for m in report.modules} == set(adapter.projection_names())
     for m in report.modules:
-        assert set(m.errors) == set(FORMATS)
+        assert set(m.errors) == set(DEFAULT_FORMATS)
         assert all(e is not None and e > 0 for e in m.errors.values()), m
     for r in report.layers:
         assert r.prune_mlp > 0 and r.prune_attn > 0 and 0 < r.importance < 2
@@ -264,7 +265,7 @@ def test_sequences_shorter_than_seq_len_are_refused(llama):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"formats": ("int3-g128",)}, "unknown quantisation format(s) ['int3-g128']; use some of int4-g128"),
+        ({"formats": ("int2-g128",)}, "unknown quantisation format(s) ['int2-g128']; use some of int4-g128"),
         ({"formats": ()}, "formats must name at least one format"),
         ({"metric": "mse"}, "metric must be one of module-error, layer-error, kl"),
         ({"prune_fraction": 1.0}, "prune_fraction must be a fraction between 0 and 1"),
@@ -319,7 +320,7 @@ def test_bad_override_settings_are_refused(report, kwargs, message):
         ("quantize: [1, 2", "is not valid YAML"),
         ("- a\n- b\n", "must be a mapping with 'quantize' and/or 'prune'"),
         ("recover: {steps: 3}\n", "has unknown key(s) ['recover']"),
-        ("quantize: {overrides: {q_proj: {bits: 3}}}\n", "override 'q_proj' sets unknown or non-quantiser fields ['bits']"),
+        ("quantize: {overrides: {q_proj: {nbits: 3}}}\n", "override 'q_proj' sets unknown or non-quantiser fields ['nbits']"),
         ("quantize: {overrides: {'(': int4}}\n", "is neither a module name nor a valid regex"),
         ("quantize: {modules_to_not_convert: lm_head}\n", "must be a list of module names or regexes"),
         ("prune: {protect_layers: [0, -1]}\n", "must be a list of distinct layer indices >= 0"),

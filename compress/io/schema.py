@@ -58,8 +58,8 @@ def _quant_entry(name: str, spec: Any) -> Optional[str]:
     for key in ("in_features", "out_features"):
         if not is_int(spec.get(key), 1):
             return f"{key} must be an integer >= 1, got {short(spec.get(key))}"
-    if spec.get("method", "int4") not in ("int4", "ternary"):
-        return f"method must be int4 or ternary, got {short(spec.get('method'))}"
+    if spec.get("method", "int4") not in ("int4", "int3", "ternary"):
+        return f"method must be int4, int3 or ternary, got {short(spec.get('method'))}"
     g = spec.get("group_size")
     if g is not None and not (is_int(g, 1) or g == -1):
         return f"group_size must be an integer >= 1, -1 or null, got {short(g)}"

@@ -5,6 +5,7 @@ after flattening the leading dims):
 
     int4 / ternary:  M == 1 -> GEMV,  2 <= M <= 64 -> split-K tl.dot,  M > 64 -> GEMM
     ternary_a8:      one int8 tl.dot kernel (split-K for small M, tiled for large)
+    int3:            no Triton kernel yet: the PyTorch reference on every device
 
 and the backend from the device: Triton for CUDA tensors, the PyTorch
 reference elsewhere.  ``COMPRESS_KERNELS_BACKEND=reference|triton|auto``
@@ -88,7 +89,7 @@ def _run(x, qweight, scales, zeros, fmt: str, group_size: int, K: int) -> torch.
     spec = get_format(fmt, "linear")
     kernel = kernel_for(fmt, M)
     use_triton = (
-        M > 0 and x.dtype in _TRITON_DTYPES and _backend(x) == "triton"
+        M > 0 and kernel in _TRITON and x.dtype in _TRITON_DTYPES and _backend(x) == "triton"
         and "triton" not in _FAILED and kernel not in _FAILED
     )
     if use_triton:
@@ -132,8 +133,8 @@ def _quant_matmul_op(
 
 @_quant_matmul_op.register_fake
 def _quant_matmul_fake(x, qweight, scales, zeros, fmt, group_size):
-    per_word = get_format(fmt, "linear").per_word
-    torch._check(x.shape[-1] == qweight.shape[0] * per_word, lambda: f"x's last dim does not match the packed {fmt} weight")
+    K = get_format(fmt, "linear").packed_k(qweight)
+    torch._check(x.shape[-1] == K, lambda: f"x's last dim does not match the packed {fmt} weight")
     return x.new_empty((*x.shape[:-1], qweight.shape[1]))
 
 
@@ -165,7 +166,7 @@ def quant_matmul(
 ) -> torch.Tensor:
     """``x[..., K] @ W.T`` for a packed weight W ``[N, K]``; returns ``[..., N]`` in ``x.dtype``.
 
-    ``fmt`` is ``"int4"`` (``scales``/``zeros`` ``[K/G, N]``, ``group_size`` G,
+    ``fmt`` is ``"int4"`` or ``"int3"`` (``scales``/``zeros`` ``[K/G, N]``, ``group_size`` G,
     -1 for per-channel), ``"ternary"`` or ``"ternary_a8"`` (``scales`` is the
     ``[N]`` or per-tensor scale; int8 per-token activations for ``_a8``).
     Layouts: :mod:`compress.kernels.formats`.

@@ -49,13 +49,17 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 KERNELS = {kernel: (fmt, family) for fmt in LINEAR_FORMATS for family, kernel in get_format(fmt).kernels.items()}
 
 
+REFERENCE = "reference"  # what kernel_for names for a format without Triton kernels
+
 # Largest batch served by the split-K kernels; M == 1 goes to the GEMV, larger M to the GEMM.
 SPLITK_MAX_M = 64
 
 
 def kernel_for(fmt: str, M: int) -> str:
-    """Kernel name for a format ("int4", "ternary", "ternary_a8") at batch size M."""
+    """Kernel name for a format ("int4", "ternary", "ternary_a8") at batch size M ("reference" for int3)."""
     kernels = get_format(fmt, "linear").kernels
+    if not kernels:  # no Triton kernel for this format (int3): the PyTorch reference serves it
+        return REFERENCE
     if len(kernels) == 1:  # one kernel serves every batch size
         return next(iter(kernels.values()))
     return kernels["gemv" if M <= 1 else "splitk" if M <= SPLITK_MAX_M else "gemm"]

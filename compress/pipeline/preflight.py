@@ -230,7 +230,10 @@ def _check_budget_formats(cfg: QuantConfig, predicted: list[tuple[str, nn.Module
         else:
             fields = FORMATS[SENSITIVITY_NAMES[fmt]]
             # switching method drops the other method's fields (GPTQ is int4-only)
-            cand = dataclasses.replace(base, **{k: v for k, v in fields.items() if k in ("method", "group_size")})
+            chosen = {k: v for k, v in fields.items() if k in ("method", "group_size")}
+            if fields["method"] == "int4":  # int4 and int3 candidates: the code width too, whatever the base's
+                chosen["bits"] = fields.get("bits", 4)
+            cand = dataclasses.replace(base, **chosen)
         found: list[str] = []
         skeletons = _check_quantize(cand, [(label, copy.deepcopy(m)) for label, m in predicted], round_to, where, found)
         for export in exports:

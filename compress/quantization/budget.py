@@ -7,7 +7,8 @@ Steps (``plan_budget``), all before any weight changes:
 
 1. **Units.**  Every decoder projection the base config would quantise is a
    unit with candidate formats (``target_formats``: ``keep`` = stored in the
-   checkpoint's float dtype, ``int4-g128`` / ``g64`` / ``g32``, ``ternary``);
+   checkpoint's float dtype, ``int4-g128`` / ``g64`` / ``g32``, ``int3-g128`` /
+   ``g64`` / ``g32``, ``ternary``);
    the input embedding with the output head (a tied pair is one table) is one
    unit with ``keep``, ``embeddings-int8`` and ``embeddings-int4``.  Modules
    an override or ``modules_to_not_convert`` pins are fixed, not chosen.
@@ -61,10 +62,11 @@ from compress.sizes import format_size, parse_size  # noqa: F401  (re-exported)
 from compress.quantization.config import OUTPUT_HEAD, Int4Config, QuantConfig, QuantError
 from compress.quantization.report import QuantReport
 
-LINEAR_FORMATS = ("keep", "int4-g128", "int4-g64", "int4-g32", "ternary")
+LINEAR_FORMATS = ("keep", "int4-g128", "int4-g64", "int4-g32", "int3-g128", "int3-g64", "int3-g32", "ternary")
 EMBEDDING_CHOICES = {"keep": None, "embeddings-int8": "int8", "embeddings-int4": "int4"}
 # the sensitivity format that measures each of our linear formats
-SENSITIVITY_NAMES = {"int4-g128": "int4-g128", "int4-g64": "int4-g64", "int4-g32": "int4-g32", "ternary": "ternary-absmean"}
+SENSITIVITY_NAMES = {**{f"int{b}-g{g}": f"int{b}-g{g}" for b in (4, 3) for g in (128, 64, 32)},
+                     "ternary": "ternary-absmean"}
 DP_STEPS = 200_000  # byte quanta of the knapsack
 _SAFETENSORS_DTYPE = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int32: "I32",
                       torch.int64: "I64", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
@@ -211,7 +213,7 @@ def _units_and_fixed(model: nn.Module, cfg: QuantConfig, dtype: torch.dtype) -> 
             if fitted is None:
                 continue
             # the base config's other fields, in the fitted format (switching method drops the other method's)
-            grouping = {"group_size": fitted.group_size} if isinstance(fitted, Int4Config) else {}
+            grouping = {"group_size": fitted.group_size, "bits": fitted.bits} if isinstance(fitted, Int4Config) else {}
             qcfg = dataclasses.replace(base, method=fitted.method, **grouping, overrides={}, modules_to_not_convert=())
             options.append(Option(fmt, qcfg, linear_bytes(t.name, lin, qcfg, dtype)))
         if not options:
@@ -335,7 +337,7 @@ def check_budget(model: nn.Module, config: QuantConfig, dtype: Any = None) -> tu
     target = int(config.target_size)
     least = smallest_bytes(units, fixed)
     if target < least:
-        smaller = [f for f in ("ternary", "embeddings-int4") if f not in config.target_formats]
+        smaller = [f for f in ("int3-g128", "ternary", "embeddings-int4") if f not in config.target_formats]
         more = f" or allow smaller formats (target_formats with {' and '.join(smaller)})" if smaller else ""
         raise QuantError(
             f"target size {format_size(target)} ({target:,} bytes) is below the smallest weights file the allowed "
@@ -603,8 +605,8 @@ def _guard(model: nn.Module, config: QuantConfig, probe: Any, units: list[Unit],
 
 # -- quantising to the plan, and the report ------------------------------------------------------------
 
-_SHORT = {"keep": "keep", "int4-g128": "g128", "int4-g64": "g64", "int4-g32": "g32", "ternary": "tern",
-          "embeddings-int8": "int8", "embeddings-int4": "int4"}
+_SHORT = {"keep": "keep", "int4-g128": "g128", "int4-g64": "g64", "int4-g32": "g32", "int3-g128": "3g128",
+          "int3-g64": "3g64", "int3-g32": "3g32", "ternary": "tern", "embeddings-int8": "int8", "embeddings-int4": "int4"}
 
 
 @dataclass

@@ -423,7 +423,7 @@ def _quantise_jointly(members: list[Target], prepared: PreparedHessian) -> dict[
         rows = slice(start, start + w.shape[0])
         parts[t.name] = Int4Weights(codes=q.codes[rows].contiguous(), scales=q.scales[:, rows].contiguous(),
                                     zeros=None if q.zeros is None else q.zeros[:, rows].contiguous(),
-                                    group_size=q.group_size)
+                                    group_size=q.group_size, bits=q.bits)
         start += w.shape[0]
     return parts
 

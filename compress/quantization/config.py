@@ -30,7 +30,9 @@ EMBEDDING_FORMATS = ("int8", "int4")  # see compress.quantization.embedding
 OUTPUT_HEAD = "lm_head"
 # Candidate formats a size budget (``target_size``) chooses among: per linear module, and for the embedding table
 # (with the output head).  See compress.quantization.budget.
-TARGET_FORMATS = ("keep", "int4-g128", "int4-g64", "int4-g32", "ternary", "embeddings-int8", "embeddings-int4")
+TARGET_FORMATS = ("keep", "int4-g128", "int4-g64", "int4-g32", "int3-g128", "int3-g64", "int3-g32", "ternary",
+                  "embeddings-int8", "embeddings-int4")
+INT_BITS = (3, 4)  # code widths of the group-wise integer format (Int4Config.bits)
 TARGET_METRICS = ("layer-error", "module-error", "kl")
 
 
@@ -40,7 +42,7 @@ class QuantError(CompressError):
 
 # The fields of the two configs, in the order of the flat form (``to_dict``, positional arguments, manifests).
 FIELD_ORDER = (
-    "method", "scale", "per_channel", "activations", "group_size", "symmetric", "zero_point", "gptq", "damp",
+    "method", "scale", "per_channel", "activations", "bits", "group_size", "symmetric", "zero_point", "gptq", "damp",
     "act_order", "clip_search", "gptaq", "gptaq_alpha", "group_refit", "block_size", "true_sequential",
     "calibration_batch_size", "calibration_sequences", "scale_dtype", "embeddings", "embedding_group_size", "modules_to_not_convert",
     "overrides", "target_size", "target_formats", "target_metric", "target_sequences", "progress",
@@ -104,6 +106,8 @@ class QuantConfig(metaclass=_PicksMethod):
     output channel; activations kept ("a16") or 8-bit absmax per token ("a8").
     int4: round-to-nearest or GPTQ, symmetric (offset 8) or asymmetric (zero
     points), groups of ``group_size`` inputs (the last may be partial; -1: one group per channel).
+    ``bits=3`` stores 3-bit codes instead (int3: codes 0..7, offset 4 when
+    symmetric; everything else as int4), for files below what int4 reaches.
     Asymmetric zero points are whole codes ("integer", as GPTQ and
     compressed-tensors store them; the range always includes 0) or exact
     min-max offsets ("float", as GGUF Q4_1 and HQQ: a lower error, native
@@ -337,11 +341,12 @@ class Int4Config(QuantConfig):
     """Group-wise int4 weights, round-to-nearest or GPTQ: the shared fields plus the int4 and GPTQ ones."""
 
     _own: ClassVar[tuple[str, ...]] = (
-        "group_size", "symmetric", "zero_point", "gptq", "damp", "act_order", "clip_search", "gptaq", "gptaq_alpha",
+        "bits", "group_size", "symmetric", "zero_point", "gptq", "damp", "act_order", "clip_search", "gptaq", "gptaq_alpha",
         "group_refit", "block_size", "true_sequential", "calibration_batch_size", "calibration_sequences",
     )
 
     method: str = "int4"
+    bits: int = 4  # 3: int3 codes 0..7 (offset 4 when symmetric), 3 bits per weight packed as bit planes
     group_size: int = 128
     symmetric: bool = True
     zero_point: str = "integer"
@@ -359,6 +364,8 @@ class Int4Config(QuantConfig):
 
     def _check_method_fields(self) -> None:
         _choice("method", self.method, ("int4",))
+        if self.bits not in INT_BITS or isinstance(self.bits, bool):
+            raise ConfigError(f"bits must be 4 (int4) or 3 (int3) for group-wise integer weights, got {self.bits!r}.")
         _choice("zero_point", self.zero_point, ZERO_POINTS)
         _check_group_size(self.group_size)
         if not 0.0 <= self.gptaq_alpha <= 1.0:
@@ -375,10 +382,10 @@ class Int4Config(QuantConfig):
     def _label_parts(self) -> list[str]:
         g = "per-channel" if self.group_size == -1 else f"g{self.group_size}"
         asym = "asym" if self.zero_point == "integer" else "asym-float-zero"
-        return ["int4", g, "sym" if self.symmetric else asym, "gptq" if self.gptq else "rtn"]
+        return [f"int{self.bits}", g, "sym" if self.symmetric else asym, "gptq" if self.gptq else "rtn"]
 
     def quantiser_key(self) -> tuple:
-        return ("int4", self.group_size, self.symmetric, self.symmetric or self.zero_point, self.scale_dtype,
+        return (f"int{self.bits}", self.group_size, self.symmetric, self.symmetric or self.zero_point, self.scale_dtype,
                 self.clip_search)
 
 
@@ -401,7 +408,7 @@ def _check_group_size(g: Any) -> None:
 
 
 _QUANTISER_FIELDS = {
-    "method", "scale", "per_channel", "activations", "group_size", "symmetric", "zero_point", "gptq",
+    "method", "scale", "per_channel", "activations", "bits", "group_size", "symmetric", "zero_point", "gptq",
     "damp", "act_order", "clip_search", "block_size", "scale_dtype", "gptaq", "gptaq_alpha", "group_refit",
 }
 
@@ -410,6 +417,10 @@ SHORTHANDS: dict[str, dict[str, Any]] = {
     "int4-asym": {"symmetric": False},
     "int4-gptq": {"gptq": True},
     "int4-gptq-asym": {"gptq": True, "symmetric": False},
+    "int3": {"bits": 3},
+    "int3-asym": {"bits": 3, "symmetric": False},
+    "int3-gptq": {"bits": 3, "gptq": True},
+    "int3-gptq-asym": {"bits": 3, "gptq": True, "symmetric": False},
     "ternary": {"method": "ternary"},
     "ternary-absmedian": {"method": "ternary", "scale": "absmedian"},
     "ternary-a8": {"method": "ternary", "activations": "a8"},

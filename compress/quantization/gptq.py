@@ -39,6 +39,7 @@ from compress.quantization.quantizers import (
     int4_dequant,
     int4_params,
     num_groups,
+    sym_offset,
 )
 
 _DAMP_RETRIES = 4  # each retry multiplies damping by 10
@@ -213,7 +214,7 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor | None, cfg: QuantConfig, *, 
                 if zeros is not None:
                     zeros[g] = _params[1][g].float()
                 continue
-            scales[g], z = int4_params(W[:, cols], cfg.symmetric, dtype, float_zero, **search,
+            scales[g], z = int4_params(W[:, cols], cfg.symmetric, dtype, float_zero, cfg.bits, **search,
                                        weight=None if hdiag is None else hdiag[cols])
             if zeros is not None:
                 zeros[g] = z
@@ -229,7 +230,8 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor | None, cfg: QuantConfig, *, 
     # blocks hold whole groups so a group's columns are all up to date when its parameters are found
     B = cfg.block_size if static else G * max(1, cfg.block_size // G)
     with _one_cpu_thread(dev):
-        _column_loop(Wt, prepared.Hinv, codes, scales, zeros, group_of, G, B, static, (cfg.symmetric, dtype, float_zero),
+        _column_loop(Wt, prepared.Hinv, codes, scales, zeros, group_of, G, B, static,
+                     (cfg.symmetric, dtype, float_zero, cfg.bits),
                      hdiag, prepared.P)
 
     codes = codes.t()
@@ -240,6 +242,7 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor | None, cfg: QuantConfig, *, 
         scales=scales.to(dtype),
         zeros=None if zeros is None else zeros.to(dtype),
         group_size=G,
+        bits=cfg.bits,
     )
     if cfg.group_refit:
         with _one_cpu_thread(dev):
@@ -288,9 +291,9 @@ def _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, param_a
                 if zeros is not None:
                     zeros[g] = z
             z = None if zeros is None else zeros[g]
-            q = int4_codes(W1[i], scales[g], z)
+            q = int4_codes(W1[i], scales[g], z, param_args[3])
             codes[col] = q
-            Err1[i] = (W1[i] - int4_dequant(q, scales[g], z)) / Hinv1[i, i]
+            Err1[i] = (W1[i] - int4_dequant(q, scales[g], z, param_args[3])) / Hinv1[i, i]
             if P1 is not None:  # the column's share of the input drift, before its error moves it (row i: P1[i, i] = 0)
                 W1[i + 1:].addr_(P1[i, i + 1:], W1[i])
             W1[i:].addr_(Hinv1[i, i:], Err1[i], alpha=-1.0)  # push the error onto the columns still to do
@@ -332,7 +335,7 @@ def refit_group_params(w: torch.Tensor, H: torch.Tensor, q: Int4Weights, *, drif
     float_zero = float_zero and q.zeros is not None
     dev = W.device
     old_s = q.scales.to(torch.float32)  # [n, N]
-    z = torch.full_like(old_s, 8.0) if q.zeros is None else q.zeros.to(torch.float32)
+    z = torch.full_like(old_s, float(sym_offset(q.bits))) if q.zeros is None else q.zeros.to(torch.float32)
     C = q.codes.to(torch.float32)
     if not float_zero:  # scale only: Q = a * (c - z)
         C = C - z.t().repeat_interleave(G, dim=1)[:, :K]
@@ -379,4 +382,4 @@ def refit_group_params(w: torch.Tensor, H: torch.Tensor, q: Int4Weights, *, drif
     scales = torch.where(better[None, :], new_s, old_s)
     zeros = None if q.zeros is None else torch.where(better[None, :], new_z, z) if float_zero else q.zeros
     return Int4Weights(codes=q.codes, scales=scales.to(q.scales.dtype),
-                       zeros=None if zeros is None else zeros.to(q.zeros.dtype), group_size=G)
+                       zeros=None if zeros is None else zeros.to(q.zeros.dtype), group_size=G, bits=q.bits)

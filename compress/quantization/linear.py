@@ -2,7 +2,8 @@
 
 Storage follows :mod:`compress.kernels.formats` (the one shape contract):
 int4 ``qweight`` int32 ``[K/8, N]``, ``scales`` ``[ceil(K/G), N]``, ``zeros``
-the same shape or None (symmetric); ternary ``qweight`` int32 ``[K/16, N]``
+the same shape or None (symmetric); int3 the same with ``qweight`` ``[3K/32, N]``
+(bit planes); ternary ``qweight`` int32 ``[K/16, N]``
 (2-bit codes w+1), ``scales`` ``[1]`` (per tensor) or ``[N]``.  Everything is
 a buffer, not a parameter: the packed weights are frozen, and
 ``logical_numel()`` tells ``compress.sizes`` how many weights they stand for.
@@ -30,7 +31,7 @@ from compress.quantization.quantizers import (
 
 
 class QuantLinear(PackedModule):
-    """y = x W^T + b with W stored packed (int4 or ternary).
+    """y = x W^T + b with W stored packed (int4, int3 or ternary).
 
     ``format`` is the layout object (:mod:`compress.kernels.formats`): the
     buffers, the kernel, the label and the description all come from it.
@@ -118,7 +119,7 @@ class QuantLinear(PackedModule):
         return cls(
             linear.in_features,
             linear.out_features,
-            method=config.method,
+            method="int3" if config.bits == 3 else config.method,
             group_size=effective_group_size(config, linear.in_features),
             symmetric=config.symmetric,
             per_channel=config.per_channel,
@@ -136,7 +137,8 @@ class QuantLinear(PackedModule):
             self.qweight.copy_(self.format.pack((q.codes + 1).to(torch.uint8)))
             self.scales.copy_(q.scale.reshape(self.scales.shape))
             return
-        if not isinstance(q, Int4Weights) or q.group_size != self.group_size or (q.zeros is None) != (self.zeros is None):
+        if (not isinstance(q, Int4Weights) or q.group_size != self.group_size or (q.zeros is None) != (self.zeros is None)
+                or q.bits != self.format.bits):
             raise QuantError(f"quantised values do not fit this {self.extra_repr()} module; quantise with its config.")
         self.qweight.copy_(self.format.pack(q.codes))
         self.scales.copy_(q.scales)

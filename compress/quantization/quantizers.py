@@ -21,11 +21,21 @@ INT4_MAX = 15
 INT4_SYM_OFFSET = 8  # the packed format's fixed zero point for symmetric weights
 
 
+def code_max(bits: int) -> int:
+    """The largest code of a ``bits``-wide integer format (15 for int4, 7 for int3)."""
+    return (1 << bits) - 1
+
+
+def sym_offset(bits: int) -> int:
+    """The fixed zero point of symmetric ``bits``-wide weights (8 for int4, 4 for int3)."""
+    return 1 << (bits - 1)
+
+
 @dataclass
 class Int4Weights:
-    """Unpacked int4: ``codes`` uint8 ``[N, K]`` in 0..15, ``scales``/``zeros`` ``[ceil(K/G), N]``.
+    """Unpacked int4 (or int3): ``codes`` uint8 ``[N, K]`` in 0..15 (0..7), ``scales``/``zeros`` ``[ceil(K/G), N]``.
 
-    ``zeros`` is None for symmetric weights (offset 8); dequantised
+    ``zeros`` is None for symmetric weights (offset 8; 4 for int3); dequantised
     ``w[n, k] = (codes[n, k] - z[k // G, n]) * scales[k // G, n]``.
     """
 
@@ -33,6 +43,7 @@ class Int4Weights:
     scales: torch.Tensor
     zeros: Optional[torch.Tensor]
     group_size: int
+    bits: int = 4
 
 
 @dataclass
@@ -96,19 +107,19 @@ def quantize_ternary(w: torch.Tensor, cfg: QuantConfig) -> TernaryWeights:
 
 def _int4_range_params(
     w: torch.Tensor, symmetric: bool, dtype: torch.dtype, float_zero: bool, shrink: float | torch.Tensor = 1.0,
-    shrink_hi: float | torch.Tensor | None = None,
+    shrink_hi: float | torch.Tensor | None = None, bits: int = 4,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Scale and zero point per row of ``w[N, G]`` for its range shrunk by ``shrink`` (see :func:`int4_params`);
     ``shrink_hi``: the top of the range shrunk by this instead (asymmetric; a float or one per row)."""
     if symmetric:
-        return _stored(w.abs().amax(dim=1) * shrink / 7.5, dtype), None
+        return _stored(w.abs().amax(dim=1) * shrink / (sym_offset(bits) - 0.5), dtype), None
     lo, hi = w.amin(dim=1), w.amax(dim=1)
     if not float_zero:
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
     lo, hi = lo * shrink, hi * (shrink if shrink_hi is None else shrink_hi)
-    scale = _stored((hi - lo) / INT4_MAX, dtype)
+    scale = _stored((hi - lo) / code_max(bits), dtype)
     zero = -lo / scale
-    zero = zero.to(dtype).to(torch.float32) if float_zero else zero.round().clamp(0, INT4_MAX)
+    zero = zero.to(dtype).to(torch.float32) if float_zero else zero.round().clamp(0, code_max(bits))
     return scale, zero
 
 
@@ -117,6 +128,7 @@ def int4_params(
     symmetric: bool,
     dtype: torch.dtype,
     float_zero: bool = False,
+    bits: int = 4,
     *,
     clip_search: bool = False,
     weight: Optional[torch.Tensor] = None,
@@ -134,14 +146,15 @@ def int4_params(
     with ``c = weight`` (``[G]`` per column or ``[N, G]``; GPTQ passes its
     Hessian diagonal, RTN zeros for padding; None: all 1).
     Clipping a few outliers buys a finer step for all the other weights.
+    ``bits=3``: the same for int3 (7 steps; symmetric s = max|w| / 3.5, offset 4).
     """
     w = w.detach().to(torch.float32)
-    best_scale, best_zero = _int4_range_params(w, symmetric, dtype, float_zero)
+    best_scale, best_zero = _int4_range_params(w, symmetric, dtype, float_zero, bits=bits)
     if not clip_search:
         return best_scale, best_zero
     c = None if weight is None else weight.to(torch.float32)
     buf = torch.empty_like(w)
-    best_err = _rounding_error(w, best_scale, best_zero, c, buf)
+    best_err = _rounding_error(w, best_scale, best_zero, c, buf, bits)
     sides = CLIP_SIDES and not symmetric
     # The whole range shrunk; then (asymmetric, CLIP_SIDES) its bottom alone, then its top alone, from the best.
     # Only the side passes need each row's chosen shrinks, so only they track them.
@@ -151,8 +164,8 @@ def int4_params(
         for shrink in CLIP_FACTORS[1:] if side == "both" else CLIP_FACTORS:
             lo_f = shrink if side != "hi" else lo_from
             hi_f = shrink if side != "lo" else hi_from
-            scale, zero = _int4_range_params(w, symmetric, dtype, float_zero, lo_f, hi_f)
-            err = _rounding_error(w, scale, zero, c, buf)
+            scale, zero = _int4_range_params(w, symmetric, dtype, float_zero, lo_f, hi_f, bits)
+            err = _rounding_error(w, scale, zero, c, buf, bits)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best_scale = torch.where(better, scale, best_scale)
@@ -165,32 +178,32 @@ def int4_params(
 
 
 def _rounding_error(w: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor], c: Optional[torch.Tensor],
-                    buf: torch.Tensor) -> torch.Tensor:
+                    buf: torch.Tensor, bits: int = 4) -> torch.Tensor:
     """Per row ``sum_k c_k (w - q(w))^2`` for ``w[R, G]``, in place in ``buf`` (the clip search's inner loop)."""
     s = scale[:, None]
     torch.div(w, s, out=buf)
     if zero is None:
-        buf.round_().clamp_(-INT4_SYM_OFFSET, INT4_MAX - INT4_SYM_OFFSET)
+        buf.round_().clamp_(-sym_offset(bits), code_max(bits) - sym_offset(bits))
     else:
         z = zero[:, None]
-        buf.add_(z).round_().clamp_(0, INT4_MAX).sub_(z)
+        buf.add_(z).round_().clamp_(0, code_max(bits)).sub_(z)
     buf.mul_(s).sub_(w).square_()
     if c is None:
         return buf.sum(dim=1)
     return buf @ c if c.dim() == 1 else buf.mul_(c).sum(dim=1)
 
 
-def int4_codes(w: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor]) -> torch.Tensor:
-    """float codes 0..15 of ``w[N, ...]`` for per-row ``scale``/``zero`` (broadcast over trailing dims)."""
+def int4_codes(w: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor], bits: int = 4) -> torch.Tensor:
+    """float codes 0..15 (0..7 for int3) of ``w[N, ...]`` for per-row ``scale``/``zero`` (broadcast over trailing dims)."""
     shape = (-1,) + (1,) * (w.dim() - 1)
-    z = INT4_SYM_OFFSET if zero is None else zero.reshape(shape)
-    return (w.to(torch.float32) / scale.reshape(shape)).add(z).round().clamp(0, INT4_MAX)
+    z = sym_offset(bits) if zero is None else zero.reshape(shape)
+    return (w.to(torch.float32) / scale.reshape(shape)).add(z).round().clamp(0, code_max(bits))
 
 
-def int4_dequant(codes: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor]) -> torch.Tensor:
+def int4_dequant(codes: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor], bits: int = 4) -> torch.Tensor:
     """Inverse of :func:`int4_codes` (float32), the arithmetic the packed format uses."""
     shape = (-1,) + (1,) * (codes.dim() - 1)
-    z = float(INT4_SYM_OFFSET) if zero is None else zero.reshape(shape)
+    z = float(sym_offset(bits)) if zero is None else zero.reshape(shape)
     return (codes - z) * scale.reshape(shape)
 
 
@@ -200,7 +213,8 @@ def num_groups(in_features: int, group_size: int) -> int:
 
 
 def quantize_int4(w: torch.Tensor, cfg: QuantConfig) -> Int4Weights:
-    """Round-to-nearest int4 in groups of ``cfg.group_size`` inputs (each group's range searched when ``cfg.clip_search``)."""
+    """Round-to-nearest int4 (int3 with ``cfg.bits == 3``) in groups of ``cfg.group_size`` inputs (each group's
+    range searched when ``cfg.clip_search``)."""
     N, K = w.shape
     G = effective_group_size(cfg, K)
     n = num_groups(K, G)
@@ -213,15 +227,16 @@ def quantize_int4(w: torch.Tensor, cfg: QuantConfig) -> Int4Weights:
         pad_weight = torch.ones(n, N, G, device=wf.device)
         pad_weight[-1, :, K - (n - 1) * G:] = 0
         pad_weight = pad_weight.reshape(-1, G)
-    scale, zero = int4_params(flat, cfg.symmetric, cfg.torch_scale_dtype, cfg.zero_point == "float",
+    scale, zero = int4_params(flat, cfg.symmetric, cfg.torch_scale_dtype, cfg.zero_point == "float", cfg.bits,
                               clip_search=cfg.clip_search, weight=pad_weight)
-    codes = int4_codes(flat, scale, zero).reshape(n, N, G).transpose(0, 1).reshape(N, n * G)[:, :K]
+    codes = int4_codes(flat, scale, zero, cfg.bits).reshape(n, N, G).transpose(0, 1).reshape(N, n * G)[:, :K]
     dtype = cfg.torch_scale_dtype
     return Int4Weights(
         codes=codes.to(torch.uint8).contiguous(),
         scales=scale.reshape(n, N).to(dtype),
         zeros=None if zero is None else zero.reshape(n, N).to(dtype),
         group_size=G,
+        bits=cfg.bits,
     )
 
 
@@ -239,7 +254,7 @@ def dequantize(q: Quantised) -> torch.Tensor:
     N, K = q.codes.shape
     G = q.group_size
     s = q.scales.to(torch.float32).t().repeat_interleave(G, dim=1)[:, :K]
-    z = float(INT4_SYM_OFFSET) if q.zeros is None else q.zeros.to(torch.float32).t().repeat_interleave(G, dim=1)[:, :K]
+    z = float(sym_offset(q.bits)) if q.zeros is None else q.zeros.to(torch.float32).t().repeat_interleave(G, dim=1)[:, :K]
     return (q.codes.to(torch.float32) - z) * s
 
 

@@ -23,9 +23,14 @@ FORMATS: dict[str, dict[str, Any]] = {
     "int4-g128": {"method": "int4", "group_size": 128},
     "int4-g64": {"method": "int4", "group_size": 64},
     "int4-g32": {"method": "int4", "group_size": 32},
+    "int3-g128": {"method": "int4", "bits": 3, "group_size": 128},
+    "int3-g64": {"method": "int4", "bits": 3, "group_size": 64},
+    "int3-g32": {"method": "int4", "bits": 3, "group_size": 32},
     "ternary-absmean": {"method": "ternary", "scale": "absmean"},
     "ternary-absmedian": {"method": "ternary", "scale": "absmedian"},
 }
+# The table's default columns: int3 is measured when asked for (or by a size budget that may choose it).
+DEFAULT_FORMATS = tuple(f for f in FORMATS if not f.startswith("int3"))
 # Group sizes tried, largest first, when the named one does not fit a module; -1 is per channel.
 _FALLBACK_GROUPS = (128, 64, 32, 16, -1)
 
@@ -48,7 +53,7 @@ class SensitivityConfig:
     """
 
     metric: str = "layer-error"
-    formats: tuple[str, ...] = tuple(FORMATS)
+    formats: tuple[str, ...] = DEFAULT_FORMATS
     prune_fraction: float = 0.5
     importance: str = "taylor"
     sequences: int = 4
@@ -101,7 +106,7 @@ def format_config(fmt: str, out_features: int, in_features: int) -> QuantConfig 
     shape, else takes the largest smaller one that it accepts (per channel last).
     """
     fields = FORMATS[fmt]
-    spec = get_format(fields["method"])
+    spec = get_format(packed_name(fields))
     if not spec.grouped:
         if spec.shape_problem(out_features, in_features):
             return None
@@ -117,4 +122,9 @@ def override_fields(cfg: QuantConfig) -> dict[str, Any]:
     """The field changes that select ``cfg``'s quantiser in a ``QuantConfig.overrides`` entry."""
     if isinstance(cfg, TernaryConfig):
         return {"method": "ternary", "scale": cfg.scale}
-    return {"method": "int4", "group_size": cfg.group_size}
+    return {"method": "int4", "bits": cfg.bits, "group_size": cfg.group_size}
+
+
+def packed_name(fields: dict[str, Any]) -> str:
+    """The packed format (``compress.kernels.formats``) a ``FORMATS`` entry's fields store in."""
+    return "int3" if fields.get("bits") == 3 else fields["method"]

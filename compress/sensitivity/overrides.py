@@ -25,7 +25,7 @@ import yaml
 from compress.errors import ConfigError
 from compress.kernels.formats import get_format
 from compress.quantization.config import OUTPUT_HEAD, QuantConfig
-from compress.sensitivity.config import FORMATS, format_config, override_fields
+from compress.sensitivity.config import FORMATS, format_config, override_fields, packed_name
 
 if TYPE_CHECKING:
     from compress.sensitivity.report import ModuleRow, SensitivityReport
@@ -238,7 +238,7 @@ def _refits(report: "SensitivityReport", fmt: str, promoted: set[str]) -> dict[s
     A module path that needs the same change in every layer becomes one regex
     (``model\\.layers\\.\\d+\\.self_attn\\.o_proj``); the rest are listed by name.
     """
-    if not get_format(FORMATS[fmt]["method"]).grouped:
+    if not get_format(packed_name(FORMATS[fmt])).grouped:
         return {}
     named = FORMATS[fmt]["group_size"]
     needs: dict[tuple[str, int], list[ModuleRow]] = {}

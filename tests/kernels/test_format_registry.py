@@ -28,15 +28,15 @@ def _int4(N=24, K=96, G=32, asym=True, seed=0):
 
 
 def test_the_registry_names_every_layout_once():
-    assert list(FORMATS) == ["int4", "ternary", "ternary_a8", "int8_rows", "int4_rows"]
+    assert list(FORMATS) == ["int4", "int3", "ternary", "ternary_a8", "int8_rows", "int4_rows"]
     assert all(get_format(name) is cls and cls.name == name for name, cls in FORMATS.items())
-    assert formats.LINEAR_FORMATS == ("int4", "ternary", "ternary_a8")
+    assert formats.LINEAR_FORMATS == ("int4", "int3", "ternary", "ternary_a8")
     assert formats.ROW_FORMATS == ("int8_rows", "int4_rows")
 
 
 @pytest.mark.parametrize("name, kind, names", [
-    ("int3", None, "int4, ternary, ternary_a8, int8_rows, int4_rows"),
-    ("int8_rows", "linear", "int4, ternary, ternary_a8"),
+    ("int2", None, "int4, int3, ternary, ternary_a8, int8_rows, int4_rows"),
+    ("int8_rows", "linear", "int4, int3, ternary, ternary_a8"),
     ("int4", "embedding", "int8_rows, int4_rows"),
 ])
 def test_an_unknown_format_is_one_sentence(name, kind, names):

@@ -108,7 +108,7 @@ def test_group_size_that_does_not_divide_k_gets_a_partial_last_group():
     assert formats.resolve_group_size(128, 96) == 128 and formats.resolve_group_size(-1, 96) == 96
     assert formats.shape_problem("int4", 37, 96, -1) is None  # per-channel
     assert formats.shape_problem("ternary", 37, 96) is None
-    assert "unknown packed format" in formats.shape_problem("int3", 37, 96)
+    assert "unknown packed format" in formats.shape_problem("int2", 37, 96)
 
 
 def test_group_size_that_is_not_a_power_of_two_names_the_shape_and_the_fix():

@@ -27,7 +27,7 @@ def test_import_loads_neither_triton_nor_cuda():
 def test_public_names_resolve():
     for name in ck.__all__:
         assert getattr(ck, name) is not None
-    assert set(ck.FORMATS) == {"int4", "ternary", "ternary_a8"}
+    assert set(ck.FORMATS) == {"int4", "int3", "ternary", "ternary_a8"}
     assert "quant_matmul" in dir(ck)
 
 

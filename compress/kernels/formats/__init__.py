@@ -1,7 +1,7 @@
 """Packed weight formats: the one storage layout per format, shared by every kernel.
 
 Each layout is a class in one registry, ``FORMATS[name]`` / ``get_format(name)``:
-``int4`` (:class:`Int4Format`), ``ternary`` (:class:`TernaryFormat`), ``ternary_a8``
+``int4`` (:class:`Int4Format`), ``int3`` (:class:`Int3Format`), ``ternary`` (:class:`TernaryFormat`), ``ternary_a8``
 (:class:`TernaryA8Format`) for linear weights, ``int8_rows`` / ``int4_rows``
 (:class:`Int8RowsFormat`, :class:`Int4RowsFormat`) for embedding tables.  A class
 holds its label, buffer shapes, pack / unpack / dequantise, shape checks, the
@@ -30,6 +30,14 @@ int4 (W4A16, group-wise)
                  or ``G == K`` (per-channel; ``-1`` is accepted as a shorthand
                  for K).  K must be a multiple of 8 (packing); G need not
                  divide it, and a G larger than K is one partial group.
+
+int3 (W3A16, group-wise)
+    ``qweight``  int32 ``[3K / 32, N]``, N contiguous: bit planes.  Inputs
+                 ``32r .. 32r+31`` fill rows ``3r + b`` (b = 0, 1, 2): bit ``j``
+                 of word ``[3r + b, n]`` is bit ``b`` of the code ``q[n, 32r + j]``
+                 in ``0..7``.  K must be a multiple of 32.
+    ``scales``, ``zeros``, ``group_size`` and dequant as int4, with the
+                 symmetric offset 4 instead of 8.
 
 ternary (W1.58, BitNet b1.58)
     ``qweight``  int32 ``[K // 16, N]``, N contiguous.  2-bit field ``j``
@@ -63,6 +71,7 @@ from __future__ import annotations
 
 from .layout import (
     A8_QMAX,
+    INT3_PER_BLOCK,
     INT4_PER_WORD,
     TERNARY_PER_WORD,
     a8_rescale,
@@ -70,19 +79,22 @@ from .layout import (
     broadcast_ternary_scale,
     check_int4,
     check_ternary,
+    dequantize_int3,
     dequantize_int4,
     dequantize_ternary,
     int4_group_problem,
     int4_num_groups,
     k_problem,
+    pack_int3,
     pack_int4,
     pack_ternary,
     quantize_activations_int8,
     resolve_group_size,
+    unpack_int3,
     unpack_int4,
     unpack_ternary,
 )
-from .linear import Int4Format, LinearFormat, TernaryA8Format, TernaryFormat
+from .linear import GroupedIntFormat, Int3Format, Int4Format, LinearFormat, TernaryA8Format, TernaryFormat
 from .registry import (
     FORMATS,
     LINEAR_FORMATS,
@@ -96,12 +108,12 @@ from .registry import (
 from .rows import Int4RowsFormat, Int8RowsFormat, RowFormat, pack_int4_rows, unpack_int4_rows
 
 __all__ = [
-    "INT4_PER_WORD", "TERNARY_PER_WORD", "A8_QMAX",
-    "pack_int4", "unpack_int4", "pack_ternary", "unpack_ternary", "dequantize_int4", "dequantize_ternary",
+    "INT4_PER_WORD", "INT3_PER_BLOCK", "TERNARY_PER_WORD", "A8_QMAX",
+    "pack_int4", "unpack_int4", "pack_int3", "unpack_int3", "dequantize_int3", "pack_ternary", "unpack_ternary", "dequantize_int4", "dequantize_ternary",
     "broadcast_ternary_scale", "resolve_group_size", "int4_num_groups", "k_problem", "int4_group_problem",
     "shape_problem", "check_int4", "check_ternary",
     "quantize_activations_int8", "a8_weight_scale", "a8_rescale",
     "pack_int4_rows", "unpack_int4_rows",
     "FORMATS", "LINEAR_FORMATS", "ROW_FORMATS", "Format", "get_format", "linear_format", "embedding_format",
-    "LinearFormat", "Int4Format", "TernaryFormat", "TernaryA8Format", "RowFormat", "Int8RowsFormat", "Int4RowsFormat",
+    "LinearFormat", "GroupedIntFormat", "Int4Format", "Int3Format", "TernaryFormat", "TernaryA8Format", "RowFormat", "Int8RowsFormat", "Int4RowsFormat",
 ]

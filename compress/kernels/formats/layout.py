@@ -11,9 +11,13 @@ import torch
 
 __all__ = [
     "INT4_PER_WORD",
+    "INT3_PER_BLOCK",
     "TERNARY_PER_WORD",
     "pack_int4",
     "unpack_int4",
+    "pack_int3",
+    "unpack_int3",
+    "dequantize_int3",
     "pack_ternary",
     "unpack_ternary",
     "dequantize_int4",
@@ -32,6 +36,7 @@ __all__ = [
 ]
 
 INT4_PER_WORD = 8
+INT3_PER_BLOCK = 32  # int3: 32 inputs per block of 3 words (one bit plane each)
 TERNARY_PER_WORD = 16
 
 
@@ -48,12 +53,12 @@ def k_problem(fmt: str, per_word: int, N: int, K: int) -> Optional[str]:
     return None
 
 
-def int4_group_problem(N: int, K: int, group_size: Optional[int]) -> Optional[str]:
-    """Why ``group_size`` cannot serve an int4 ``[N, K]`` weight (None if it can)."""
+def int4_group_problem(N: int, K: int, group_size: Optional[int], fmt: str = "int4") -> Optional[str]:
+    """Why ``group_size`` cannot serve an int4 (or int3, ``fmt``) ``[N, K]`` weight (None if it can)."""
     G = K if group_size in (-1, 0, None) else int(group_size)
     if G != K and (G < 16 or G & (G - 1)):
         return (
-            f"int4 weight of shape [{N}, {K}] cannot use group size {group_size}: use a power "
+            f"{fmt} weight of shape [{N}, {K}] cannot use group size {group_size}: use a power "
             f"of two >= 16 (32, 64 or 128; the last group may be partial), or -1 for one group per channel."
         )
     return None
@@ -83,28 +88,35 @@ def check_int4(
     scales: torch.Tensor,
     zeros: Optional[torch.Tensor],
     group_size: int,
+    bits: int = 4,
 ) -> tuple[int, int, int]:
-    """Validate packed int4 tensors against the contract; return ``(N, K, G)``."""
-    if qweight.dtype != torch.int32 or qweight.dim() != 2:
+    """Validate packed int4 (``bits=3``: int3) tensors against the contract; return ``(N, K, G)``."""
+    name, rows = ("int4", "K/8") if bits == 4 else ("int3", "3K/32")
+    if qweight.dtype != torch.int32 or qweight.dim() != 2 or (bits == 3 and qweight.shape[0] % 3):
         raise ValueError(
-            f"int4 qweight must be a 2-D int32 tensor [K/8, N], got {qweight.dtype} of shape "
-            f"{list(qweight.shape)}; build it with pack_int4."
+            f"{name} qweight must be a 2-D int32 tensor [{rows}, N], got {qweight.dtype} of shape "
+            f"{list(qweight.shape)}; build it with pack_{name}."
         )
-    K, N = qweight.shape[0] * INT4_PER_WORD, qweight.shape[1]
+    K, N = packed_k(qweight.shape[0], bits), qweight.shape[1]
     G = resolve_group_size(group_size, K, N)
     want = [int4_num_groups(K, G), N]
     if not scales.is_floating_point() or list(scales.shape) != want:
         tail = f"; the last group covers the {K % G} remaining inputs" if K % G else ""
         raise ValueError(
-            f"int4 scales must be a float tensor of shape {want} (ceil(K/G) x N for K={K}, G={G}{tail}), "
+            f"{name} scales must be a float tensor of shape {want} (ceil(K/G) x N for K={K}, G={G}{tail}), "
             f"got {scales.dtype} of shape {list(scales.shape)}."
         )
     if zeros is not None and (not zeros.is_floating_point() or list(zeros.shape) != want):
         raise ValueError(
-            f"int4 zeros must be None (symmetric, offset 8) or a float tensor of shape {want}, "
+            f"{name} zeros must be None (symmetric, offset {1 << (bits - 1)}) or a float tensor of shape {want}, "
             f"got {zeros.dtype} of shape {list(zeros.shape)}."
         )
     return N, K, G
+
+
+def packed_k(rows: int, bits: int) -> int:
+    """Inputs K that ``rows`` rows of a packed int4 (8 per word) or int3 (32 per 3 words) qweight hold."""
+    return rows * INT4_PER_WORD if bits == 4 else rows // 3 * INT3_PER_BLOCK
 
 
 def check_ternary(qweight: torch.Tensor, scale: torch.Tensor) -> tuple[int, int]:
@@ -191,6 +203,40 @@ def unpack_int4(qweight: torch.Tensor, K: Optional[int] = None) -> torch.Tensor:
     return _unpack(qweight, 4)
 
 
+def pack_int3(q: torch.Tensor) -> torch.Tensor:
+    """Pack 3-bit codes ``q[N, K]`` (0..7) into int32 ``qweight[3K/32, N]`` as bit planes.
+
+    Inputs ``32r .. 32r+31`` fill rows ``3r, 3r+1, 3r+2``: bit ``j`` of row
+    ``3r + b`` is bit ``b`` of ``q[n, 32r + j]``.  Three bits per weight exactly,
+    and a kernel rebuilds a code from three shifts and masks.
+    """
+    _check_codes(q, 7, "int3")
+    _check_k("int3", INT3_PER_BLOCK, q.shape[0], q.shape[1])
+    N, K = q.shape
+    c = q.to(torch.int64)
+    planes = torch.stack([(c >> b) & 1 for b in range(3)], dim=1)  # [N, 3, K]
+    blocks = planes.reshape(N, 3, K // INT3_PER_BLOCK, INT3_PER_BLOCK).permute(2, 1, 0, 3)  # [K/32, 3, N, 32]
+    return _pack(blocks.reshape(-1, INT3_PER_BLOCK), 1).reshape(3 * K // INT3_PER_BLOCK, N)
+
+
+def unpack_int3(qweight: torch.Tensor, K: Optional[int] = None) -> torch.Tensor:
+    """Unpack int32 ``qweight[3K/32, N]`` (bit planes) into uint8 codes ``[N, K]`` (0..7)."""
+    if qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[0] % 3:
+        raise ValueError(f"int3 qweight must be a 2-D int32 tensor [3K/32, N], got {qweight.dtype} "
+                         f"{list(qweight.shape)}.")
+    R, N = qweight.shape
+    held = packed_k(R, 3)
+    if K is not None and K != held:
+        raise ValueError(
+            f"int3 qweight of shape {list(qweight.shape)} holds K={held} inputs, not K={K}; pass the in_features "
+            f"the weight was packed with."
+        )
+    bits = _unpack(qweight.reshape(1, -1), 1)  # [R*N, 32]: the bits of every word
+    planes = bits.reshape(R // 3, 3, N, INT3_PER_BLOCK).to(torch.int32)  # [block, plane, n, j]
+    codes = planes[:, 0] | (planes[:, 1] << 1) | (planes[:, 2] << 2)  # [K/32, N, 32]
+    return codes.permute(1, 0, 2).reshape(N, held).to(torch.uint8).contiguous()
+
+
 def pack_ternary(codes: torch.Tensor) -> torch.Tensor:
     """Pack ternary codes ``c = w + 1`` (``[N, K]``, values 0..2) into int32 ``qweight[K/16, N]``.
 
@@ -231,6 +277,21 @@ def dequantize_int4(
     q = _unpack(qweight, 4).to(torch.float32)  # [N, K]
     s = _per_input(scales, G, K)
     z = 8.0 if zeros is None else _per_input(zeros, G, K)
+    return ((q - z) * s).to(dtype or scales.dtype)
+
+
+def dequantize_int3(
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: Optional[torch.Tensor],
+    group_size: int,
+    dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """Return the float weight ``[N, K]`` of packed int3 (symmetric offset 4), as :func:`dequantize_int4`."""
+    N, K, G = check_int4(qweight, scales, zeros, group_size, bits=3)
+    q = unpack_int3(qweight).to(torch.float32)
+    s = _per_input(scales, G, K)
+    z = 4.0 if zeros is None else _per_input(zeros, G, K)
     return ((q - z) * s).to(dtype or scales.dtype)
 
 

@@ -1,6 +1,7 @@
 """The packed layouts of an ``nn.Linear`` weight ``[N, K]``, one class each.
 
-``Int4Format`` (W4A16, group-wise), ``TernaryFormat`` (W1.58A16) and
+``Int4Format`` (W4A16, group-wise), ``Int3Format`` (W3A16, the same with
+3-bit codes as bit planes), ``TernaryFormat`` (W1.58A16) and
 ``TernaryA8Format`` (W1.58A8: the same stored layout, int8 per-token
 activations and its own kernel).  The class itself answers what the kernel
 dispatch needs from a format name (shape checks, the reference matmul, the
@@ -16,6 +17,7 @@ from typing import Any, ClassVar, Optional
 import torch
 
 from .layout import (
+    INT3_PER_BLOCK,
     INT4_PER_WORD,
     TERNARY_PER_WORD,
     a8_rescale,
@@ -23,19 +25,22 @@ from .layout import (
     broadcast_ternary_scale,
     check_int4,
     check_ternary,
+    dequantize_int3,
     dequantize_int4,
     dequantize_ternary,
     int4_group_problem,
     int4_num_groups,
     k_problem,
+    pack_int3,
     pack_int4,
     pack_ternary,
     quantize_activations_int8,
+    unpack_int3,
     unpack_int4,
     unpack_ternary,
 )
 
-__all__ = ["LinearFormat", "Int4Format", "TernaryFormat", "TernaryA8Format"]
+__all__ = ["LinearFormat", "GroupedIntFormat", "Int4Format", "Int3Format", "TernaryFormat", "TernaryA8Format"]
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -68,6 +73,11 @@ class LinearFormat:
     def shape_problem(cls, N: int, K: int, group_size: Optional[int] = None) -> Optional[str]:
         """Why a ``[N, K]`` weight cannot use this format, or None if it can."""
         return k_problem(cls.method, cls.per_word, N, K)
+
+    @classmethod
+    def packed_k(cls, qweight: torch.Tensor) -> int:
+        """Inputs K a packed ``qweight`` holds."""
+        return qweight.shape[0] * cls.per_word
 
     @classmethod
     def check(cls, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
@@ -152,32 +162,61 @@ class LinearFormat:
 
 
 @dataclass(frozen=True)
-class Int4Format(LinearFormat):
+class GroupedIntFormat(LinearFormat):
+    """Base of the group-wise integer layouts: a float scale (and zero point when asymmetric) per group of G inputs."""
+
+    grouped: ClassVar[bool] = True
+
+    group_size: int = 128  # the resolved group size G (K for per-channel)
+    symmetric: bool = True  # fixed offset (8 for int4, 4 for int3), no zero points stored
+
+    @classmethod
+    def shape_problem(cls, N: int, K: int, group_size: Optional[int] = 128) -> Optional[str]:
+        return k_problem(cls.name, cls.per_word, N, K) or int4_group_problem(N, K, group_size, cls.name)
+
+    @classmethod
+    def check(cls, qweight, scales, zeros, group_size):
+        N, K, _ = check_int4(qweight, scales, zeros, group_size, bits=cls.bits)
+        return N, K
+
+    @classmethod
+    def kernel_operands(cls, scales, group_size, N, K):
+        return scales, K if group_size in (-1, 0, None) else int(group_size)
+
+    @classmethod
+    def triton_args(cls, x, qweight, scales, zeros, group_size):
+        return (x, qweight, scales, zeros, group_size)
+
+    def buffer_shapes(self, N, K):
+        n_groups = int4_num_groups(K, self.group_size)
+        return {"qweight": (self.qweight_rows(K), N), "scales": (n_groups, N),
+                "zeros": None if self.symmetric else (n_groups, N)}
+
+    def _group_text(self, K: int, per_group: str) -> str:
+        return "per-channel" if self.group_size == K else per_group
+
+    def label(self, K):
+        return f"{self.name} {self._group_text(K, f'g{self.group_size}')} {'sym' if self.symmetric else 'asym'}"
+
+    def detail(self, K):
+        g = self._group_text(K, f"group_size={self.group_size}")
+        return f"{self.name}, {g}, {'symmetric' if self.symmetric else 'asymmetric'}"
+
+
+@dataclass(frozen=True)
+class Int4Format(GroupedIntFormat):
     """W4A16: 4-bit codes, 8 per word, a float scale (and zero point when asymmetric) per group of G inputs."""
 
     name: ClassVar[str] = "int4"
     method: ClassVar[str] = "int4"
     bits: ClassVar[int] = 4
     per_word: ClassVar[int] = INT4_PER_WORD
-    grouped: ClassVar[bool] = True
     triton_module: ClassVar[str] = "triton_int4"
     kernels: ClassVar[dict[str, str]] = {"gemv": "int4_gemv", "splitk": "int4_splitk", "gemm": "int4_gemm"}
 
-    group_size: int = 128  # the resolved group size G (K for per-channel)
-    symmetric: bool = True  # offset 8, no zero points stored
-
     @classmethod
-    def shape_problem(cls, N: int, K: int, group_size: Optional[int] = 128) -> Optional[str]:
-        return k_problem(cls.method, cls.per_word, N, K) or int4_group_problem(N, K, group_size)
-
-    @classmethod
-    def check(cls, qweight, scales, zeros, group_size):
-        N, K, _ = check_int4(qweight, scales, zeros, group_size)
-        return N, K
-
-    @classmethod
-    def kernel_operands(cls, scales, group_size, N, K):
-        return scales, K if group_size in (-1, 0, None) else int(group_size)
+    def qweight_rows(cls, K: int) -> int:
+        return K // INT4_PER_WORD
 
     @classmethod
     def pack(cls, codes):
@@ -191,24 +230,40 @@ class Int4Format(LinearFormat):
     def dequantize_packed(cls, qweight, scales, zeros, group_size, dtype=None):
         return dequantize_int4(qweight, scales, zeros, group_size, dtype=dtype)
 
+
+@dataclass(frozen=True)
+class Int3Format(GroupedIntFormat):
+    """W3A16: 3-bit codes as bit planes (32 inputs in 3 words), a float scale (and zero point) per group of G inputs.
+
+    No Triton kernel yet: every device runs the reference (dequantise, then matmul).
+    """
+
+    name: ClassVar[str] = "int3"
+    method: ClassVar[str] = "int3"
+    bits: ClassVar[int] = 3
+    per_word: ClassVar[int] = INT3_PER_BLOCK  # inputs per block of 3 words: K must be a multiple
+    triton_module: ClassVar[str] = ""
+    kernels: ClassVar[dict[str, str]] = {}
+
     @classmethod
-    def triton_args(cls, x, qweight, scales, zeros, group_size):
-        return (x, qweight, scales, zeros, group_size)
+    def qweight_rows(cls, K: int) -> int:
+        return 3 * K // INT3_PER_BLOCK
 
-    def buffer_shapes(self, N, K):
-        n_groups = int4_num_groups(K, self.group_size)
-        return {"qweight": (K // INT4_PER_WORD, N), "scales": (n_groups, N),
-                "zeros": None if self.symmetric else (n_groups, N)}
+    @classmethod
+    def packed_k(cls, qweight):
+        return qweight.shape[0] // 3 * INT3_PER_BLOCK
 
-    def _group_text(self, K: int, per_group: str) -> str:
-        return "per-channel" if self.group_size == K else per_group
+    @classmethod
+    def pack(cls, codes):
+        return pack_int3(codes)
 
-    def label(self, K):
-        return f"int4 {self._group_text(K, f'g{self.group_size}')} {'sym' if self.symmetric else 'asym'}"
+    @classmethod
+    def unpack(cls, qweight, K=None):
+        return unpack_int3(qweight, K)
 
-    def detail(self, K):
-        g = self._group_text(K, f"group_size={self.group_size}")
-        return f"int4, {g}, {'symmetric' if self.symmetric else 'asymmetric'}"
+    @classmethod
+    def dequantize_packed(cls, qweight, scales, zeros, group_size, dtype=None):
+        return dequantize_int3(qweight, scales, zeros, group_size, dtype=dtype)
 
 
 @dataclass(frozen=True)

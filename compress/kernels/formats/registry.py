@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-from .linear import Int4Format, LinearFormat, TernaryA8Format, TernaryFormat
+from .linear import Int3Format, Int4Format, LinearFormat, TernaryA8Format, TernaryFormat
 from .rows import Int4RowsFormat, Int8RowsFormat, RowFormat
 
 __all__ = ["FORMATS", "LINEAR_FORMATS", "ROW_FORMATS", "Format", "get_format", "linear_format", "embedding_format",
@@ -16,7 +16,7 @@ __all__ = ["FORMATS", "LINEAR_FORMATS", "ROW_FORMATS", "Format", "get_format", "
 
 Format = Union[LinearFormat, RowFormat]
 
-FORMATS: dict[str, type] = {f.name: f for f in (Int4Format, TernaryFormat, TernaryA8Format,
+FORMATS: dict[str, type] = {f.name: f for f in (Int4Format, Int3Format, TernaryFormat, TernaryA8Format,
                                                 Int8RowsFormat, Int4RowsFormat)}
 LINEAR_FORMATS = tuple(n for n, f in FORMATS.items() if f.kind == "linear")  # what quant_matmul takes
 ROW_FORMATS = tuple(n for n, f in FORMATS.items() if f.kind == "embedding")
@@ -32,26 +32,26 @@ def get_format(name: str, kind: Optional[str] = None) -> type:
 
 
 def shape_problem(fmt: str, N: int, K: int, group_size: Optional[int] = 128) -> Optional[str]:
-    """Return why a ``[N, K]`` weight cannot use ``fmt`` ("int4" or "ternary"), or None if it can.
+    """Return why a ``[N, K]`` weight cannot use ``fmt`` ("int4", "int3" or "ternary"), or None if it can.
 
     Quantisers call this for every layer before touching a weight, so one
     message can list every offending module.
     """
-    if fmt not in (Int4Format.name, TernaryFormat.name):
-        return f"unknown packed format {fmt!r}; use 'int4' or 'ternary'."
+    if fmt not in (Int4Format.name, Int3Format.name, TernaryFormat.name):
+        return f"unknown packed format {fmt!r}; use 'int4', 'int3' or 'ternary'."
     return FORMATS[fmt].shape_problem(N, K, group_size)
 
 
 def linear_format(method: str = "int4", *, group_size: Optional[int] = 128, K: Optional[int] = None,
                   symmetric: bool = True, per_channel: bool = False, activations: str = "a16") -> LinearFormat:
     """The layout of one packed linear module from its config strings (``group_size`` -1 or None: K, per channel)."""
-    if method == Int4Format.method:
-        G = K if group_size in (-1, None) else group_size
-        return Int4Format(group_size=G, symmetric=symmetric)
+    for cls in (Int4Format, Int3Format):
+        if method == cls.method:
+            return cls(group_size=K if group_size in (-1, None) else group_size, symmetric=symmetric)
     if method == TernaryFormat.method:
         cls = TernaryA8Format if activations == TernaryA8Format.activations else TernaryFormat
         return cls(per_channel=per_channel)
-    raise ValueError(f"unknown packed method {method!r}; use 'int4' or 'ternary'.")
+    raise ValueError(f"unknown packed method {method!r}; use 'int4', 'int3' or 'ternary'.")
 
 
 def embedding_format(kind: str, group_size: Optional[int], D: int) -> RowFormat:
