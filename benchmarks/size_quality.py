@@ -7,6 +7,7 @@ and builds, each from a fresh copy:
     uniform ternary absmean, with the embedding table kept or int4 g32
     bitsandbytes NF4 and HQQ 4-bit g64 (benchmarks/quant_quality.py's builders; embedding kept)
     size budgets (QuantConfig(target_size=...)), round-to-nearest, for each of --targets,
+    with int3 among the candidates for each of --int3-targets,
     and with GPTQ on the chosen int4 modules for each of --gptq-targets (80MiB)
 
 The size budget measures every projection's error once (layer-error, the
@@ -86,6 +87,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--budget-sequences", type=int, default=4, help="calibration windows the budget measures errors on")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--int3-targets", nargs="*", default=[],
+                   help="size budgets that may also choose int3 g128 / g64 / g32 (RTN; their errors are measured "
+                        "first, and the other budgets are planned from the same measurements)")
     p.add_argument("--gptq-targets", nargs="*", default=["80MiB"],
                    help="targets also run with GPTQ (act-order, clip search) on the int4 modules the budget chooses")
     p.add_argument("--calibration-fraction", type=float, default=0.5,
@@ -142,22 +146,28 @@ def main(argv: Optional[list[str]] = None) -> int:
                    {"quantise_seconds": time.perf_counter() - t})
             del m
 
-    # the size budget: errors measured once, every target planned from them
+    # the size budget: errors measured once (with int3 when any budget may choose it), every target planned from them
+    from compress.quantization.config import DEFAULT_TARGET_FORMATS, TARGET_FORMATS
+
     errors = None
-    runs = [(t, False) for t in args.targets] + [(t, True) for t in args.gptq_targets]
-    for target, gptq in runs:
+    runs = ([(t, False, TARGET_FORMATS) for t in args.int3_targets] + [(t, False, DEFAULT_TARGET_FORMATS)
+            for t in args.targets] + [(t, True, DEFAULT_TARGET_FORMATS) for t in args.gptq_targets])
+    for target, gptq, formats in runs:
         m = copy.deepcopy(model)
         t = time.perf_counter()
         rep = quantize_to_size(m, QuantConfig(target_size=target, target_sequences=args.budget_sequences, gptq=gptq,
-                                              calibration_sequences=len(calib.calibration), progress=False),
+                                              calibration_sequences=len(calib.calibration), target_formats=formats,
+                                              progress=False),
                                calib, errors=errors)
         seconds = time.perf_counter() - t
         errors = errors or rep.errors()
         size = saved_bytes(m)
         assert size <= parse_size(target), f"{target}: file of {size} bytes"
         how = "GPTQ" if gptq else "RTN"
-        record(f"budget {target}" + (" GPTQ" if gptq else ""), m, "budget-gptq" if gptq else "budget", size,
-               f"QuantConfig(target_size={target!r}, gptq={gptq}) ({how}, layer-error)",
+        int3 = formats is TARGET_FORMATS
+        record(f"budget {target}" + (" GPTQ" if gptq else " int3" if int3 else ""), m,
+               "budget-gptq" if gptq else "budget-int3" if int3 else "budget", size,
+               f"QuantConfig(target_size={target!r}, gptq={gptq}{', int3 allowed' if int3 else ''}) ({how}, layer-error)",
                {"quantise_seconds": seconds, "target_bytes": rep.target_bytes, "predicted_bytes": rep.predicted_bytes,
                 "predicted_kl": rep.predicted_kl, "measured_kl_calibration": rep.measured_kl,
                 "format_counts": rep.format_counts(), "kl_scale": rep.kl_scale,
@@ -225,8 +235,12 @@ def plot(result: dict, path: Path) -> None:
                       if r.get("kind") == "budget-gptq" and "domains" in r)
         if gptq:
             ax.plot(*zip(*gptq), "--D", color="tab:red", label="--target-size --gptq")
+        int3 = sorted((r["mib"], r["domains"][d]["kl"]) for r in result["rows"].values()
+                      if r.get("kind") == "budget-int3" and "domains" in r)
+        if int3:
+            ax.plot(*zip(*int3), "-.D", color="tab:blue", label="--target-size, int3 allowed")
         for label, r in result["rows"].items():
-            if r.get("kind") in ("budget", "budget-gptq", "original") or "domains" not in r:
+            if r.get("kind") in ("budget", "budget-gptq", "budget-int3", "original") or "domains" not in r:
                 continue
             x, y = r["mib"], max(r["domains"][d]["kl"], 1e-5)
             if y > 5:

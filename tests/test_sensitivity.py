@@ -14,13 +14,12 @@ from compress.pruning.groups import layer_groups
 from compress.pruning.surgery import prune_attention, prune_mlp
 from compress.quantization import QuantConfig, QuantLinear, quantize
 from compress.quantization.config import name_matches
-from compress.sensitivity.config import DEFAULT_FORMATS
 from compress.sensitivity import (
-    FORMATS,
     SensitivityReport,
     load_override_map,
     measure_sensitivity,
 )
+from compress.sensitivity.config import DEFAULT_FORMATS
 from compress.sensitivity.probes import KLProbe, LayerProbe, ModuleProbe
 from tests.threads import one_torch_thread
 from tests.tiny import ALL_FAMILIES, VOCAB, tiny_model

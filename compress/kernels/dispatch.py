@@ -3,9 +3,8 @@
 It picks the kernel from the format and the batch size M (rows of ``x``
 after flattening the leading dims):
 
-    int4 / ternary:  M == 1 -> GEMV,  2 <= M <= 64 -> split-K tl.dot,  M > 64 -> GEMM
-    ternary_a8:      one int8 tl.dot kernel (split-K for small M, tiled for large)
-    int3:            no Triton kernel yet: the PyTorch reference on every device
+    int4 / int3 / ternary:  M == 1 -> GEMV,  2 <= M <= 64 -> split-K tl.dot,  M > 64 -> GEMM
+    ternary_a8:             one int8 tl.dot kernel (split-K for small M, tiled for large)
 
 and the backend from the device: Triton for CUDA tensors, the PyTorch
 reference elsewhere.  ``COMPRESS_KERNELS_BACKEND=reference|triton|auto``
@@ -89,7 +88,7 @@ def _run(x, qweight, scales, zeros, fmt: str, group_size: int, K: int) -> torch.
     spec = get_format(fmt, "linear")
     kernel = kernel_for(fmt, M)
     use_triton = (
-        M > 0 and kernel in _TRITON and x.dtype in _TRITON_DTYPES and _backend(x) == "triton"
+        M > 0 and x.dtype in _TRITON_DTYPES and _backend(x) == "triton"
         and "triton" not in _FAILED and kernel not in _FAILED
     )
     if use_triton:

@@ -49,17 +49,13 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 KERNELS = {kernel: (fmt, family) for fmt in LINEAR_FORMATS for family, kernel in get_format(fmt).kernels.items()}
 
 
-REFERENCE = "reference"  # what kernel_for names for a format without Triton kernels
-
 # Largest batch served by the split-K kernels; M == 1 goes to the GEMV, larger M to the GEMM.
 SPLITK_MAX_M = 64
 
 
 def kernel_for(fmt: str, M: int) -> str:
-    """Kernel name for a format ("int4", "ternary", "ternary_a8") at batch size M ("reference" for int3)."""
+    """Kernel name for a format ("int4", "ternary", "ternary_a8") at batch size M."""
     kernels = get_format(fmt, "linear").kernels
-    if not kernels:  # no Triton kernel for this format (int3): the PyTorch reference serves it
-        return REFERENCE
     if len(kernels) == 1:  # one kernel serves every batch size
         return next(iter(kernels.values()))
     return kernels["gemv" if M <= 1 else "splitk" if M <= SPLITK_MAX_M else "gemm"]
@@ -184,7 +180,7 @@ def candidates(kernel: str, M: int, N: int, K: int, G: int = 0) -> list[KernelCo
     seen, unique = set(), []
     for c in out:
         c = fit_config(c, kernel, M, N, K, G)
-        if c not in seen and _fits(c, family):
+        if c not in seen and _fits(c, family, planes=3 if get_format(KERNELS[kernel][0]).bits == 3 else 1):
             seen.add(c)
             unique.append(c)
     return unique
@@ -196,12 +192,12 @@ _MAX_TILE_PER_THREAD = 128  # fp32 tile elements per thread in the GEMV
 _MAX_SHARED_BYTES = 200 * 1024  # of the 227 KiB an H100 block may use
 
 
-def _fits(cfg: KernelConfig, family: str) -> bool:
+def _fits(cfg: KernelConfig, family: str, planes: int = 1) -> bool:
     if family == "gemv":
         return cfg.block_n * cfg.block_k <= _MAX_TILE_PER_THREAD * 32 * cfg.num_warps
     # Each pipeline stage holds an x tile (<= 2 B/elem) and the packed-word tile, which is
-    # loaded as [BLOCK_K, BLOCK_N] int32 (rows repeat the same word, GemLite-style).
-    stage = cfg.block_m * cfg.block_k * 2 + cfg.block_k * cfg.block_n * 4
+    # loaded as [BLOCK_K, BLOCK_N] int32 (rows repeat the same word, GemLite-style); int3 loads three (bit planes).
+    stage = cfg.block_m * cfg.block_k * 2 + cfg.block_k * cfg.block_n * 4 * planes
     return max(1, cfg.num_stages - 1) * stage <= _MAX_SHARED_BYTES
 
 

@@ -32,6 +32,9 @@ OUTPUT_HEAD = "lm_head"
 # (with the output head).  See compress.quantization.budget.
 TARGET_FORMATS = ("keep", "int4-g128", "int4-g64", "int4-g32", "int3-g128", "int3-g64", "int3-g32", "ternary",
                   "embeddings-int8", "embeddings-int4")
+# What a budget chooses among unless told: int3 only on request, as no export format stores it yet (a budget's
+# result would otherwise stop exporting to GGUF or compressed-tensors).
+DEFAULT_TARGET_FORMATS = tuple(f for f in TARGET_FORMATS if not f.startswith("int3"))
 INT_BITS = (3, 4)  # code widths of the group-wise integer format (Int4Config.bits)
 TARGET_METRICS = ("layer-error", "module-error", "kl")
 
@@ -155,7 +158,9 @@ class QuantConfig(metaclass=_PicksMethod):
     sensitivity probes (``target_metric`` on ``target_sequences`` calibration
     windows), each format's bytes are predicted from the storage rules, and the
     formats with the least summed predicted error whose weights file fits the
-    budget are chosen, then applied as ``overrides``.  The other fields
+    budget are chosen, then applied as ``overrides``.  int3 (``int3-g128`` /
+    ``g64`` / ``g32``) is a candidate only when ``target_formats`` names it
+    (no export stores int3 yet).  The other fields
     (symmetric, gptq, scale_dtype, ...) apply to every int4 / ternary module chosen.
 
     ``QuantConfig(...)`` returns the config class of its method: ``Int4Config``
@@ -178,7 +183,7 @@ class QuantConfig(metaclass=_PicksMethod):
     overrides: Mapping[str, Any] = field(default_factory=dict)
     # size budget (compress.quantization.budget)
     target_size: Optional[Union[int, str]] = None
-    target_formats: tuple[str, ...] = TARGET_FORMATS
+    target_formats: tuple[str, ...] = DEFAULT_TARGET_FORMATS
     target_metric: str = "layer-error"
     target_sequences: int = 4
     progress: bool = True

@@ -15,14 +15,16 @@ def test_budget_rows_fit_their_targets_and_every_row_is_measured_on_both_texts(t
     bench = _load()
     out = tmp_path / "sq"
     assert bench.main(["--model", str(tiny_dir), "--windows", "2", "--seq-len", "32", "--targets", "60KiB", "90KiB",
-                       "--gptq-targets", "90KiB", "--skip-peers", "--data", "shakespeare", "--uniform-bits", "3", "--out", str(out)]) == 0
+                       "--gptq-targets", "90KiB", "--skip-peers", "--data", "shakespeare", "--uniform-bits", "3", "--int3-targets", "60KiB", "--out", str(out)]) == 0
     result = json.loads(out.with_suffix(".json").read_text())
     assert out.with_suffix(".png").stat().st_size > 0
     rows = result["rows"]
-    for target, label in ((60 * 1024, "budget 60KiB"), (90 * 1024, "budget 90KiB"), (90 * 1024, "budget 90KiB GPTQ")):
+    for target, label in ((60 * 1024, "budget 60KiB"), (90 * 1024, "budget 90KiB"), (90 * 1024, "budget 90KiB GPTQ"),
+                          (60 * 1024, "budget 60KiB int3")):
         assert rows[label]["bytes"] <= target < rows["original (bf16 file)"]["bytes"]
         assert rows[label]["predicted_bytes"] <= target
     assert rows["budget 60KiB"]["bytes"] < rows["budget 90KiB"]["bytes"]
+    assert not any(f.startswith("int3") for f in rows["budget 60KiB"]["choices"].values())
     assert {"int3 g128 RTN", "int3 g32 RTN + int4 emb", "ternary RTN"} <= set(rows) and "int4 g64 RTN" not in rows
     for row in rows.values():
         assert set(row["domains"]) == {"shakespeare", "news"}

@@ -146,7 +146,7 @@ def test_format_version_must_be_an_integer_from_1(saved, value):
     ({"files": {"../../etc/passwd": {"sha256": "0" * 64, "bytes": 1}}}, r"field files\['../../etc/passwd'\] is not a plain file name"),
     ({"files": {"config.json": {"sha256": "nope", "bytes": 1}}}, r"field files\['config.json'\] must have a sha256 of 64 hex digits"),
     ({"quantized_modules": {"model.layers.0.mlp.up_proj": {"in_features": 64, "out_features": 96, "method": "int9"}}},
-     r"field quantized_modules\['model.layers.0.mlp.up_proj'\] method must be int4 or ternary"),
+     r"field quantized_modules\['model.layers.0.mlp.up_proj'\] method must be int4, int3 or ternary"),
     ({"quantized_modules": {"model.nothing.here": {"in_features": 64, "out_features": 96}}},
      r"field quantized_modules\['model.nothing.here'\] does not fit the model"),
     ({"quantized_modules": {"x": {"in_features": "64", "out_features": 96}}}, r"in_features must be an integer >= 1, got '64'"),

@@ -36,20 +36,22 @@ def _compile(fn, signature: dict, constexprs: dict, num_warps: int, num_stages: 
 def variants():
     """(kernel, signature, constexprs, warps, stages) for each launch shape the dispatcher uses."""
     for x in ("*fp16", "*bf16"):
-        yield (triton_int4._int4_gemv_kernel,
-               dict(x_ptr=x, qw_ptr="*i32", s_ptr="*fp16", z_ptr="*fp16", y_ptr="*fp32", N=I32, K=I32, G=I32,
-                    stride_xm=I32, stride_ym=I32, K_ITERS=I32),
-               dict(HAS_ZEROS=True, BLOCK_N=128, BLOCK_K=128), 4, 1)
+        for bits in (4, 3):  # int4, and int3 (bit planes) through the same kernels
+            yield (triton_int4._int4_gemv_kernel,
+                   dict(x_ptr=x, qw_ptr="*i32", s_ptr="*fp16", z_ptr="*fp16", y_ptr="*fp32", N=I32, K=I32, G=I32,
+                        stride_xm=I32, stride_ym=I32, K_ITERS=I32),
+                   dict(HAS_ZEROS=True, BLOCK_N=128, BLOCK_K=128, BITS=bits), 4, 1)
         yield (triton_ternary._ternary_gemv_kernel,
                dict(x_ptr=x, qw_ptr="*i32", s_ptr="*fp16", y_ptr="*fp32", N=I32, K=I32, stride_xm=I32, stride_ym=I32, K_ITERS=I32),
                dict(BLOCK_N=128, BLOCK_K=128), 4, 1)
         for split, bm, y in ((4, 16, "*fp32"), (1, 64, x)):  # split-K decode, GEMM prefill
             dims = dict(M=I32, N=I32, K=I32)
             tiles = dict(SPLIT_K=split, GROUP_M=8, BLOCK_M=bm, BLOCK_N=64, BLOCK_K=64)
-            yield (triton_int4._int4_dot_kernel,
-                   dict(x_ptr=x, qw_ptr="*i32", s_ptr="*fp16", z_ptr="*fp16", y_ptr=y, **dims, G=I32,
-                        stride_xm=I32, stride_ym=I32, K_ITERS=I32),
-                   dict(HAS_ZEROS=False, **tiles, DOT_PRECISION="tf32"), 4, 3)
+            for bits in (4, 3):
+                yield (triton_int4._int4_dot_kernel,
+                       dict(x_ptr=x, qw_ptr="*i32", s_ptr="*fp16", z_ptr="*fp16", y_ptr=y, **dims, G=I32,
+                            stride_xm=I32, stride_ym=I32, K_ITERS=I32),
+                       dict(HAS_ZEROS=bits == 3, **tiles, DOT_PRECISION="tf32", BITS=bits), 4, 3)
             yield (triton_ternary._ternary_dot_kernel,
                    dict(x_ptr=x, qw_ptr="*i32", s_ptr="*fp16", y_ptr=y, **dims, stride_xm=I32, stride_ym=I32, K_ITERS=I32),
                    dict(**tiles, DOT_PRECISION="tf32"), 4, 3)

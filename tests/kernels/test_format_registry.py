@@ -82,6 +82,7 @@ def test_ternary_through_the_class_equals_the_layout_functions(cls):
 def test_the_kernels_each_format_dispatches_to():
     assert KERNELS == {
         "int4_gemv": ("int4", "gemv"), "int4_splitk": ("int4", "splitk"), "int4_gemm": ("int4", "gemm"),
+        "int3_gemv": ("int3", "gemv"), "int3_splitk": ("int3", "splitk"), "int3_gemm": ("int3", "gemm"),
         "ternary_gemv": ("ternary", "gemv"), "ternary_splitk": ("ternary", "splitk"),
         "ternary_gemm": ("ternary", "gemm"), "ternary_a8": ("ternary_a8", "a8"),
     }

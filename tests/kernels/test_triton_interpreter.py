@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from compress.kernels import reference
+from compress.kernels.formats import Int3Format
 from compress.kernels.tuning import KernelConfig
 
-from .util import assert_matches, make_generator, random_int4, random_ternary, random_x
+from .util import assert_matches, make_generator, random_int3, random_int4, random_ternary, random_x
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 F32, F16 = torch.float32, torch.float16
@@ -38,6 +39,15 @@ INT4_CASES = [
     ("int4_gemm", 65, 37, 96, 64, True, F16),
     ("int4_gemm", 70, 29, 80, 32, True, F32),
     ("int4_gemv", 1, 37, 576, 128, True, F16),
+]
+
+INT3_CASES = [
+    # kernel, M, N, K (a multiple of 32), group size, asymmetric, dtype
+    ("int3_gemv", 1, 37, 128, 32, True, F32),
+    ("int3_gemv", 2, 37, 96, 64, False, F16),  # partial last group
+    ("int3_splitk", 5, 37, 96, -1, True, F16),
+    ("int3_splitk", 17, 37, 64, 16, False, F32),  # groups smaller than a 32-input plane block
+    ("int3_gemm", 65, 29, 96, 32, True, F32),
 ]
 
 TERNARY_CASES = [
@@ -68,6 +78,16 @@ def test_int4_kernel_matches_reference(triton_kernels, kernel, M, N, K, group_si
     x = random_x(M, K, dtype, gen, DEVICE)
     y = getattr(int4, kernel)(x, qweight, scales, zeros, group_size, out=_poisoned(M, N, dtype))
     assert_matches(y, reference.int4_matmul(x, qweight, scales, zeros, group_size))
+
+
+@pytest.mark.parametrize("kernel,M,N,K,group_size,asym,dtype", INT3_CASES)
+def test_int3_kernel_matches_reference(triton_kernels, kernel, M, N, K, group_size, asym, dtype):
+    int4, _ = triton_kernels  # the int4 module's kernels with BITS=3
+    gen = make_generator(kernel, M, N, K, group_size, asym, dtype)
+    qweight, scales, zeros, _ = random_int3(N, K, group_size, asym, gen, DEVICE)
+    x = random_x(M, K, dtype, gen, DEVICE)
+    y = getattr(int4, kernel)(x, qweight, scales, zeros, group_size, out=_poisoned(M, N, dtype))
+    assert_matches(y, Int3Format.reference(x, qweight, scales, zeros, group_size))
 
 
 @pytest.mark.parametrize("kernel,M,N,K,per_tensor,dtype", TERNARY_CASES)

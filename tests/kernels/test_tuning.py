@@ -29,13 +29,14 @@ def test_fit_config_drops_k_splits_that_would_get_no_work():
 def test_candidates_are_valid_and_distinct(kernel):
     M = {"gemv": 1, "splitk": 16, "gemm": 2048, "a8": 16}[tuning.KERNELS[kernel][1]]
     K, G = 4096, 128
-    cands = tuning.candidates(kernel, M, 4096, K, G if kernel.startswith("int4") else 0)
+    grouped = kernel.startswith(("int4", "int3"))
+    cands = tuning.candidates(kernel, M, 4096, K, G if grouped else 0)
     assert len(cands) >= 8 and len(set(cands)) == len(cands)
-    per_word = 8 if kernel.startswith("int4") else 16
+    per_word = {"int4": 8, "int3": 32}.get(kernel[:4], 16)
     for c in cands:
-        assert c.block_k % per_word == 0 and (not kernel.startswith("int4") or G % c.block_k == 0)
+        assert c.block_k % per_word == 0 and (not grouped or G % c.block_k == 0)
         assert c.split_k * c.block_k <= K or c.split_k == 1
-        assert c == tuning.fit_config(c, kernel, M, 4096, K, G)
+        assert c == tuning.fit_config(c, kernel, M, 4096, K, G if grouped else 0)
 
 
 def test_tuned_json_is_read_and_looked_up_by_bucket(tmp_path):

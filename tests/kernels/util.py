@@ -23,6 +23,16 @@ def random_int4(N: int, K: int, group_size: int, asym: bool, gen: torch.Generato
     return formats.pack_int4(q).to(device), scales.to(device), None if zeros is None else zeros.to(device), q
 
 
+def random_int3(N: int, K: int, group_size: int, asym: bool, gen: torch.Generator, device="cpu"):
+    """Random packed int3 weight (bit planes): (qweight, scales fp16, zeros or None, codes [N, K])."""
+    G = K if group_size == -1 else group_size
+    rows = formats.int4_num_groups(K, G)
+    q = torch.randint(0, 8, (N, K), generator=gen)
+    scales = (torch.rand(rows, N, generator=gen) * 0.04 + 0.01).half()
+    zeros = (torch.rand(rows, N, generator=gen) * 7).half() if asym else None  # fractional: float zero points
+    return formats.pack_int3(q).to(device), scales.to(device), None if zeros is None else zeros.to(device), q
+
+
 def random_ternary(N: int, K: int, per_tensor: bool, gen: torch.Generator, device="cpu"):
     """Random packed ternary weight: (qweight, scale, codes [N, K])."""
     c = torch.randint(0, 3, (N, K), generator=gen)

@@ -64,7 +64,7 @@ def test_smallest_trains_ternary_in_the_loop():
     ({"stages": [{"prune": {}, "quantize": "int4"}]}, r"stage 1 has keys \['prune', 'quantize'\]; each stage is a mapping with exactly one key"),
     ({"stages": ["int5"]}, r"stage 1 is 'int5', which is neither a stage"),
     ({"stages": [{"prune": {"sparsity": 1.5}}]}, r"In stage 1 \(prune\): sparsity must be a fraction between 0 and 1"),
-    ({"stages": [{"quantize": "int3"}]}, r"In stage 1 \(quantize\): unknown quantisation method 'int3'"),
+    ({"stages": [{"quantize": "int2"}]}, r"In stage 1 \(quantize\): unknown quantisation method 'int2'"),
     ({"stages": [{"recover": {"output_dir": "x"}}]}, r"A recover stage must not set output_dir or resume"),
     ({"stages": [{"export": ["hf", "hf"]}]}, r"export formats lists a format twice"),
     ({"stages": [{"export": {"format": "hf"}}]}, r"Unknown key\(s\) 'format' in stage 1 \(export\); allowed keys are: dtype, formats, gguf_type, verify"),

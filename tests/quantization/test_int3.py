@@ -14,7 +14,7 @@ from compress.quantization.budget import check_budget, stored_file_bytes
 from compress.quantization.gptq import gptq_quantize
 from compress.quantization.quantizers import dequantize, quantize_weight
 from tests.threads import one_torch_thread
-from tests.tiny import SAMPLE_TEXT, tiny_model, tiny_tokenizer
+from tests.tiny import tiny_model, tiny_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -150,17 +150,18 @@ def test_a_budget_reaches_below_int4_with_int3_and_uses_it(tmp_path):
     assert sum(f.stat().st_size for f in save(model, tmp_path / "m").glob("*.safetensors")) <= target
 
 
-def test_a_recipe_budget_with_int3_and_a_gguf_export_names_int3_before_running():
+def test_int3_is_a_budget_candidate_only_when_asked_and_a_recipe_exporting_gguf_names_it_before_running():
     from compress.pipeline import load_recipe, preflight
     from tests.quantization.test_budget import _splits
 
-    recipe = load_recipe({"stages": [{"quantize": {"target_size": "80KiB"}}, {"export": ["gguf"]}]})
-    problems = preflight(recipe, tiny_model("llama"), _splits(), torch.device("cpu")).problems
-    assert any("target_formats allows int3-g64" in p and "int3 weights" in p for p in problems)
-    fine = load_recipe({"stages": [{"quantize": {"target_size": "80KiB", "target_formats": ["keep", "int4-g32",
-                                                                                          "embeddings-int8"]}},
-                                   {"export": ["gguf"]}]})
-    assert preflight(fine, tiny_model("llama"), _splits(), torch.device("cpu")).problems == []
+    assert not any(f.startswith("int3") for f in QuantConfig(target_size="1MiB").target_formats)
+    default = load_recipe({"stages": [{"quantize": {"target_size": "80KiB"}}, {"export": ["gguf"]}]})
+    assert preflight(default, tiny_model("llama"), _splits(), torch.device("cpu")).problems == []
+    asked = load_recipe({"stages": [{"quantize": {"target_size": "80KiB", "target_formats": ["keep", "int4-g32",
+                                                                                           "int3-g64"]}},
+                                    {"export": ["gguf"]}]})
+    problems = preflight(asked, tiny_model("llama"), _splits(), torch.device("cpu")).problems
+    assert len(problems) == 1 and "target_formats allows int3-g64" in problems[0] and "int3 weights" in problems[0]
 
 
 def test_a_linear_layer_whose_inputs_are_not_a_multiple_of_32_is_one_sentence():

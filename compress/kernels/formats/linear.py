@@ -235,15 +235,15 @@ class Int4Format(GroupedIntFormat):
 class Int3Format(GroupedIntFormat):
     """W3A16: 3-bit codes as bit planes (32 inputs in 3 words), a float scale (and zero point) per group of G inputs.
 
-    No Triton kernel yet: every device runs the reference (dequantise, then matmul).
+    The int4 Triton kernels serve it with ``BITS=3`` (the code is rebuilt from its three planes).
     """
 
     name: ClassVar[str] = "int3"
     method: ClassVar[str] = "int3"
     bits: ClassVar[int] = 3
     per_word: ClassVar[int] = INT3_PER_BLOCK  # inputs per block of 3 words: K must be a multiple
-    triton_module: ClassVar[str] = ""
-    kernels: ClassVar[dict[str, str]] = {}
+    triton_module: ClassVar[str] = "triton_int4"
+    kernels: ClassVar[dict[str, str]] = {"gemv": "int3_gemv", "splitk": "int3_splitk", "gemm": "int3_gemm"}
 
     @classmethod
     def qweight_rows(cls, K: int) -> int:
