@@ -90,6 +90,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--int3-targets", nargs="*", default=[],
                    help="size budgets that may also choose int3 g128 / g64 / g32 (RTN; their errors are measured "
                         "first, and the other budgets are planned from the same measurements)")
+    p.add_argument("--int3-gptq-targets", nargs="*", default=[],
+                   help="size budgets that may choose int3 too, with GPTQ on the chosen int4 / int3 modules")
     p.add_argument("--gptq-targets", nargs="*", default=["80MiB"],
                    help="targets also run with GPTQ (act-order, clip search) on the int4 modules the budget chooses")
     p.add_argument("--calibration-fraction", type=float, default=0.5,
@@ -150,8 +152,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     from compress.quantization.config import DEFAULT_TARGET_FORMATS, TARGET_FORMATS
 
     errors = None
-    runs = ([(t, False, TARGET_FORMATS) for t in args.int3_targets] + [(t, False, DEFAULT_TARGET_FORMATS)
-            for t in args.targets] + [(t, True, DEFAULT_TARGET_FORMATS) for t in args.gptq_targets])
+    runs = ([(t, False, TARGET_FORMATS) for t in args.int3_targets] + [(t, True, TARGET_FORMATS)
+            for t in args.int3_gptq_targets] + [(t, False, DEFAULT_TARGET_FORMATS) for t in args.targets]
+            + [(t, True, DEFAULT_TARGET_FORMATS) for t in args.gptq_targets])
     for target, gptq, formats in runs:
         m = copy.deepcopy(model)
         t = time.perf_counter()
@@ -165,8 +168,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         assert size <= parse_size(target), f"{target}: file of {size} bytes"
         how = "GPTQ" if gptq else "RTN"
         int3 = formats is TARGET_FORMATS
-        record(f"budget {target}" + (" GPTQ" if gptq else " int3" if int3 else ""), m,
-               "budget-gptq" if gptq else "budget-int3" if int3 else "budget", size,
+        record(f"budget {target}" + (" int3" if int3 else "") + (" GPTQ" if gptq else ""), m,
+               "budget" + ("-int3" if int3 else "") + ("-gptq" if gptq else ""), size,
                f"QuantConfig(target_size={target!r}, gptq={gptq}{', int3 allowed' if int3 else ''}) ({how}, layer-error)",
                {"quantise_seconds": seconds, "target_bytes": rep.target_bytes, "predicted_bytes": rep.predicted_bytes,
                 "predicted_kl": rep.predicted_kl, "measured_kl_calibration": rep.measured_kl,
@@ -239,8 +242,12 @@ def plot(result: dict, path: Path) -> None:
                       if r.get("kind") == "budget-int3" and "domains" in r)
         if int3:
             ax.plot(*zip(*int3), "-.D", color="tab:blue", label="--target-size, int3 allowed")
+        int3_gptq = sorted((r["mib"], r["domains"][d]["kl"]) for r in result["rows"].values()
+                           if r.get("kind") == "budget-int3-gptq" and "domains" in r)
+        if int3_gptq:
+            ax.plot(*zip(*int3_gptq), ":D", color="tab:purple", label="--target-size --gptq, int3 allowed")
         for label, r in result["rows"].items():
-            if r.get("kind") in ("budget", "budget-gptq", "budget-int3", "original") or "domains" not in r:
+            if r.get("kind", "").startswith("budget") or r.get("kind") == "original" or "domains" not in r:
                 continue
             x, y = r["mib"], max(r["domains"][d]["kl"], 1e-5)
             if y > 5:
