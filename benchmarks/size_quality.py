@@ -82,7 +82,7 @@ def saved_bytes(model: nn.Module) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--targets", nargs="+", default=["60MiB", "70MiB", "80MiB", "95MiB", "110MiB"])
+    p.add_argument("--targets", nargs="*", default=["60MiB", "70MiB", "80MiB", "95MiB", "110MiB"])
     p.add_argument("--windows", type=int, default=8, help="held-out windows per domain (default 8)")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--budget-sequences", type=int, default=4, help="calibration windows the budget measures errors on")
