@@ -39,6 +39,10 @@ Steps (``plan_budget``), all before any weight changes:
    quanta of the smallest size), the classic greedy (least error added per
    byte saved) decides.
 
+5. **Measured guard.**  The plan and every uniform assignment that fits are
+   rounded and their KL measured on ``GUARD_SEQUENCES`` calibration windows
+   (the original's distributions recomputed, not kept); the least is used.
+
 ``compress.quantization.apply.quantize_to_size`` then quantises through ``QuantConfig.overrides`` and
 ``embeddings`` and measures the result's KL on the same windows:
 ``BudgetReport`` holds the format of every module, predicted and stored
