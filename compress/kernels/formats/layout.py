@@ -273,11 +273,7 @@ def dequantize_int4(
 
     The arithmetic is done in float32 so the result does not depend on ``dtype``.
     """
-    N, K, G = check_int4(qweight, scales, zeros, group_size)
-    q = _unpack(qweight, 4).to(torch.float32)  # [N, K]
-    s = _per_input(scales, G, K)
-    z = 8.0 if zeros is None else _per_input(zeros, G, K)
-    return ((q - z) * s).to(dtype or scales.dtype)
+    return _dequantize_grouped(qweight, scales, zeros, group_size, dtype, bits=4)
 
 
 def dequantize_int3(
@@ -288,10 +284,14 @@ def dequantize_int3(
     dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """Return the float weight ``[N, K]`` of packed int3 (symmetric offset 4), as :func:`dequantize_int4`."""
-    N, K, G = check_int4(qweight, scales, zeros, group_size, bits=3)
-    q = unpack_int3(qweight).to(torch.float32)
+    return _dequantize_grouped(qweight, scales, zeros, group_size, dtype, bits=3)
+
+
+def _dequantize_grouped(qweight, scales, zeros, group_size, dtype, bits: int) -> torch.Tensor:
+    N, K, G = check_int4(qweight, scales, zeros, group_size, bits=bits)
+    q = (_unpack(qweight, 4) if bits == 4 else unpack_int3(qweight)).to(torch.float32)  # [N, K]
     s = _per_input(scales, G, K)
-    z = 4.0 if zeros is None else _per_input(zeros, G, K)
+    z = float(1 << (bits - 1)) if zeros is None else _per_input(zeros, G, K)
     return ((q - z) * s).to(dtype or scales.dtype)
 
 
