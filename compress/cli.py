@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(p)
     p.add_argument("--metric", choices=["layer-error", "module-error", "kl"], default="layer-error",
                    help="layer-error: change of the layer's output (default); module-error: of the module's output (fastest); kl: of the model's output distribution (slowest)")
-    p.add_argument("--formats", nargs="+", metavar="FORMAT", help="quantisation formats to try (default: int4-g128 int4-g64 int4-g32 ternary-absmean ternary-absmedian)")
+    p.add_argument("--formats", nargs="+", metavar="FORMAT", help="quantisation formats to try (default: int4-g128 int4-g64 int4-g32 ternary-absmean ternary-absmedian; int3-g128 int3-g64 int3-g32 on request)")
     p.add_argument("--sequences", type=int, default=4, help="calibration sequences (default 4)")
     p.add_argument("--batch-size", type=int, default=4, help="sequences per forward pass (default 4)")
     p.add_argument("--prune-fraction", type=float, default=0.5, help="share of each layer's MLP channels / kv groups removed to measure pruning (default 0.5)")
