@@ -272,6 +272,12 @@ class QuantConfig(metaclass=_PicksMethod):
     def torch_scale_dtype(self) -> torch.dtype:
         return getattr(torch, self.scale_dtype)
 
+    @property
+    def packed_method(self) -> str:
+        """The method of the packed modules this config makes (``QuantLinear.method``): ``"int3"`` for int4 fields
+        with ``bits=3``, else ``method``."""
+        return "int3" if self.bits == 3 else self.method
+
     def label(self) -> str:
         """Short human name, e.g. ``int4 g128 sym gptq`` or ``ternary absmean a16``."""
         if self.target_size is not None:

@@ -119,7 +119,7 @@ class QuantLinear(PackedModule):
         return cls(
             linear.in_features,
             linear.out_features,
-            method="int3" if config.bits == 3 else config.method,
+            method=config.packed_method,
             group_size=effective_group_size(config, linear.in_features),
             symmetric=config.symmetric,
             per_channel=config.per_channel,

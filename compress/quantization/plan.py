@@ -117,14 +117,14 @@ def shape_problem(out_features: int, in_features: int, cfg: QuantConfig) -> str 
     """Why an ``[out, in]`` weight cannot be packed under ``cfg``, or None.
 
     Only packing constrains the shape: int4 needs in_features a multiple of 8,
-    ternary of 16.  A group size need not divide in_features (the last group
+    int3 of 32, ternary of 16.  A group size need not divide in_features (the last group
     is partial, compress.kernels.formats); the config already checked that it
     is a power of two.
     """
     K = in_features
-    spec = get_format(cfg.method)
+    spec = get_format(cfg.packed_method)
     if K % spec.per_word:
-        return f"{cfg.method} packing needs in_features to be a multiple of {spec.per_word}"
+        return f"{cfg.packed_method} packing needs in_features to be a multiple of {spec.per_word}"
     problem = spec.shape_problem(out_features, K, effective_group_size(cfg, K))
     return problem.rstrip(".") if problem else None
 
@@ -143,7 +143,7 @@ def validate(targets: Iterable[Target]) -> None:
         short = _short_names(int4_ok, [t.name for t in targets])
         key = short[0] if len(short) == 1 else ".*(" + "|".join(short) + ")"
         fixes.append(f"quantise them to int4 instead with overrides={{{key!r}: 'int4'}}")
-    multiple = max(get_format(t.config.method).per_word for t, _ in bad)
+    multiple = max(get_format(t.config.packed_method).per_word for t, _ in bad)
     fixes.append(f"prune their in_features to a multiple of {multiple}")
     raise QuantError(
         f"{_count(bad, 'module cannot', 'modules cannot')} be quantised as asked: {listed}; "

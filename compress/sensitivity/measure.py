@@ -164,7 +164,7 @@ def _measure_all(
                         row.errors[fmt] = None
                         unfit.setdefault(fmt, []).append(row.name)
                     else:
-                        if get_format(qcfg.method).grouped:
+                        if get_format(qcfg.packed_method).grouped:
                             row.group_sizes[fmt] = qcfg.group_size
                             if qcfg.group_size != FORMATS[fmt]["group_size"]:
                                 refitted.setdefault(fmt, set()).add(qcfg.group_size)

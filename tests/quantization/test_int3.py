@@ -9,7 +9,7 @@ from compress.cli import main
 from compress.errors import ConfigError
 from compress.io import load, save
 from compress.io.exports import ExportError, export, export_problems
-from compress.quantization import QuantConfig, QuantLinear, quantize
+from compress.quantization import QuantConfig, QuantError, QuantLinear, quantize
 from compress.quantization.budget import check_budget, stored_file_bytes
 from compress.quantization.gptq import gptq_quantize
 from compress.quantization.quantizers import dequantize, quantize_weight
@@ -164,7 +164,12 @@ def test_int3_is_a_budget_candidate_only_when_asked_and_a_recipe_exporting_gguf_
     assert len(problems) == 1 and "target_formats allows int3-g64" in problems[0] and "int3 weights" in problems[0]
 
 
-def test_a_linear_layer_whose_inputs_are_not_a_multiple_of_32_is_one_sentence():
-    model = nn.Sequential(nn.Linear(48, 8))
-    with pytest.raises(Exception, match=r"multiple of 32"):
-        quantize(model, QuantConfig(bits=3, group_size=16, progress=False))
+def test_a_linear_layer_whose_inputs_are_not_a_multiple_of_32_is_refused_before_any_weight_changes():
+    model = nn.Sequential(nn.Linear(48, 8), nn.Linear(8, 64))
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(QuantError) as err:
+        quantize(model, QuantConfig(bits=3, group_size=16, modules_to_not_convert=(), progress=False))
+    message = str(err.value)
+    assert "2 modules cannot be quantised as asked" in message and "int3 packing needs in_features to be a " \
+        "multiple of 32" in message and "quantise them to int4 instead" in message and message.count("\n") == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
