@@ -107,6 +107,7 @@ def test_quantize_shape_problems_are_one_error(tiny_dir, tmp_path, capsys):
 @pytest.mark.parametrize("flags, message", [
     (["--method", "ternary", "--group-size", "64"], "group_size=64 applies to int4 only; drop it or use method='int4'."),
     (["--method", "int4", "--scale", "absmedian"], "scale='absmedian' applies to ternary only; drop it or use method='ternary'."),
+    (["--method", "int3", "--a8"], "activations='a8' is only available for ternary weights; use 'a16' with int4."),
 ])
 def test_quantize_flags_of_the_other_method_are_one_error(tiny_dir, tmp_path, capsys, flags, message):
     assert main(["quantize", str(tiny_dir), *flags, "-o", str(tmp_path / "q")]) == 2
