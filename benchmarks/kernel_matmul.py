@@ -1,4 +1,4 @@
-"""Kernel microbenchmark: packed int4 / ternary matmuls against torch fp16/bf16 (cuBLAS).
+"""Kernel microbenchmark: packed int4 / int3 / ternary matmuls against torch fp16/bf16 (cuBLAS).
 
     python benchmarks/kernel_matmul.py                      # every shape, batch 1 / 16 / 2048
     python benchmarks/kernel_matmul.py --shapes 4096x4096 --batches 1 16 --quick
@@ -75,6 +75,16 @@ def _int4_build(N, K, seed):
     return {"qweight": pack_int4(q), "scales": scales, "zeros": zeros}
 
 
+def _int3_build(N, K, seed):
+    from compress.kernels import pack_int3
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randint(0, 8, (N, K), device="cuda", generator=g)
+    scales = (torch.rand(K // GROUP_SIZE, N, device="cuda", generator=g) * 0.02 + 0.002).half()
+    zeros = torch.randint(0, 8, (K // GROUP_SIZE, N), device="cuda", generator=g).half()
+    return {"qweight": pack_int3(q), "scales": scales, "zeros": zeros, "fmt": "int3"}
+
+
 def _ternary_build(N, K, seed):
     from compress.kernels import pack_ternary
 
@@ -87,6 +97,12 @@ def _int4_call(x, b):
     from compress.kernels import quant_matmul
 
     return quant_matmul(x, b["qweight"], b["scales"], b["zeros"], fmt="int4", group_size=GROUP_SIZE)
+
+
+def _int3_call(x, b):
+    from compress.kernels import quant_matmul
+
+    return quant_matmul(x, b["qweight"], b["scales"], b["zeros"], fmt="int3", group_size=GROUP_SIZE)
 
 
 def _int4_dequant_call(x, b):
@@ -141,6 +157,10 @@ def _int4_bytes(N, K):
     return N * K / 2 + 2 * 2 * (K / GROUP_SIZE) * N  # codes + fp16 scales and zeros
 
 
+def _int3_bytes(N, K):
+    return N * K * 3 / 8 + 2 * 2 * (K / GROUP_SIZE) * N  # codes (bit planes) + fp16 scales and zeros
+
+
 def _ternary_bytes(N, K):
     return N * K / 4 + 2 * N
 
@@ -149,6 +169,7 @@ METHODS = {
     "torch_fp16": Method("torch_fp16", _dense(torch.float16), lambda x, b: torch.nn.functional.linear(x, b["w"]), lambda N, K: 2 * N * K),
     "torch_bf16": Method("torch_bf16", _dense(torch.bfloat16), lambda x, b: torch.nn.functional.linear(x, b["w"]), lambda N, K: 2 * N * K, torch.bfloat16),
     "int4_g128": Method("int4_g128", _int4_build, _int4_call, _int4_bytes),
+    "int3_g128": Method("int3_g128", _int3_build, _int3_call, _int3_bytes),
     "int4_g128_dequant_cublas": Method("int4_g128_dequant_cublas", _int4_build, _int4_dequant_call, _int4_bytes),
     "ternary": Method("ternary", _ternary_build, _ternary_call("ternary"), _ternary_bytes),
     "ternary_a8": Method("ternary_a8", _ternary_build, _ternary_call("ternary_a8"), _ternary_bytes),
@@ -226,7 +247,11 @@ def _check(method: Method, weights: dict, x: torch.Tensor) -> Optional[float]:
     if "qweight" not in weights:
         return None
     y = method.call(x, weights).float()
-    if "scales" in weights:
+    if weights.get("fmt") == "int3":
+        from compress.kernels.formats import Int3Format
+
+        ref = Int3Format.reference(x.float(), weights["qweight"], weights["scales"], weights["zeros"], GROUP_SIZE)
+    elif "scales" in weights:
         ref = reference.int4_matmul(x.float(), weights["qweight"], weights["scales"], weights["zeros"], GROUP_SIZE)
     elif method.name == "ternary_a8":
         ref = reference.ternary_matmul_a8(x.float(), weights["qweight"], weights["scale"])

@@ -1,6 +1,6 @@
 """Low-bit matmul kernels (installed as ``compress.kernels``).
 
-Triton kernels for ternary and int4 weights with a pure-PyTorch reference of
+Triton kernels for ternary, int4 and int3 weights with a pure-PyTorch reference of
 the same signature for each, and one dispatch function.  This package knows
 nothing of models and imports only torch and triton.
 
@@ -22,6 +22,9 @@ _API = {
     # storage formats (formats/)
     "pack_int4": "formats",
     "unpack_int4": "formats",
+    "pack_int3": "formats",
+    "unpack_int3": "formats",
+    "dequantize_int3": "formats",
     "pack_ternary": "formats",
     "unpack_ternary": "formats",
     "dequantize_int4": "formats",
@@ -36,6 +39,7 @@ _API = {
     "linear_format": "formats",
     "embedding_format": "formats",
     "Int4Format": "formats",
+    "Int3Format": "formats",
     "TernaryFormat": "formats",
     "TernaryA8Format": "formats",
     "Int8RowsFormat": "formats",

@@ -29,6 +29,7 @@ def test_benchmark_covers_the_issue_shapes_and_counts_bytes():
     assert fp16 == 2 * N * K
     assert fp16 / int4 == pytest.approx(3.76, abs=0.01)  # KERNELS.md section 6: s+z at g128
     assert fp16 / ternary == pytest.approx(8 / (1 + 8 / K))  # 2 bits per weight + an fp16 scale per row
+    assert fp16 / bench.METHODS["int3_g128"].weight_bytes(N, K) == pytest.approx(16 / 3.25)  # 3 bits + s, z at g128
     assert bench._parse_shape("576x1536") == ("576x1536", (576, 1536))
     with pytest.raises(SystemExit, match="unknown shape 'big'"):
         bench._parse_shape("big")
