@@ -7,7 +7,7 @@
 Every row greedily decodes ``--new-tokens`` tokens after a ``--prompt-len``
 prefill, with a static KV cache (transformers' ``StaticCache``), for one
 model variant at one batch size: ``dense`` (the model as built, bf16 on a
-GPU), ``int4`` (RTN, groups of ``--group-size``), ``ternary`` (absmean), and
+GPU), ``int4`` (RTN, groups of ``--group-size``), ``int3`` (the same, 3-bit codes), ``ternary`` (absmean), and
 ``int4+head`` / ``ternary+head`` (the output head quantised too, when it is
 not tied to the embeddings).  Variants are made with ``compress.quantize``.
 Prefill and decode are timed separately (median of ``--reps`` runs after
@@ -105,6 +105,7 @@ SPECS = {
 VARIANTS: dict[str, tuple[Optional[str], bool]] = {
     "dense": (None, False),
     "int4": ("int4", False),
+    "int3": ("int3", False),
     "ternary": ("ternary", False),
     "int4+head": ("int4", True),
     "ternary+head": ("ternary", True),
@@ -146,7 +147,8 @@ def quant_config(variant: str, group_size: int):
     if method is None:
         return None
     keep = () if head else ("lm_head",)  # "lm_head" names the output head whatever its path
-    return QuantConfig(method=method, group_size=group_size, modules_to_not_convert=keep, progress=False)
+    bits = {"method": "int4", "bits": 3} if method == "int3" else {"method": method}
+    return QuantConfig(**bits, group_size=group_size, modules_to_not_convert=keep, progress=False)
 
 
 # --------------------------------------------------------------------------- decoding

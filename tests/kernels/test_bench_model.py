@@ -124,7 +124,7 @@ def test_head_variants_are_skipped_when_the_head_is_tied(bench):
 
 # --------------------------------------------------------------------------- decoding is right
 
-@pytest.mark.parametrize("variant", ["dense", "int4", "ternary+head"])
+@pytest.mark.parametrize("variant", ["dense", "int4", "int3", "ternary+head"])
 def test_static_cache_decoding_matches_a_full_forward(bench, variant):
     # The benchmark builds positions and the causal mask itself; greedy tokens must be the
     # ones a plain forward over the whole sequence predicts, for every batch row.
