@@ -39,10 +39,6 @@ Steps (``plan_budget``), all before any weight changes:
    quanta of the smallest size), the classic greedy (least error added per
    byte saved) decides.
 
-5. **Measured guard.**  The plan and every uniform assignment that fits are
-   rounded and their KL measured on ``GUARD_SEQUENCES`` calibration windows
-   (the original's distributions recomputed, not kept); the least is used.
-
 ``compress.quantization.apply.quantize_to_size`` then quantises through ``QuantConfig.overrides`` and
 ``embeddings`` and measures the result's KL on the same windows:
 ``BudgetReport`` holds the format of every module, predicted and stored
@@ -72,10 +68,6 @@ EMBEDDING_CHOICES = {"keep": None, "embeddings-int8": "int8", "embeddings-int4":
 SENSITIVITY_NAMES = {**{f"int{b}-g{g}": f"int{b}-g{g}" for b in (4, 3) for g in (128, 64, 32)},
                      "ternary": "ternary-absmean"}
 DP_STEPS = 200_000  # byte quanta of the knapsack
-# Calibration windows the measured guard compares the plan and the uniform assignments on (at least
-# target_sequences).  Each candidate costs one forward per window; 4 windows did not resolve a 0.01-nat
-# difference on SmolLM2-135M at 84.2 MiB (README, Size budget).
-GUARD_SEQUENCES = 16
 _SAFETENSORS_DTYPE = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int32: "I32",
                       torch.int64: "I64", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
 
@@ -329,10 +321,7 @@ def plan_budget(model: nn.Module, config: QuantConfig, data: Any, *, dtype: Any 
     guard: dict[str, float] = {}
     guard_choice = None
     if probe is not None:
-        guard_probe, guard_windows = _probe(model, config, data, max(config.target_sequences, GUARD_SEQUENCES),
-                                            keep_reference=False)
-        guard, guard_choice, note = _guard(model, config, guard_probe, units, target - fixed, len(guard_windows))
-        del guard_probe
+        guard, guard_choice, note = _guard(model, config, probe, units, target - fixed)
         notes.append(note)
     chosen = dataclasses.replace(config, target_size=None, overrides=_overrides(config, units),
                                  embeddings=_embedding_choice(config, units))
@@ -507,10 +496,8 @@ def _sensitivity_config(config: QuantConfig, formats: list[str]) -> Any:
                              batch_size=config.calibration_batch_size, progress=config.progress)
 
 
-def _probe(model: nn.Module, config: QuantConfig, data: Any, sequences: Optional[int] = None,
-           keep_reference: bool = True) -> tuple[Any, torch.Tensor]:
-    """A KL probe on ``sequences`` (default ``target_sequences``) calibration windows (the original's outputs
-    kept unless ``keep_reference`` is False), and the windows."""
+def _probe(model: nn.Module, config: QuantConfig, data: Any) -> tuple[Any, torch.Tensor]:
+    """A KL probe on ``target_sequences`` calibration windows (the original's outputs kept), and the windows."""
     from compress.arch import adapter_for
     from compress.output_kl import KLProbe
     from compress.sensitivity.measure import calibration_windows
@@ -520,14 +507,12 @@ def _probe(model: nn.Module, config: QuantConfig, data: Any, sequences: Optional
                          "[n, seq_len] or load_text(...)), or --data on the command line.")
     adapter = adapter_for(model)
     scfg = _sensitivity_config(config, [])
-    if sequences is not None:
-        scfg = dataclasses.replace(scfg, sequences=sequences)
     windows = calibration_windows(data, scfg, adapter)
     was_training = model.training
     model.eval()
     try:
         device = adapter.embed.weight.device
-        probe = KLProbe(model, adapter, [b.to(device) for b in windows.split(scfg.batch_size)], keep_reference)
+        probe = KLProbe(model, adapter, [b.to(device) for b in windows.split(scfg.batch_size)])
     finally:
         model.train(was_training)
     return probe, windows
@@ -597,7 +582,7 @@ def _uniform_candidates(units: list[Unit], available: int) -> dict[str, list[int
     return out
 
 
-def _guard(model: nn.Module, config: QuantConfig, probe: Any, units: list[Unit], available: int, windows: int
+def _guard(model: nn.Module, config: QuantConfig, probe: Any, units: list[Unit], available: int
            ) -> tuple[dict[str, float], str, str]:
     """Keep the plan or the uniform assignment that fits with the least measured KL; (every KL, the kept, a note)."""
     plan = [u.choice for u in units]
@@ -610,12 +595,12 @@ def _guard(model: nn.Module, config: QuantConfig, probe: Any, units: list[Unit],
         model.train(was_training)
     best = min(measured, key=lambda k: (measured[k], k != "plan"))  # a tie keeps the plan
     shown = "; ".join(f"{k} {v:.4g}" for k, v in sorted(measured.items(), key=lambda kv: kv[1]))
-    head = f"measured guard (KL on {windows} calibration windows, round to nearest)"
     if best == "plan":
-        return measured, best, f"{head}: the plan kept ({shown})."
+        return measured, best, f"measured guard (KL on the windows, round to nearest): the plan kept ({shown})."
     for u, i in zip(units, candidates[best]):
         u.choice = i
-    return measured, best, f"{head}: uniform {best} measured lower than the plan and is used instead ({shown})."
+    return measured, best, (f"measured guard (KL on the windows, round to nearest): uniform {best} measured lower than "
+                      f"the plan and is used instead ({shown}).")
 
 
 # -- quantising to the plan, and the report ------------------------------------------------------------
