@@ -142,13 +142,13 @@ def head_is_tied(model) -> bool:
 def quant_config(variant: str, group_size: int):
     """The ``QuantConfig`` a variant is made with (None for the dense baseline)."""
     from compress.quantization import QuantConfig
+    from compress.quantization.config import SHORTHANDS
 
     method, head = VARIANTS[variant]
     if method is None:
         return None
     keep = () if head else ("lm_head",)  # "lm_head" names the output head whatever its path
-    bits = {"method": "int4", "bits": 3} if method == "int3" else {"method": method}
-    return QuantConfig(**bits, group_size=group_size, modules_to_not_convert=keep, progress=False)
+    return QuantConfig(**SHORTHANDS[method], group_size=group_size, modules_to_not_convert=keep, progress=False)
 
 
 # --------------------------------------------------------------------------- decoding

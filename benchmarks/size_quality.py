@@ -229,23 +229,15 @@ def plot(result: dict, path: Path) -> None:
     domains = ["shakespeare", "news"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     markers = {"uniform": "o", "peer": "s", "original": "*"}
+    curves = [("budget", "-D", "black", "--target-size sweep"), ("budget-gptq", "--D", "tab:red", "--target-size --gptq"),
+              ("budget-int3", "-.D", "tab:blue", "--target-size, int3 allowed"),
+              ("budget-int3-gptq", ":D", "tab:purple", "--target-size --gptq, int3 allowed")]
     for ax, d in zip(axes, domains):
-        budget = sorted((r["mib"], r["domains"][d]["kl"]) for r in result["rows"].values()
-                        if r.get("kind") == "budget" and "domains" in r)
-        if budget:
-            ax.plot(*zip(*budget), "-D", color="black", label="--target-size sweep")
-        gptq = sorted((r["mib"], r["domains"][d]["kl"]) for r in result["rows"].values()
-                      if r.get("kind") == "budget-gptq" and "domains" in r)
-        if gptq:
-            ax.plot(*zip(*gptq), "--D", color="tab:red", label="--target-size --gptq")
-        int3 = sorted((r["mib"], r["domains"][d]["kl"]) for r in result["rows"].values()
-                      if r.get("kind") == "budget-int3" and "domains" in r)
-        if int3:
-            ax.plot(*zip(*int3), "-.D", color="tab:blue", label="--target-size, int3 allowed")
-        int3_gptq = sorted((r["mib"], r["domains"][d]["kl"]) for r in result["rows"].values()
-                           if r.get("kind") == "budget-int3-gptq" and "domains" in r)
-        if int3_gptq:
-            ax.plot(*zip(*int3_gptq), ":D", color="tab:purple", label="--target-size --gptq, int3 allowed")
+        for kind, style, color, label in curves:
+            points = sorted((r["mib"], r["domains"][d]["kl"]) for r in result["rows"].values()
+                            if r.get("kind") == kind and "domains" in r)
+            if points:
+                ax.plot(*zip(*points), style, color=color, label=label)
         for label, r in result["rows"].items():
             if r.get("kind", "").startswith("budget") or r.get("kind") == "original" or "domains" not in r:
                 continue

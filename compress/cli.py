@@ -403,9 +403,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.target_size is None and len(target):
         raise CompressError(f"--{next(iter(target)).replace('_', '-')} only applies with --target-size; add "
                             f"--target-size SIZE (such as 80MiB) or drop it.")
-    int_bits = {"bits": 3} if args.method == "int3" else {}
-    config = QuantConfig(method="int4" if args.method in (None, "int3") else args.method, **int_bits,
-                         group_size=args.group_size, symmetric=not args.asymmetric,
+    from compress.quantization.config import SHORTHANDS
+
+    config = QuantConfig(**SHORTHANDS[args.method or "int4"], group_size=args.group_size, symmetric=not args.asymmetric,
                          gptq=args.gptq, scale=args.scale, activations="a8" if args.a8 else "a16",
                          act_order=args.act_order, clip_search=args.clip_search, gptaq=args.gptaq,
                          group_refit=args.group_refit,

@@ -180,7 +180,7 @@ def candidates(kernel: str, M: int, N: int, K: int, G: int = 0) -> list[KernelCo
     seen, unique = set(), []
     for c in out:
         c = fit_config(c, kernel, M, N, K, G)
-        if c not in seen and _fits(c, family, planes=3 if get_format(KERNELS[kernel][0]).bits == 3 else 1):
+        if c not in seen and _fits(c, family, get_format(KERNELS[kernel][0]).word_tiles):
             seen.add(c)
             unique.append(c)
     return unique
@@ -192,12 +192,12 @@ _MAX_TILE_PER_THREAD = 128  # fp32 tile elements per thread in the GEMV
 _MAX_SHARED_BYTES = 200 * 1024  # of the 227 KiB an H100 block may use
 
 
-def _fits(cfg: KernelConfig, family: str, planes: int = 1) -> bool:
+def _fits(cfg: KernelConfig, family: str, word_tiles: int = 1) -> bool:
     if family == "gemv":
         return cfg.block_n * cfg.block_k <= _MAX_TILE_PER_THREAD * 32 * cfg.num_warps
     # Each pipeline stage holds an x tile (<= 2 B/elem) and the packed-word tile, which is
     # loaded as [BLOCK_K, BLOCK_N] int32 (rows repeat the same word, GemLite-style); int3 loads three (bit planes).
-    stage = cfg.block_m * cfg.block_k * 2 + cfg.block_k * cfg.block_n * 4 * planes
+    stage = cfg.block_m * cfg.block_k * 2 + cfg.block_k * cfg.block_n * 4 * word_tiles
     return max(1, cfg.num_stages - 1) * stage <= _MAX_SHARED_BYTES
 
 

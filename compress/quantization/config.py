@@ -274,9 +274,8 @@ class QuantConfig(metaclass=_PicksMethod):
 
     @property
     def packed_method(self) -> str:
-        """The method of the packed modules this config makes (``QuantLinear.method``): ``"int3"`` for int4 fields
-        with ``bits=3``, else ``method``."""
-        return "int3" if self.bits == 3 else self.method
+        """The method of the packed modules this config makes (``QuantLinear.method``); see :func:`packed_method_of`."""
+        return packed_method_of(self.method, self.bits)
 
     def label(self) -> str:
         """Short human name, e.g. ``int4 g128 sym gptq`` or ``ternary absmean a16``."""
@@ -408,6 +407,12 @@ for _cls in (Int4Config, TernaryConfig):
         setattr(QuantConfig, _name, _value)
 del _cls, _name, _value
 _CHOICES = {"scale": TERNARY_SCALES, "activations": ACTIVATIONS, "zero_point": ZERO_POINTS}
+
+
+def packed_method_of(method: str, bits: int = 4) -> str:
+    """The packed method (``compress.kernels.formats``) of config fields: ``"int3"`` for int4 with ``bits=3``,
+    else ``method``."""
+    return "int3" if method == "int4" and bits == 3 else method
 
 
 def _check_group_size(g: Any) -> None:

@@ -17,8 +17,6 @@ from compress.kernels.formats import int4_num_groups, quantize_activations_int8
 from compress.quantization.config import QuantConfig, TernaryConfig
 
 TERNARY_EPS = 1e-5  # BitNet's clamp on the absmean scale
-INT4_MAX = 15
-INT4_SYM_OFFSET = 8  # the packed format's fixed zero point for symmetric weights
 
 
 def code_max(bits: int) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 from compress.errors import ConfigError
 from compress.kernels.formats import get_format
-from compress.quantization.config import QuantConfig, TernaryConfig
+from compress.quantization.config import QuantConfig, TernaryConfig, packed_method_of
 
 METRICS = ("module-error", "layer-error", "kl")
 IMPORTANCES = ("taylor", "magnitude", "activation")
@@ -127,4 +127,4 @@ def override_fields(cfg: QuantConfig) -> dict[str, Any]:
 
 def packed_name(fields: dict[str, Any]) -> str:
     """The packed format (``compress.kernels.formats``) a ``FORMATS`` entry's fields store in."""
-    return "int3" if fields.get("bits") == 3 else fields["method"]
+    return packed_method_of(fields["method"], fields.get("bits", 4))

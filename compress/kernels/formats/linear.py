@@ -63,6 +63,7 @@ class LinearFormat:
     activations: ClassVar[str] = "a16"
     bits: ClassVar[int]  # bits of one code field in the int32 words
     per_word: ClassVar[int]  # codes per int32 word: K must be a multiple
+    word_tiles: ClassVar[int] = 1  # packed-word tiles a kernel loads per K-block (int3: one per bit plane)
     grouped: ClassVar[bool] = False  # scales per group along K (a K-block may not straddle two groups)
     min_dot_k: ClassVar[int] = 16  # smallest K tile tl.dot takes for this format's operands
     triton_module: ClassVar[str]  # compress.kernels.<module> holding the kernels
@@ -242,6 +243,7 @@ class Int3Format(GroupedIntFormat):
     method: ClassVar[str] = "int3"
     bits: ClassVar[int] = 3
     per_word: ClassVar[int] = INT3_PER_BLOCK  # inputs per block of 3 words: K must be a multiple
+    word_tiles: ClassVar[int] = 3
     triton_module: ClassVar[str] = "triton_int4"
     kernels: ClassVar[dict[str, str]] = {"gemv": "int3_gemv", "splitk": "int3_splitk", "gemm": "int3_gemm"}
 
