@@ -6,9 +6,10 @@ and builds, each from a fresh copy:
     uniform int4 and int3 RTN g128 / g64 / g32, each with the embedding table kept (bfloat16), int8 or int4 g32
     uniform ternary absmean, with the embedding table kept or int4 g32
     bitsandbytes NF4 and HQQ 4-bit g64 (benchmarks/quant_quality.py's builders; embedding kept)
-    size budgets (QuantConfig(target_size=...)), round-to-nearest, for each of --targets,
-    with int3 among the candidates for each of --int3-targets,
-    and with GPTQ on the chosen int4 modules for each of --gptq-targets (80MiB)
+    size budgets (QuantConfig(target_size=...)), round-to-nearest, without int3 among the candidates
+    (int4 / ternary / keep: what fits a GGUF file of the same size) for each of --targets,
+    with every candidate (the default since int3 exports) for each of --int3-targets,
+    and with GPTQ on the chosen modules for each of --gptq-targets (80MiB, without int3) and --int3-gptq-targets
 
 The size budget measures every projection's error once (layer-error, the
 default metric, on calibration windows of the default text: the model's own
@@ -82,18 +83,21 @@ def saved_bytes(model: nn.Module) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--targets", nargs="*", default=["60MiB", "70MiB", "80MiB", "95MiB", "110MiB"])
+    p.add_argument("--targets", nargs="*", default=["60MiB", "70MiB", "80MiB", "95MiB", "110MiB"],
+                   help="size budgets without int3 among the candidates")
     p.add_argument("--windows", type=int, default=8, help="held-out windows per domain (default 8)")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--budget-sequences", type=int, default=4, help="calibration windows the budget measures errors on")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--int3-targets", nargs="*", default=[],
-                   help="size budgets that may also choose int3 g128 / g64 / g32 (RTN; their errors are measured "
-                        "first, and the other budgets are planned from the same measurements)")
+                   help="size budgets with every candidate, int3 g128 / g64 / g32 included (the default of "
+                        "QuantConfig.target_formats; RTN; their errors are measured first, and the other budgets are "
+                        "planned from the same measurements)")
     p.add_argument("--int3-gptq-targets", nargs="*", default=[],
                    help="size budgets that may choose int3 too, with GPTQ on the chosen int4 / int3 modules")
     p.add_argument("--gptq-targets", nargs="*", default=["80MiB"],
-                   help="targets also run with GPTQ (act-order, clip search) on the int4 modules the budget chooses")
+                   help="targets also run with GPTQ (act-order, clip search) on the int4 modules the budget chooses "
+                        "(without int3)")
     p.add_argument("--calibration-fraction", type=float, default=0.5,
                    help="share of the generated text used for calibration (default 0.5: about 25 x 256 tokens)")
     p.add_argument("--skip-peers", action="store_true", help="no NF4 / HQQ rows")
@@ -149,12 +153,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             del m
 
     # the size budget: errors measured once (with int3 when any budget may choose it), every target planned from them
-    from compress.quantization.config import DEFAULT_TARGET_FORMATS, TARGET_FORMATS
+    from compress.quantization.config import TARGET_FORMATS
+
+    without_int3 = tuple(f for f in TARGET_FORMATS if not f.startswith("int3"))
 
     errors = None
     runs = ([(t, False, TARGET_FORMATS) for t in args.int3_targets] + [(t, True, TARGET_FORMATS)
-            for t in args.int3_gptq_targets] + [(t, False, DEFAULT_TARGET_FORMATS) for t in args.targets]
-            + [(t, True, DEFAULT_TARGET_FORMATS) for t in args.gptq_targets])
+            for t in args.int3_gptq_targets] + [(t, False, without_int3) for t in args.targets]
+            + [(t, True, without_int3) for t in args.gptq_targets])
     for target, gptq, formats in runs:
         m = copy.deepcopy(model)
         t = time.perf_counter()
@@ -229,9 +235,10 @@ def plot(result: dict, path: Path) -> None:
     domains = ["shakespeare", "news"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     markers = {"uniform": "o", "peer": "s", "original": "*"}
-    curves = [("budget", "-D", "black", "--target-size sweep"), ("budget-gptq", "--D", "tab:red", "--target-size --gptq"),
-              ("budget-int3", "-.D", "tab:blue", "--target-size, int3 allowed"),
-              ("budget-int3-gptq", ":D", "tab:purple", "--target-size --gptq, int3 allowed")]
+    curves = [("budget", "-D", "black", "--target-size, without int3"),
+              ("budget-gptq", "--D", "tab:red", "--target-size --gptq, without int3"),
+              ("budget-int3", "-.D", "tab:blue", "--target-size (default candidates, int3 included)"),
+              ("budget-int3-gptq", ":D", "tab:purple", "--target-size --gptq (default candidates)")]
     for ax, d in zip(axes, domains):
         for kind, style, color, label in curves:
             points = sorted((r["mib"], r["domains"][d]["kl"]) for r in result["rows"].values()

@@ -32,9 +32,9 @@ OUTPUT_HEAD = "lm_head"
 # (with the output head).  See compress.quantization.budget.
 TARGET_FORMATS = ("keep", "int4-g128", "int4-g64", "int4-g32", "int3-g128", "int3-g64", "int3-g32", "ternary",
                   "embeddings-int8", "embeddings-int4")
-# What a budget chooses among unless told: int3 only on request, as no export format stores it yet (a budget's
-# result would otherwise stop exporting to GGUF or compressed-tensors).
-DEFAULT_TARGET_FORMATS = tuple(f for f in TARGET_FORMATS if not f.startswith("int3"))
+# What a budget chooses among unless told: every candidate.  int3 modules export to compressed-tensors, gptq and
+# GGUF (there in exact 4-bit blocks, so a GGUF file of an int3 plan is larger than the native checkpoint).
+DEFAULT_TARGET_FORMATS = TARGET_FORMATS
 INT_BITS = (3, 4)  # code widths of the group-wise integer format (Int4Config.bits)
 TARGET_METRICS = ("layer-error", "module-error", "kl")
 
@@ -159,8 +159,9 @@ class QuantConfig(metaclass=_PicksMethod):
     windows), each format's bytes are predicted from the storage rules, and the
     formats with the least summed predicted error whose weights file fits the
     budget are chosen, then applied as ``overrides``.  int3 (``int3-g128`` /
-    ``g64`` / ``g32``) is a candidate only when ``target_formats`` names it
-    (no export stores int3 yet).  The other fields
+    ``g64`` / ``g32``) is among the default candidates; leave it out of
+    ``target_formats`` for a model whose GGUF file must meet the budget too
+    (GGUF stores int3 in 4-bit blocks).  The other fields
     (symmetric, gptq, scale_dtype, ...) apply to every int4 / ternary module chosen.
 
     ``QuantConfig(...)`` returns the config class of its method: ``Int4Config``

@@ -69,7 +69,7 @@ def test_bitnet_of_a_float_model_says_quantise_first(tmp_path):
 
 
 def test_bitnet_of_int4_points_at_int4_formats(tmp_path):
-    _refused(int4_llama(), "bitnet", r"hold int4 weights, which the BitNet format cannot store; export int4 models as "
+    _refused(int4_llama(), "bitnet", r"hold int4 weights, which the BitNet format cannot store; export them as "
              r"gptq, compressed-tensors or gguf", tmp_path)
 
 
@@ -116,7 +116,7 @@ def test_int4_formats_refuse_fractional_zero_points(tmp_path, fmt):
 def test_gptq_refuses_mixed_group_sizes(tmp_path):
     model = tiny_model("llama")
     quantize(model, QuantConfig(method="int4", group_size=32, overrides={"down_proj": {"group_size": 16}}, progress=False))
-    _refused(model, "gptq", r"mix group sizes or symmetry .* but a GPTQ config has one of each", tmp_path)
+    _refused(model, "gptq", r"mix group sizes, symmetry or bits .* but a GPTQ config has one of each", tmp_path)
 
 
 def test_gptq_refuses_projections_that_differ_between_layers(tmp_path):

@@ -213,6 +213,41 @@ def test_gptq_partial_last_group_gets_its_own_g_idx(tmp_path):
     assert g_idx.tolist() == [0] * 64 + [1] * 32
 
 
+def _stream_codes_numpy(words, bits, count):
+    """Code i of a dense little-endian bit stream: bits*i .. in word (bits*i)//32, spilling into the next word."""
+    w = words.astype(np.uint64)
+    out = np.zeros(w.shape[:-1] + (count,), dtype=np.int64)
+    for i in range(count):
+        word, offset = divmod(bits * i, 32)
+        value = w[..., word] >> np.uint64(offset)
+        if offset + bits > 32:
+            value |= w[..., word + 1] << np.uint64(32 - offset)
+        out[..., i] = (value & np.uint64((1 << bits) - 1)).astype(np.int64)
+    return out
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gptq_int3_straddles_words_as_autogptq_packs_three_bits(tmp_path, symmetric):
+    model = tiny_model("llama")
+    quantize(model, QuantConfig(bits=3, group_size=32, symmetric=symmetric, progress=False))
+    export(model, None, tmp_path / "g", "gptq")
+    state = load_numpy(str(tmp_path / "g" / "model.safetensors"))
+    qcfg = json.loads((tmp_path / "g" / "quantize_config.json").read_text())
+    assert qcfg["bits"] == 3 and qcfg["sym"] is symmetric
+    v1 = qcfg["checkpoint_format"] == "gptq"
+    for name, w in _weights(model).items():
+        qweight, qzeros = state[f"{name}.qweight"].view(np.uint32), state[f"{name}.qzeros"].view(np.uint32)
+        K, N = w.shape[1], w.shape[0]
+        assert qweight.shape == (K * 3 // 32, N) and qzeros.shape == (K // 32, N * 3 // 32)
+        codes = _stream_codes_numpy(qweight.T, 3, K).T  # [in, out]
+        zeros = _stream_codes_numpy(qzeros, 3, N) + (1 if v1 else 0)  # [groups, out]
+        g_idx, scales = state[f"{name}.g_idx"], state[f"{name}.scales"].astype(np.float32)
+        ours = ((codes - zeros[g_idx]) * scales[g_idx]).T
+        np.testing.assert_allclose(ours, w.numpy(), rtol=0, atol=1e-6)
+        if symmetric:
+            assert (zeros == 4).all()
+
+
 # -- compressed-tensors --------------------------------------------------------
 
 @pytest.mark.parametrize("symmetric", [True, False])
@@ -234,6 +269,27 @@ def test_compressed_tensors_unpack_with_the_package_itself(tmp_path, symmetric):
             zero = 0.0
         else:
             zp = unpack_from_int32(state[f"{name}.weight_zero_point"], 4, (shape[0], shape[1] // 32), packed_dim=0)
+            zero = zp.float().repeat_interleave(32, dim=1)
+        assert torch.allclose((q - zero) * scale, w, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_compressed_tensors_int3_unpacks_with_the_package_itself(tmp_path, symmetric):
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+
+    model = tiny_model("llama")
+    quantize(model, QuantConfig(bits=3, group_size=32, symmetric=symmetric, progress=False))
+    export(model, None, tmp_path / "ct", "compressed-tensors")
+    state = load_file(tmp_path / "ct" / "model.safetensors")
+    scheme = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]["config_groups"]
+    assert [g["weights"]["num_bits"] for g in scheme.values()] == [3]
+    for name, w in _weights(model).items():
+        shape = state[f"{name}.weight_shape"]
+        q = unpack_from_int32(state[f"{name}.weight_packed"], 3, shape).float()  # signed -4..3
+        scale = state[f"{name}.weight_scale"].float().repeat_interleave(32, dim=1)
+        zero = 0.0
+        if not symmetric:
+            zp = unpack_from_int32(state[f"{name}.weight_zero_point"], 3, (shape[0], shape[1] // 32), packed_dim=0)
             zero = zp.float().repeat_interleave(32, dim=1)
         assert torch.allclose((q - zero) * scale, w, rtol=0, atol=1e-6)
 

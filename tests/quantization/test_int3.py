@@ -103,21 +103,42 @@ def test_a_model_quantised_to_int3_saves_loads_and_computes_the_same(config, tmp
     assert stored_file_bytes(model) < stored_file_bytes(int4)
 
 
-def test_every_packed_export_refuses_int3_in_one_sentence_and_hf_stores_float(tmp_path):
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_every_export_but_bitnet_stores_int3_and_an_outside_loader_computes_the_same_logits(tmp_path, symmetric):
     model = tiny_model("llama")
-    quantize(model, QuantConfig(bits=3, group_size=32, overrides={"down_proj": "int4"}, progress=False))
-    for fmt in ("gptq", "compressed-tensors", "gguf", "bitnet"):
-        problems = export_problems(model, fmt)
-        assert len(problems) == 1 and "hold int3 weights, which the " + fmt in problems[0]
-        assert "down_proj" not in problems[0] and "q_proj" in problems[0]
-        with pytest.raises(ExportError, match="int3 weights"):
-            export(model, tiny_tokenizer(), tmp_path / fmt, fmt)
-        assert not (tmp_path / fmt).exists()
-    export(model, tiny_tokenizer(), tmp_path / "hf", "hf", verify=True)
-    assert (tmp_path / "hf" / "model.safetensors").exists()
+    quantize(model, QuantConfig(bits=3, group_size=32, symmetric=symmetric, progress=False))
+    for fmt in ("gptq", "compressed-tensors", "gguf", "hf"):
+        report = export(model, tiny_tokenizer(), tmp_path / fmt, fmt, verify=True)
+        assert "max |logit difference|" in report.check, fmt
+    assert export(model, None, tmp_path / "ct-bytes", "compressed-tensors").layer_bits_per_weight < \
+        export(_int4_twin(model), None, tmp_path / "ct-int4", "compressed-tensors").layer_bits_per_weight
+    gguf_notes = " ".join(export(model, None, tmp_path / "g2", "gguf").notes)
+    assert "int3 tensors are stored exactly in 4-bit blocks" in gguf_notes
+    problems = export_problems(model, "bitnet")
+    assert len(problems) == 1 and "hold int3 weights, which the BitNet format cannot store" in problems[0]
 
 
-def test_cli_method_int3_and_its_export_refusal(tmp_path, capsys):
+def _int4_twin(model):
+    twin = tiny_model("llama")
+    quantize(twin, QuantConfig(bits=4, group_size=32, progress=False))
+    return twin
+
+
+def test_gptq_refuses_a_model_mixing_int3_and_int4_and_compressed_tensors_stores_one_group_each(tmp_path):
+    model = tiny_model("llama")
+    quantize(model, QuantConfig(bits=3, group_size=32, overrides={"down_proj": QuantConfig(group_size=32)},
+                                progress=False))
+    problems = export_problems(model, "gptq")
+    assert len(problems) == 1 and "mix group sizes, symmetry or bits" in problems[0]
+    with pytest.raises(ExportError, match="mix group sizes, symmetry or bits"):
+        export(model, None, tmp_path / "g", "gptq")
+    assert not (tmp_path / "g").exists()
+    export(model, tiny_tokenizer(), tmp_path / "ct", "compressed-tensors", verify=True)
+    groups = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]["config_groups"]
+    assert sorted(g["weights"]["num_bits"] for g in groups.values()) == [3, 4]
+
+
+def test_cli_method_int3_and_its_export_refusal_as_bitnet(tmp_path, capsys):
     model_dir = tmp_path / "tiny"
     tiny_model("llama").save_pretrained(model_dir)
     tiny_tokenizer().save_pretrained(model_dir)
@@ -128,9 +149,9 @@ def test_cli_method_int3_and_its_export_refusal(tmp_path, capsys):
     layers = [m for m in loaded.modules() if isinstance(m, QuantLinear)]
     assert layers and all(m.label() == "int3 g32 asym" for m in layers)
     capsys.readouterr()
-    assert main(["export", str(out), "--format", "gguf", "-o", str(tmp_path / "g")]) == 2
+    assert main(["export", str(out), "--format", "bitnet", "-o", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "int3 weights" in err and "compress-lm export" in err and not (tmp_path / "g").exists()
+    assert "int3 weights" in err and "compress-lm export" in err and not (tmp_path / "b").exists()
 
 
 def test_a_budget_reaches_below_int4_with_int3_and_uses_it(tmp_path):
@@ -150,17 +171,17 @@ def test_a_budget_reaches_below_int4_with_int3_and_uses_it(tmp_path):
     assert sum(f.stat().st_size for f in save(model, tmp_path / "m").glob("*.safetensors")) <= target
 
 
-def test_int3_is_a_budget_candidate_only_when_asked_and_a_recipe_exporting_gguf_names_it_before_running():
+def test_int3_is_a_default_budget_candidate_and_a_recipe_exporting_gguf_passes_preflight():
     from compress.pipeline import load_recipe, preflight
     from tests.quantization.test_budget import _splits
 
-    assert not any(f.startswith("int3") for f in QuantConfig(target_size="1MiB").target_formats)
-    default = load_recipe({"stages": [{"quantize": {"target_size": "80KiB"}}, {"export": ["gguf"]}]})
-    assert preflight(default, tiny_model("llama"), _splits(), torch.device("cpu")).problems == []
-    asked = load_recipe({"stages": [{"quantize": {"target_size": "80KiB", "target_formats": ["keep", "int4-g32",
-                                                                                           "int3-g64"]}},
-                                    {"export": ["gguf"]}]})
-    problems = preflight(asked, tiny_model("llama"), _splits(), torch.device("cpu")).problems
+    assert {"int3-g128", "int3-g64", "int3-g32"} <= set(QuantConfig(target_size="1MiB").target_formats)
+    recipe = load_recipe({"stages": [{"quantize": {"target_size": "80KiB"}},
+                                     {"export": ["gguf"]}]})
+    assert preflight(recipe, tiny_model("llama"), _splits(), torch.device("cpu")).problems == []
+    bitnet = load_recipe({"stages": [{"quantize": {"target_size": "80KiB", "target_formats": ["keep", "int3-g64"]}},
+                                     {"export": ["bitnet"]}]})
+    problems = preflight(bitnet, tiny_model("llama"), _splits(), torch.device("cpu")).problems
     assert len(problems) == 1 and "target_formats allows int3-g64" in problems[0] and "int3 weights" in problems[0]
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from compress.io.atomic import atomic_directory, check_output_dir
 from compress.io.exports import bitnet, compressed_tensors, gguf_file, gptq, hf
 from compress.io.exports.base import Output
-from compress.io.exports.common import ExportError, Written, account, float_dtype, int3_problem, short_list, unique_state
+from compress.io.exports.common import ExportError, Written, account, float_dtype, short_list, unique_state
 from compress.io.exports.gguf_file import GGUF_TYPES
 from compress.io.exports.report import ExportReport
 from compress.io.integrity import write_export_manifest
@@ -66,9 +66,6 @@ def export_problems(model: nn.Module, format: str, *, gguf_type: Optional[str] =
     if fake:  # their float latent weights are not what the model computes
         return [f"{short_list(fake)} are still fake-quantised for training; pack them first with compress.quantize(model) "
                 f"(or compress-lm quantize), then export"]
-    int3 = int3_problem(model, fmt) if fmt != "hf" else None
-    if int3:
-        return [int3]
     if fmt == "gguf":
         return gguf_file.problems(model, gguf_type)
     embeddings = [n for n, m in model.named_modules() if is_packed(m, "embedding")]

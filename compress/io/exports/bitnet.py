@@ -43,10 +43,11 @@ def problems(model: nn.Module) -> list[str]:
     if not packed:
         return ["the model has no ternary modules; quantise it first (compress-lm quantize MODEL --method ternary --a8), "
                 "or export float weights with --format hf"]
-    int4 = [n for n, m in packed.items() if not isinstance(m.format, TernaryFormat)]
-    if int4:
-        out.append(f"{short_list(int4)} hold int4 weights, which the BitNet format cannot store; "
-                   f"export int4 models as gptq, compressed-tensors or gguf")
+    grouped = [n for n, m in packed.items() if not isinstance(m.format, TernaryFormat)]
+    if grouped:
+        kinds = " / ".join(sorted({packed[n].method for n in grouped}))
+        out.append(f"{short_list(grouped)} hold {kinds} weights, which the BitNet format cannot store; "
+                   f"export them as gptq, compressed-tensors or gguf")
     per_row = [n for n, m in packed.items() if isinstance(m.format, TernaryFormat) and m.scales.numel() != 1]
     if per_row:
         out.append(f"{short_list(per_row)} have one scale per output channel, but BitLinear holds one scale per "

@@ -33,17 +33,6 @@ def quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if is_packed(m, "linear")}
 
 
-def int3_problem(model: nn.Module, fmt: str) -> Optional[str]:
-    """Why ``fmt`` cannot store the model's int3 modules (None when it has none): no export format has an int3 type
-    yet (GGUF's Q3_K holds 256-weight super-blocks with 6-bit sub-scales, not our groups)."""
-    int3 = [n for n, m in quantized_modules(model).items() if getattr(m, "method", None) == "int3"]
-    if not int3:
-        return None
-    return (f"{short_list(int3)} hold int3 weights, which the {fmt} export cannot store yet; save them with "
-            f"compress.save (native checkpoint), export float weights as hf, or quantise them as int4 "
-            f"(without int3 in --target-formats for a size budget)")
-
-
 def float_dtype(model: nn.Module) -> torch.dtype:
     """The dtype of the model's float weights (its embeddings), which exports write floats in."""
     for p in model.parameters():

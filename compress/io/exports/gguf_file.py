@@ -41,7 +41,7 @@ from compress.io.exports.common import (
     unique_state,
 )
 from compress.io.exports.gguf_vocab import add_tokenizer
-from compress.kernels.formats import Int4Format, TernaryFormat, unpack_int4, unpack_ternary
+from compress.kernels.formats import GroupedIntFormat, TernaryFormat, unpack_ternary
 from compress.packed import is_packed
 
 GGUF_TYPES = ("f16", "q8_0", "q4_0", "q4_1", "tq2_0", "tq1_0", "mixed")
@@ -53,8 +53,9 @@ _FILE_TYPE = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0",
 
 
 def own_type(m: nn.Module) -> str:
-    """The GGUF type that stores a packed linear as it is: q4_0 / q4_1 for symmetric / asymmetric int4, else tq2_0."""
-    if isinstance(m.format, Int4Format):
+    """The GGUF type that stores a packed linear as it is: q4_0 / q4_1 for symmetric / asymmetric int4 and int3
+    (exactly: GGUF has no 3-bit type for our groups), else tq2_0."""
+    if isinstance(m.format, GroupedIntFormat):
         return "q4_0" if m.symmetric else "q4_1"
     return "tq2_0"
 
@@ -76,7 +77,7 @@ def default_type(model: nn.Module) -> str:
     packed = quantized_modules(model).values()
     if any(isinstance(m.format, TernaryFormat) for m in packed):
         return "tq2_0"
-    int4 = [m for m in packed if isinstance(m.format, Int4Format)]
+    int4 = [m for m in packed if isinstance(m.format, GroupedIntFormat)]
     if int4:
         return "q4_0" if all(m.symmetric for m in int4) else "q4_1"
     return "f16"
@@ -103,7 +104,7 @@ def problems(model: nn.Module, gguf_type: Optional[str] = None) -> list[str]:
     if t not in GGUF_TYPES:
         return [f"GGUF type '{t}' is not one this exporter writes; use one of {', '.join(GGUF_TYPES)}"]
     packed = quantized_modules(model)
-    int4 = {n: m for n, m in packed.items() if isinstance(m.format, Int4Format)}
+    int4 = {n: m for n, m in packed.items() if isinstance(m.format, GroupedIntFormat)}  # int4 and int3
     ternary = {n: m for n, m in packed.items() if isinstance(m.format, TernaryFormat)}
     if t == MIXED:
         odd = [n for n, m in int4.items() if m.group_size % gguf_blocks.QK and m.group_size != m.in_features]
@@ -145,6 +146,7 @@ class _Plan:
     types: dict[str, int] = field(default_factory=dict)  # ggml type -> tensors
     fallbacks: dict[str, list[str]] = field(default_factory=dict)  # stored type -> tensors
     expected: dict[str, torch.Tensor] = field(default_factory=dict)  # transformers name -> float32 values
+    int3: list[str] = field(default_factory=list)  # int3 modules, stored in 4-bit blocks
 
 
 def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, gguf_type: Optional[str] = None,
@@ -203,6 +205,10 @@ def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, gg
         notes.append(f"{len(names_)} tensors could not use {t.upper()} (rows not a multiple of "
                      f"{gguf_blocks.QK_TERNARY if t in _TERNARY_TYPES else gguf_blocks.QK}) and were stored as {kind}: "
                      f"{short_list(names_)}.")
+    if plan.int3:
+        notes.append(f"{len(plan.int3)} int3 tensors are stored exactly in 4-bit blocks (Q4_0 / Q4_1: 4.5 / 5 bits per "
+                     f"weight against 3.5 in a native checkpoint), as GGUF has no 3-bit type with our groups (Q3_K "
+                     f"would round them again): {short_list(plan.int3)}.")
     if arch == gguf_arch.PER_LAYER_ARCH:
         notes.append("per-layer widths are written as llama.cpp's 'deci' architecture, which llama.cpp runs "
                      "(compress-lm's tests compare it there); transformers' GGUF loader does not read it.")
@@ -291,8 +297,11 @@ def _encode_packed(m: nn.Module, perm: Optional[torch.Tensor], t: str, name: str
     whole_blocks = K % gguf_blocks.QK == 0
     if t == MIXED:  # the module's own type
         t = own_type(m)
-    if isinstance(m.format, Int4Format) and t in _INT4_TYPES and whole_blocks:
-        codes = unpack_int4(m.qweight.cpu())
+    if isinstance(m.format, GroupedIntFormat) and t in _INT4_TYPES and whole_blocks:
+        codes = m.format.unpack(m.qweight.cpu(), K)
+        if m.format.bits == 3:  # int3 fits 4-bit blocks exactly: symmetric codes move from offset 4 to Q4_0's 8
+            plan.int3.append(name)
+            codes = codes + 4 if m.zeros is None else codes
         scales = m.scales.detach().cpu()
         zeros = None if m.zeros is None else m.zeros.detach().cpu()
         if perm is not None:

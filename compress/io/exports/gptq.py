@@ -1,10 +1,12 @@
 """``gptq``: the AutoGPTQ / GPTQModel checkpoint layout that vLLM, TGI and transformers (with gptqmodel) read.
 
-Per int4 module: ``qweight`` int32 ``[in/8, out]`` (eight 4-bit codes per
-word along the input dimension, code of input ``8r + j`` in bits ``4j..``
-of row ``r``; this is our own packed layout, so it is copied), ``qzeros``
-int32 ``[groups, out/8]`` (packed along the output dimension; the "gptq"
-checkpoint format stores zero - 1, so symmetric weights hold 7),
+Per module, ``bits`` 4 (int4) or 3 (int3): ``qweight`` int32 ``[in*bits/32,
+out]`` (for each output a dense bit stream along the input dimension, the
+code of input ``i`` at stream bits ``bits*i ..``, a 3-bit code straddling
+two words where it falls there, as AutoGPTQ packs 3 bits; for int4 this is
+eight codes per word, our own layout), ``qzeros`` int32 ``[groups,
+out*bits/32]`` (packed the same way along the output dimension; the "gptq"
+checkpoint format stores zero - 1, so symmetric int4 weights hold 7),
 ``scales`` float16 ``[groups, out]`` and ``g_idx`` int32 ``[in]`` (the group
 of every input; a partial last group is allowed).  ``desc_act`` is false:
 act-order GPTQ here fixes group parameters before the column sweep, so the
@@ -28,27 +30,27 @@ from compress.io.exports.common import (
     write_model_files,
 )
 from compress.io.exports.hf import load_hint
-from compress.io.exports.int4_rules import int4_modules, int4_problems, pack_nibbles_along_rows, zero_points
-from compress.kernels.formats import unpack_int4
+from compress.io.exports.int_rules import bits_of, codes_of, int_modules, int_problems, pack_along_rows, zero_points
 from compress.quantization.quantizers import Int4Weights
 from compress.quantization.quantizers import dequantize as dequantize_codes
 
-WORD_OUT = 32  # AutoGPTQ allocates qzeros as out // 32 * 4 words
+WORD_OUT = 32  # AutoGPTQ allocates qzeros as out // 32 * bits words
 
 
 def problems(model: nn.Module) -> list[str]:
-    out = int4_problems(model, "gptq")
-    mods = int4_modules(model)
+    out = int_problems(model, "gptq")
+    mods = int_modules(model)
     if not mods or out:
         return out
     narrow = [n for n, m in mods.items() if m.out_features % WORD_OUT]
     if narrow:
         out.append(f"{short_list(narrow)} have out_features not a multiple of {WORD_OUT}, which GPTQ loaders need for "
                    f"qzeros; prune to multiples of 32 or export as compressed-tensors")
-    kinds = {(m.group_size if m.group_size != m.in_features else -1, m.symmetric) for m in mods.values()}
+    kinds = {(m.group_size if m.group_size != m.in_features else -1, m.symmetric, bits_of(m)) for m in mods.values()}
     if len(kinds) > 1:
-        out.append(f"its int4 modules mix group sizes or symmetry ({sorted(kinds)}), but a GPTQ config has one of each; "
-                   f"quantise every module alike or export as compressed-tensors")
+        out.append(f"its quantised modules mix group sizes, symmetry or bits ((group, symmetric, bits): "
+                   f"{sorted(kinds)}), but a GPTQ config has one of each; quantise every module alike or export as "
+                   f"compressed-tensors")
     if _block_modules(model, mods) is None:
         out.append("different layers quantise different projections, but GPTQ's modules_in_block_to_quantize "
                    "applies to every layer; export as compressed-tensors")
@@ -68,13 +70,13 @@ def _block_modules(model: nn.Module, mods: dict[str, nn.Module]) -> list[str] | 
 
 
 def quantize_config(model: nn.Module, v1: bool) -> dict[str, Any]:
-    mods = int4_modules(model)
+    mods = int_modules(model)
     first = next(iter(mods.values()))
     adapter = adapter_or_none(model)
     lm_head = adapter is not None and adapter.lm_head is not None and any(m is adapter.lm_head for m in mods.values())
     cfg: dict[str, Any] = {
         "quant_method": "gptq",
-        "bits": 4,
+        "bits": bits_of(first),
         "group_size": -1 if first.group_size == first.in_features else first.group_size,
         "desc_act": False,
         "sym": bool(first.symmetric),
@@ -94,7 +96,7 @@ def quantize_config(model: nn.Module, v1: bool) -> dict[str, Any]:
 
 def gptq_state(model: nn.Module, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], bool, dict[str, torch.Tensor]]:
     """Tensors, whether the v1 ("gptq") zero - 1 convention fits, and weights whose scales float16 rounds."""
-    mods = int4_modules(model)
+    mods = int_modules(model)
     tensors = state_without_packed(model, mods, dtype)
     zeros = {n: zero_points(m) for n, m in mods.items()}
     v1 = all(int(z.min()) >= 1 for z in zeros.values())
@@ -102,14 +104,14 @@ def gptq_state(model: nn.Module, dtype: torch.dtype) -> tuple[dict[str, torch.Te
     for name, m in mods.items():
         K = m.in_features
         scales16 = m.scales.detach().to(torch.float16).cpu()
-        tensors[f"{name}.qweight"] = m.qweight.detach().cpu().contiguous()
-        tensors[f"{name}.qzeros"] = pack_nibbles_along_rows(zeros[name] - 1 if v1 else zeros[name])
+        codes, bits = codes_of(m), bits_of(m)
+        tensors[f"{name}.qweight"] = pack_along_rows(codes, bits).t().contiguous()
+        tensors[f"{name}.qzeros"] = pack_along_rows(zeros[name] - 1 if v1 else zeros[name], bits)
         tensors[f"{name}.scales"] = scales16
         tensors[f"{name}.g_idx"] = (torch.arange(K, dtype=torch.int32) // m.group_size).to(torch.int32)
         if not torch.equal(scales16.to(m.scales.dtype), m.scales.detach().cpu()):
-            codes = unpack_int4(m.qweight.cpu())
             z = None if m.zeros is None else zeros[name].to(torch.float32)
-            expected[f"{name}.weight"] = dequantize_codes(Int4Weights(codes, scales16.to(torch.float32), z, m.group_size))
+            expected[f"{name}.weight"] = dequantize_codes(Int4Weights(codes, scales16.to(torch.float32), z, m.group_size, bits))
     return tensors, v1, expected
 
 

@@ -8,10 +8,12 @@ safetensors, gguf and compressed-tensors.  Modes:
   compressed-tensors) or ``from_pretrained(path, gguf_file=...)`` (gguf).
 - ``gptq``: no GPTQ kernel package installs beside torch 2.13 on the CPU, so
   the tensors are unpacked here from the documented AutoGPTQ layout
-  (``qweight`` int32 ``[in/8, out]`` with eight 4-bit codes per word along the
-  input dimension, ``qzeros`` int32 ``[groups, out/8]`` along the output
-  dimension storing zero - 1 in the "gptq" checkpoint format, ``scales``,
-  ``g_idx``) into a stock transformers model.
+  (``qweight`` int32 ``[in*bits/32, out]``: for 4 bits eight codes per word
+  along the input dimension, for 3 bits a dense bit stream whose codes
+  straddle words, as AutoGPTQ's ``pack`` writes them; ``qzeros`` int32
+  ``[groups, out*bits/32]`` packed the same way along the output dimension,
+  storing zero - 1 in the "gptq" checkpoint format; ``scales``, ``g_idx``)
+  into a stock transformers model.
 - ``gguf_reader``: gguf's ``GGUFReader`` and ``dequantize`` read every tensor
   and the metadata (per-layer arrays included) into a stock transformers
   model, undoing llama.cpp's q/k row permutation; for files transformers'
@@ -73,17 +75,19 @@ def _weight_files(path):
     return [root / "model.safetensors"]
 
 
-def _unpack_rows(words):
-    """int32 words -> their eight 4-bit fields, the field j of a word at bits 4j..4j+3."""
-    shifts = torch.arange(0, 32, 4, dtype=torch.int32)
-    return (words.unsqueeze(-1) >> shifts) & 0xF
+def _unpack_stream(words, bits, count):
+    """int32 words ``[R, W]`` read as one little-endian bit stream per row -> ``count`` codes of ``bits`` bits each."""
+    stream = (words.to(torch.int64).unsqueeze(-1) >> torch.arange(32)) & 1  # [R, W, 32], bit b of word w
+    stream = stream.reshape(words.shape[0], -1)[:, : count * bits].reshape(words.shape[0], count, bits)
+    return (stream << torch.arange(bits)).sum(dim=-1)
 
 
 def load_gptq(args):
     config = transformers.AutoConfig.from_pretrained(args["path"], trust_remote_code=args.get("remote", False))
     q = config.quantization_config
     q = q if isinstance(q, dict) else q.to_dict()
-    assert q["quant_method"] == "gptq" and q["bits"] == 4, q
+    assert q["quant_method"] == "gptq" and q["bits"] in (3, 4), q
+    bits = q["bits"]
     del config.quantization_config
     state = {}
     for f in _weight_files(args["path"]):
@@ -93,9 +97,9 @@ def load_gptq(args):
         base = name[: -len(".qweight")]
         qweight, qzeros = state.pop(base + ".qweight"), state.pop(base + ".qzeros")
         scales, g_idx = state.pop(base + ".scales").to(torch.float32), state.pop(base + ".g_idx").long()
-        k8, n = qweight.shape
-        codes = _unpack_rows(qweight).permute(0, 2, 1).reshape(k8 * 8, n)  # [in, out]: row 8r+j is field j of row r
-        zeros = _unpack_rows(qzeros).reshape(qzeros.shape[0], -1)[:, :n]  # [groups, out]: column 8c+j is field j
+        n, k = qweight.shape[1], g_idx.numel()
+        codes = _unpack_stream(qweight.t(), bits, k).t()  # [in, out]: each output's stream runs down its column
+        zeros = _unpack_stream(qzeros, bits, n)  # [groups, out]
         zeros = zeros + 1 if v1 else zeros
         weight = (codes - zeros[g_idx]).to(torch.float32) * scales[g_idx]
         state[base + ".weight"] = weight.t().contiguous()
