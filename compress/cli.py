@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     option("--protect-layers", type=int, nargs="+", metavar="I",
            help="decoder layers (0-based) kept at full width; the others carry the budget")
     option("--step", type=float, help="Adapt-Pruner sub-step: the sparsity added per re-scoring round (smaller: slower, finer)")
-    option("--amplitude", type=float, help="Adapt-Pruner amplitude A: how far layer sparsities spread around the mean")
+    option("--amplitude", type=float, help="Adapt-Pruner amplitude A: how far layer sparsities spread around the mean "
+           "(default: the step, A = Delta as the released scripts)")
     option("--calib-samples", type=int, metavar="N", help="calibration windows drawn afresh at each sub-step")
     option("--calib-seq-len", type=int, metavar="N", help="tokens per calibration window (at most --seq-len)")
     option("--batch-size", type=int, help="calibration windows per forward/backward pass")

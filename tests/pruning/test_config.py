@@ -39,8 +39,9 @@ def test_each_field_is_validated_with_a_clear_message(field, value, message):
 
 
 def test_defaults_are_the_measured_fast_ones():
-    cfg = PruneConfig()  # amplitude as in the released scripts; step and calibration as the README measures
-    assert (cfg.method, cfg.importance, cfg.step, cfg.amplitude, cfg.round_to) == ("adapt", "taylor", 0.1, 0.02, 8)
+    cfg = PruneConfig()  # amplitude = step as in the released scripts (A = Delta); step and calibration as the README measures
+    assert (cfg.method, cfg.importance, cfg.step, cfg.amplitude, cfg.round_to) == ("adapt", "taylor", 0.1, 0.1, 8)
+    assert PruneConfig(step=0.05).amplitude == 0.05 and PruneConfig(step=0.05, amplitude=0.02).amplitude == 0.02
     assert (cfg.calib_samples, cfg.calib_seq_len, cfg.batch_size) == (16, 64, 8)
     assert cfg.needs_data
     assert not PruneConfig(method="uniform", importance="magnitude").needs_data
