@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, nargs="+", default=[40, 80, 160])
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                   help="RecoverConfig.precision of the distillation (bf16: autocast, on the CPU too)")
     p.add_argument("--generate-tokens", type=int, default=12288)
     p.add_argument("--eval-seqs", type=int, default=8)
     p.add_argument("--out", default=str(RESULTS_DIR / f"{NAME}.json"))
@@ -124,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         student = copy.deepcopy(pruned)
         t0 = time.perf_counter()
         recover(student, teacher, splits.train, RecoverConfig(steps=steps, batch_size=4, lr=args.lr, warmup_fraction=0.1,
-                                                              eval_every=0, progress=not args.quiet))
+                                                              eval_every=0, precision=args.precision,
+                                                              progress=not args.quiet))
         row: dict[str, Any] = {"steps": steps, "tokens": steps * 4 * 256, "recover_seconds": time.perf_counter() - t0,
                                "distilled": measure(student, teacher, domains, 4)}
         say(f"{steps} steps: " + _line(row["distilled"]))

@@ -65,3 +65,27 @@ def check_device(name: object, what: str = "--device") -> torch.device:
         return device
     raise CompressError(f"{text} is not available on this machine; use cpu" +
                         (" or cuda." if torch.cuda.is_available() else "."))
+
+
+def cpu_bf16() -> bool:
+    """True when this CPU multiplies bfloat16 natively (AMX-BF16 or AVX512-BF16), so bf16 autocast speeds training up;
+    elsewhere oneDNN emulates it and fp32 is faster."""
+    import torch
+
+    capabilities = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.13
+    if capabilities is None:
+        return False
+    try:
+        caps = capabilities()
+    except Exception:  # noqa: BLE001 - a probe: no answer means no bf16
+        return False
+    return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
+
+
+def uses_bf16(precision: str, device: "torch.device") -> bool:
+    """Whether training at ``precision`` ("auto", "bf16", "fp32") runs under bf16 autocast on ``device``."""
+    if precision == "bf16":
+        return True
+    if precision != "auto":
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and cpu_bf16())

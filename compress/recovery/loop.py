@@ -26,6 +26,7 @@ from torch import nn
 from compress.arch import is_causal_lm
 from compress.errors import ConfigError
 from compress.io.fingerprint import model_difference, model_fingerprint, model_tensors
+from compress.machine import uses_bf16
 from compress.quantization.qat import FakeQuantLinear, set_qat_lambda
 from compress.recovery import distributed as D
 from compress.recovery import fsdp
@@ -158,7 +159,7 @@ class _Run:
 
     def _autocast(self) -> ContextManager[Any]:
         cfg = self.cfg
-        if cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"):
+        if uses_bf16(cfg.precision, self.device):
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
