@@ -11,8 +11,10 @@ pytestmark = pytest.mark.slow
 
 def test_both_arms_reach_the_target_with_the_same_tokens(tmp_path):
     module = load_benchmark("prune_staged")
+    # lr 1e-4: three steps at the benchmark's 3e-4 overshoot from the start A = Delta prunes to (one-shot KL 0.561 ->
+    # 0.605 in fp32, 0.613 in bf16); at 1e-4 they lower it (0.527)
     argv = ["--tokens", "768", "--seq-len", "64", "--eval-seqs", "2", "--calib-seqs", "4", "--sparsity", "0.2",
-            "--step", "0.1", "--stages", "2", "--quiet", "--out-dir", str(tmp_path)]
+            "--step", "0.1", "--stages", "2", "--lr", "1e-4", "--quiet", "--out-dir", str(tmp_path)]
     assert module.main(argv) == 0
     result = json.loads((tmp_path / "prune_staged.json").read_text())
     assert (tmp_path / "prune_staged.png").stat().st_size > 0

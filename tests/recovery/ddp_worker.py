@@ -36,9 +36,11 @@ class Stopped(Exception):
 
 def config(out: Path, batch_size: int, distributed: str = "auto") -> RecoverConfig:
     extra = dict(patience=10) if distributed == "fsdp" else {}  # keeps best weights: gathered from the shards too
+    # fp32: one process with twice the batch follows the ranks' curve to 1e-5 only in fp32 arithmetic (bf16 autocast,
+    # "auto" on CPUs with native bf16, rounds a differently shaped batch differently)
     return RecoverConfig(steps=STEPS, batch_size=batch_size, grad_accum=2, lr=1e-3, schedule="cosine",
                          warmup_fraction=0.2, eval_every=3, checkpoint_every=3, output_dir=str(out), progress=False,
-                         distributed=distributed, **extra)
+                         distributed=distributed, precision="fp32", **extra)
 
 
 def models_and_data():

@@ -52,3 +52,18 @@ def test_differences_name_the_changed_fields_and_skip_exempt_ones():
     a = RecoverConfig(steps=10, lr=1e-3, output_dir="/tmp/x")
     b = RecoverConfig(steps=10, lr=2e-3, output_dir="/tmp/y", resume=True, progress=False)
     assert b.differences(a.to_dict()) == ["lr: 0.001 -> 0.002"]
+
+
+def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_native_bf16_only(monkeypatch):
+    import torch
+
+    from compress import machine
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert machine.uses_bf16("bf16", cpu) and not machine.uses_bf16("fp32", cuda) and machine.uses_bf16("auto", cuda)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": False, "avx512_bf16": False})
+    assert not machine.cpu_bf16() and not machine.uses_bf16("auto", cpu)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True, "avx512_bf16": False})
+    assert machine.cpu_bf16() and machine.uses_bf16("auto", cpu)
+    monkeypatch.delattr(torch.cpu, "get_capabilities")  # older torch: no probe, no bf16
+    assert not machine.cpu_bf16()
