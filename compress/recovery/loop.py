@@ -127,6 +127,7 @@ class _Run:
         cfg, info = self.cfg, self.info
         self.t0 = time.perf_counter()
         self.device = self._device()
+        self.bf16 = uses_bf16(cfg.precision, self.device)  # decided once: the CPU probe need not run every step
         self.strategy = fsdp.choose_strategy(cfg.distributed, count_parameters(self.model)[0], info.world)
         if self.strategy != "fsdp":  # FSDP trains a sharded copy on the device; the model follows at the end
             self.model.to(self.device)
@@ -158,8 +159,7 @@ class _Run:
         return torch.device("cpu")
 
     def _autocast(self) -> ContextManager[Any]:
-        cfg = self.cfg
-        if uses_bf16(cfg.precision, self.device):
+        if self.bf16:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 

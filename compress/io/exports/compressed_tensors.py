@@ -27,7 +27,7 @@ from compress.io.exports.common import (
     write_model_files,
 )
 from compress.io.exports.hf import load_hint
-from compress.io.exports.int_rules import bits_of, codes_of, int_modules, int_problems, pack_along_rows, zero_points
+from compress.io.exports.int_rules import bits_of, int_modules, int_problems, pack_along_rows, packed_inputs, zero_points
 
 FORMAT = "pack-quantized"
 
@@ -78,7 +78,7 @@ def compressed_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Te
     modules = int_modules(model)
     tensors = state_without_packed(model, modules, dtype)
     for name, m in modules.items():
-        tensors[f"{name}.weight_packed"] = pack_along_rows(codes_of(m), bits_of(m))
+        tensors[f"{name}.weight_packed"] = packed_inputs(m)
         tensors[f"{name}.weight_scale"] = m.scales.detach().cpu().t().contiguous()
         tensors[f"{name}.weight_shape"] = torch.tensor([m.out_features, m.in_features], dtype=torch.int64)
         if not m.symmetric:

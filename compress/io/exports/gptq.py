@@ -30,7 +30,15 @@ from compress.io.exports.common import (
     write_model_files,
 )
 from compress.io.exports.hf import load_hint
-from compress.io.exports.int_rules import bits_of, codes_of, int_modules, int_problems, pack_along_rows, zero_points
+from compress.io.exports.int_rules import (
+    bits_of,
+    codes_of,
+    int_modules,
+    int_problems,
+    pack_along_rows,
+    packed_inputs,
+    zero_points,
+)
 from compress.quantization.quantizers import Int4Weights
 from compress.quantization.quantizers import dequantize as dequantize_codes
 
@@ -104,14 +112,15 @@ def gptq_state(model: nn.Module, dtype: torch.dtype) -> tuple[dict[str, torch.Te
     for name, m in mods.items():
         K = m.in_features
         scales16 = m.scales.detach().to(torch.float16).cpu()
-        codes, bits = codes_of(m), bits_of(m)
-        tensors[f"{name}.qweight"] = pack_along_rows(codes, bits).t().contiguous()
+        bits = bits_of(m)
+        tensors[f"{name}.qweight"] = packed_inputs(m).t().contiguous()
         tensors[f"{name}.qzeros"] = pack_along_rows(zeros[name] - 1 if v1 else zeros[name], bits)
         tensors[f"{name}.scales"] = scales16
         tensors[f"{name}.g_idx"] = (torch.arange(K, dtype=torch.int32) // m.group_size).to(torch.int32)
         if not torch.equal(scales16.to(m.scales.dtype), m.scales.detach().cpu()):
             z = None if m.zeros is None else zeros[name].to(torch.float32)
-            expected[f"{name}.weight"] = dequantize_codes(Int4Weights(codes, scales16.to(torch.float32), z, m.group_size, bits))
+            expected[f"{name}.weight"] = dequantize_codes(Int4Weights(codes_of(m), scales16.to(torch.float32), z,
+                                                                      m.group_size, bits))
     return tensors, v1, expected
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from compress.io.exports.common import quantized_modules, short_list
-from compress.kernels.formats import GroupedIntFormat
+from compress.kernels.formats import GroupedIntFormat, Int4Format
 
 
 def int_problems(model: nn.Module, fmt: str) -> list[str]:
@@ -48,6 +48,14 @@ def codes_of(m: nn.Module) -> torch.Tensor:
     return m.format.unpack(m.qweight.detach().cpu(), m.in_features)
 
 
+def packed_inputs(m: nn.Module) -> torch.Tensor:
+    """int32 ``[out, ceil(in*bits/32)]``: each output's codes as one dense stream along the inputs.  Our int4
+    ``qweight`` is that stream already (transposed); int3's bit planes are repacked."""
+    if isinstance(m.format, Int4Format):
+        return m.qweight.detach().cpu().t().contiguous()
+    return pack_along_rows(codes_of(m), bits_of(m))
+
+
 def zero_points(m: nn.Module) -> torch.Tensor:
     """Integer zero points ``[groups, out]`` in code units (2**(bits-1) for symmetric weights)."""
     if m.zeros is None:
@@ -57,12 +65,19 @@ def zero_points(m: nn.Module) -> torch.Tensor:
 
 def pack_along_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
     """int ``[R, C]`` in 0 .. 2**bits - 1 -> int32 ``[R, ceil(C*bits/32)]``: column c at bits ``bits*c ..`` of the
-    row's stream, word w holding stream bits ``32w .. 32w+31`` (least significant first)."""
-    R, C = values.shape
-    stream = (values.to(torch.int64).unsqueeze(-1) >> torch.arange(bits)) & 1  # [R, C, bits]
-    stream = stream.reshape(R, C * bits)
-    words = -(-C * bits // 32)
-    stream = torch.nn.functional.pad(stream, (0, words * 32 - C * bits))
-    packed = (stream.reshape(R, words, 32) << torch.arange(32)).sum(dim=-1)
-    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+    row's stream, word w holding stream bits ``32w .. 32w+31`` (least significant first).
 
+    Every 32 columns fill exactly ``bits`` words, so the columns are packed a block of 32 at a time, one position
+    of the block per pass: int64 temporaries of ``bits/4`` bytes per code, not one int64 per bit."""
+    R, C = values.shape
+    blocks = -(-C // 32)
+    v = torch.nn.functional.pad(values.to(torch.uint8), (0, blocks * 32 - C)).reshape(R, blocks, 32)
+    words = torch.zeros(R, blocks, bits, dtype=torch.int64)
+    for j in range(32):
+        word, offset = divmod(j * bits, 32)
+        code = v[:, :, j].to(torch.int64)
+        words[:, :, word] |= (code << offset) & 0xFFFFFFFF
+        if offset + bits > 32:  # the code straddles two words: its high bits open the next one
+            words[:, :, word + 1] |= code >> (32 - offset)
+    words = words.reshape(R, blocks * bits)[:, : -(-C * bits // 32)]
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
