@@ -18,26 +18,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prune_distil import measure  # noqa: E402  (the same measurement as the other pruning benchmarks)
+from prune_distil import default_text, measure, result_header, say  # noqa: E402  (shared with the other pruning benchmarks)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NAME = "demo_budget"
-_T0 = time.perf_counter()
-
-
-def say(what: str) -> None:
-    print(f"[{time.perf_counter() - _T0:7.1f} s] {what}", flush=True)
 
 
 def _line(m: dict[str, Any]) -> str:
@@ -86,8 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--steps takes positive step counts")
 
     import compress
-    from compress.data import TextConfig, default_source, eval_only_sequences, load_text
-    from compress.generated import GenerateConfig
     from compress.io.atomic import write_json
     from compress.pipeline import load_recipe
     from compress.pruning import PruneConfig
@@ -97,11 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     recipe = load_recipe("default")
     stage = {next(iter(s)): s[next(iter(s))] for s in recipe.to_dict()["stages"]}
     teacher, tokenizer = compress.load_model("smollm2-135m")
-    text = TextConfig(seq_len=256, seed=0, calibration_fraction=0.25, eval_fraction=0.08)
-    splits = load_text(default_source(teacher), tokenizer, text, model=teacher,
-                       generate=GenerateConfig(tokens=args.generate_tokens, progress=not args.quiet))
-    domains = {"shakespeare": load_text("shakespeare", tokenizer, text).eval[: args.eval_seqs],
-               "news": eval_only_sequences("news", tokenizer, text)[: args.eval_seqs]}
+    splits, domains = default_text(teacher, tokenizer, generate_tokens=args.generate_tokens, eval_seqs=args.eval_seqs,
+                                   quiet=args.quiet)
     original = measure(teacher, None, domains, 4)
     say("original: " + ", ".join(f"{d} {v['perplexity']:.2f}" for d, v in original.items() if isinstance(v, dict)))
 
@@ -111,12 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     compress.prune(pruned, prune_cfg, splits)
     result: dict[str, Any] = {
-        "benchmark": NAME, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/demo_budget.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "python": platform.python_version(),
-                    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
-        "settings": vars(args), "prune": {"amplitude": prune_cfg.amplitude, "step": prune_cfg.step,
+        **result_header(NAME, argv, args), "prune": {"amplitude": prune_cfg.amplitude, "step": prune_cfg.step,
                                           "sparsity": prune_cfg.sparsity, "seconds": time.perf_counter() - t0},
         "original": original, "pruned": measure(pruned, teacher, domains, 4), "rows": []}
     say("pruned: " + _line(result["pruned"]))

@@ -22,27 +22,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prune_distil import measure  # noqa: E402  (the same measurement as the other pruning benchmarks)
+from prune_distil import default_text, measure, result_header, say  # noqa: E402  (shared with the other pruning benchmarks)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NAME = "prune_allocation"
 DEFAULT_ARMS = ("A=0.02", "A=0.05", "A=step", "A=0.2", "A=0.02+protect0", "uniform")
-_T0 = time.perf_counter()
-
-
-def say(what: str) -> None:
-    print(f"[{time.perf_counter() - _T0:7.1f} s] {what}", flush=True)
 
 
 def arm_fields(arm: str, step: float) -> dict[str, Any]:
@@ -80,26 +70,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import compress
     from compress.arch import adapter_for
-    from compress.data import TextConfig, default_source, eval_only_sequences, load_text
-    from compress.generated import GenerateConfig
     from compress.io.atomic import write_json
     from compress.pruning import PruneConfig
 
     teacher, tokenizer = compress.load_model("smollm2-135m")
-    text = TextConfig(seq_len=256, seed=0, calibration_fraction=args.calibration_fraction, eval_fraction=0.08)
-    splits = load_text(default_source(teacher), tokenizer, text, model=teacher,
-                       generate=GenerateConfig(tokens=args.generate_tokens, progress=not args.quiet))
-    domains = {"shakespeare": load_text("shakespeare", tokenizer, text).eval[: args.eval_seqs],
-               "news": eval_only_sequences("news", tokenizer, text)[: args.eval_seqs]}
+    splits, domains = default_text(teacher, tokenizer, generate_tokens=args.generate_tokens, eval_seqs=args.eval_seqs,
+                                   quiet=args.quiet, calibration_fraction=args.calibration_fraction)
     original = measure(teacher, None, domains, 4)
     say("original: " + ", ".join(f"{d} {v['perplexity']:.2f}" for d, v in original.items() if isinstance(v, dict)))
     rows: list[dict[str, Any]] = []
-    result = {"benchmark": NAME, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "command": "python benchmarks/prune_allocation.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                          "torch": torch.__version__, "python": platform.python_version(),
-                          "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
-              "settings": vars(args),
+    result = {**result_header(NAME, argv, args),
               "data": {"source": "default mix: generated 0.5, shakespeare 0.5", "calibration": len(splits.calibration)},
               "original": original, "rows": rows}
     for arm in args.arms:

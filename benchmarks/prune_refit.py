@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,15 +30,10 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prune_distil import measure  # noqa: E402  (the same measurement as the Adapt-vs-uniform benchmark)
+from prune_distil import default_text, measure, result_header, say  # noqa: E402  (shared with the Adapt-vs-uniform benchmark)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NAME = "prune_refit"
-_T0 = time.perf_counter()
-
-
-def say(what: str) -> None:
-    print(f"[{time.perf_counter() - _T0:7.1f} s] {what}", flush=True)
 
 
 def line(m: dict[str, Any]) -> str:
@@ -94,19 +86,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import compress
     from compress.arch import adapter_for
-    from compress.data import TextConfig, default_source, eval_only_sequences, load_text
-    from compress.generated import GenerateConfig
     from compress.io.atomic import write_json
     from compress.pruning import PruneConfig
     from compress.pruning.refit import Snapshot, refit_outputs
     from compress.recovery import RecoverConfig, recover
 
     teacher, tokenizer = compress.load_model("smollm2-135m")
-    text = TextConfig(seq_len=256, seed=0, calibration_fraction=args.calibration_fraction, eval_fraction=0.08)
-    splits = load_text(default_source(teacher), tokenizer, text, model=teacher,
-                       generate=GenerateConfig(tokens=args.generate_tokens, progress=not args.quiet))
-    domains = {"shakespeare": load_text("shakespeare", tokenizer, text).eval[: args.eval_seqs],
-               "news": eval_only_sequences("news", tokenizer, text)[: args.eval_seqs]}
+    splits, domains = default_text(teacher, tokenizer, generate_tokens=args.generate_tokens, eval_seqs=args.eval_seqs,
+                                   quiet=args.quiet, calibration_fraction=args.calibration_fraction)
     rows_for_refit = torch.cat([splits.calibration, splits.train])[: args.refit_samples]
     batches = list(rows_for_refit.split(8))
     original = measure(teacher, None, domains, 4)
@@ -121,12 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"pruned {args.sparsity:.0%} in {time.perf_counter() - t0:.0f} s")
     pruned_state = copy.deepcopy(student.state_dict())
     rows: list[dict[str, Any]] = []
-    result = {"benchmark": NAME, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "command": "python benchmarks/prune_refit.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                          "torch": torch.__version__, "python": platform.python_version(),
-                          "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
-              "settings": vars(args),
+    result = {**result_header(NAME, argv, args),
               "data": {"source": "default mix: generated 0.5, shakespeare 0.5", "calibration": len(splits.calibration),
                        "train": len(splits.train), "refit_sequences": len(rows_for_refit)},
               "original": original, "rows": rows}
