@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
                    help="RecoverConfig.precision of the distillation (bf16: autocast, on the CPU too)")
+    p.add_argument("--hidden-weight", type=float, default=0.0,
+                   help="RecoverConfig.hidden_weight: the decoder-layer hidden-state term beside the KL (0: off, as the recipe)")
     p.add_argument("--generate-tokens", type=int, default=12288)
     p.add_argument("--eval-seqs", type=int, default=8)
     p.add_argument("--out", default=str(RESULTS_DIR / f"{NAME}.json"))
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         recover(student, teacher, splits.train, RecoverConfig(steps=steps, batch_size=4, lr=args.lr, warmup_fraction=0.1,
                                                               eval_every=0, precision=args.precision,
+                                                              hidden_weight=args.hidden_weight,
                                                               progress=not args.quiet))
         row: dict[str, Any] = {"steps": steps, "tokens": steps * 4 * 256, "recover_seconds": time.perf_counter() - t0,
                                "distilled": measure(student, teacher, domains, 4)}

@@ -7,6 +7,8 @@ SmolLM2-135M pruned as ``make demo`` prunes it (20%, Taylor scores, sub-step
 - ``A=X``: Adapt-Pruner with amplitude X (``PruneConfig(amplitude=X)``);
   ``A=step`` is the default since December 2026 (the released scripts' A = Delta);
 - ``A=X+protect0``: the same with layer 0 kept whole (``protect_layers=(0,)``);
+- ``A=step+calib128x256``: N calibration windows of L tokens per sub-step (32x64 otherwise);
+- ``A=step+imp=activation``: another importance (taylor otherwise);
 - ``uniform``: every layer the same share.
 
 Each pruned model is evaluated on Shakespeare's held-out split and on the
@@ -46,8 +48,14 @@ def arm_fields(arm: str, step: float) -> dict[str, Any]:
             fields["amplitude"] = step if value == "step" else float(value)
         elif part.startswith("protect"):
             fields["protect_layers"] = tuple(int(x) for x in part[len("protect"):].split("-"))
+        elif part.startswith("calib"):  # calibNxL: N windows of L tokens per sub-step
+            n, _, length = part[len("calib"):].partition("x")
+            fields["calib_samples"], fields["calib_seq_len"] = int(n), int(length)
+        elif part.startswith("imp="):
+            fields["importance"] = part[4:]
         else:
-            raise ValueError(f"arm {arm!r}: parts are A=NUMBER, A=step, protectL[-L...] or the arm 'uniform'")
+            raise ValueError(f"arm {arm!r}: parts are A=NUMBER, A=step, protectL[-L...], calibNxL, imp=NAME "
+                             "or the arm 'uniform'")
     return fields
 
 
@@ -58,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step", type=float, default=0.1)
     p.add_argument("--generate-tokens", type=int, default=12288)
     p.add_argument("--calibration-fraction", type=float, default=0.25)
+    p.add_argument("--source", choices=["mix", "generated"], default="mix",
+                   help="calibration text: the default mix (half generated, half Shakespeare) or the generated text alone")
     p.add_argument("--eval-seqs", type=int, default=8)
     p.add_argument("--out", default=str(RESULTS_DIR / f"{NAME}.json"))
     p.add_argument("--quiet", action="store_true")
@@ -75,24 +85,27 @@ def main(argv: list[str] | None = None) -> int:
 
     teacher, tokenizer = compress.load_model("smollm2-135m")
     splits, domains = default_text(teacher, tokenizer, generate_tokens=args.generate_tokens, eval_seqs=args.eval_seqs,
-                                   quiet=args.quiet, calibration_fraction=args.calibration_fraction)
+                                   quiet=args.quiet, calibration_fraction=args.calibration_fraction,
+                                   source=None if args.source == "mix" else args.source)
     original = measure(teacher, None, domains, 4)
     say("original: " + ", ".join(f"{d} {v['perplexity']:.2f}" for d, v in original.items() if isinstance(v, dict)))
     rows: list[dict[str, Any]] = []
     result = {**result_header(NAME, argv, args),
-              "data": {"source": "default mix: generated 0.5, shakespeare 0.5", "calibration": len(splits.calibration)},
+              "data": {"source": "default mix: generated 0.5, shakespeare 0.5" if args.source == "mix" else args.source,
+                       "calibration": len(splits.calibration)},
               "original": original, "rows": rows}
     for arm in args.arms:
         student = copy.deepcopy(teacher)
-        cfg = PruneConfig(sparsity=args.sparsity, importance="taylor", round_to=64, step=args.step, calib_samples=32,
-                          calib_seq_len=64, batch_size=8, refit=False, progress=not args.quiet,
-                          **arm_fields(arm, args.step))
+        fields = {"importance": "taylor", "calib_samples": 32, "calib_seq_len": 64, **arm_fields(arm, args.step)}
+        cfg = PruneConfig(sparsity=args.sparsity, round_to=64, step=args.step, batch_size=8, refit=False,
+                          progress=not args.quiet, **fields)
         t0 = time.perf_counter()
         compress.prune(student, cfg, splits)
         seconds = time.perf_counter() - t0
         shape = adapter_for(student).describe()
         row = {"arm": arm, "config": {"method": cfg.method, "amplitude": cfg.amplitude, "step": cfg.step,
-                                      "protect_layers": list(cfg.protect_layers)},
+                                      "protect_layers": list(cfg.protect_layers), "importance": cfg.importance,
+                                      "calib_samples": cfg.calib_samples, "calib_seq_len": cfg.calib_seq_len},
                "seconds": seconds, "mlp_width": shape["mlp_width"], "num_kv_heads": shape["num_kv_heads"],
                **measure(student, teacher, domains, 4)}
         rows.append(row)

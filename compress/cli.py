@@ -185,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
     p.add_argument("--lora", type=int, default=0, metavar="R", help="train rank-R LoRA adapters only, merged at the end")
+    p.add_argument("--hidden-weight", type=float, default=0.0, metavar="W",
+                   help="with --teacher: add W x the decoder layers' hidden-state error to the KL (default 0: off)")
     p.add_argument("--state-dir", metavar="DIR",
                    help="training checkpoints and log (default OUTPUT.train-state beside OUTPUT); the same command "
                         "again continues from the newest checkpoint there, as `run` does; the checkpoints are deleted "
@@ -428,10 +430,12 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from compress.io.outputs import check_location, estimated_bytes
     from compress.recovery import RecoverConfig, is_main_process
 
+    if args.hidden_weight and not args.teacher:
+        raise CompressError("--hidden-weight matches a teacher's hidden states; add --teacher MODEL or drop --hidden-weight.")
     out = Path(args.output).expanduser().resolve()
     state = _state_dir(args, out)
     config = RecoverConfig(steps=args.steps, tokens=args.tokens, batch_size=args.batch_size, lr=args.lr,
-                           lora_rank=args.lora, resume=True, seed=args.seed, distributed=args.distributed,
+                           lora_rank=args.lora, hidden_weight=args.hidden_weight, resume=True, seed=args.seed, distributed=args.distributed,
                            output_dir=str(state))
     if not args.resume:
         _check_output(args)

@@ -91,6 +91,18 @@ def test_recover_distils_and_saves(tiny_dir, text_file, tmp_path, capsys):
     assert model.config.compress_methods[-1]["step"] == "recover"
 
 
+def test_recover_hidden_weight_trains_and_needs_a_teacher(tiny_dir, text_file, tmp_path, capsys):
+    base = ["recover", str(tiny_dir), "--data", str(text_file), "--seq-len", "16", "--steps", "1", "--batch-size", "2"]
+    assert main(base + ["--hidden-weight", "0.5", "-o", str(tmp_path / "alone")]) == 2
+    assert "add --teacher MODEL or drop --hidden-weight" in capsys.readouterr().err
+    assert main(base + ["--teacher", str(tiny_dir), "--hidden-weight", "-1", "-o", str(tmp_path / "neg")]) == 2
+    assert "hidden_weight must be a non-negative number" in capsys.readouterr().err
+    assert not (tmp_path / "alone").exists() and not (tmp_path / "neg").exists()
+    out = tmp_path / "rec"
+    assert main(base + ["--teacher", str(tiny_dir), "--hidden-weight", "0.5", "-o", str(out)]) == 0, capsys.readouterr().err
+    assert "hidden states x 0.5" in (out.parent / "rec.train-state" / "log.json").read_text()
+
+
 def test_existing_output_is_refused_before_work(tiny_dir, tmp_path, capsys):
     (tmp_path / "out").mkdir()
     assert main(["quantize", str(tiny_dir), "--method", "ternary", "-o", str(tmp_path / "out")]) == 2

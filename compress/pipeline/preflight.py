@@ -101,6 +101,12 @@ def preflight(recipe: Recipe, model: nn.Module, splits: TextSplits, device: torc
                 predicted = predicted[:1] + [(NARROWEST, _narrowest(model, adapter, round_to))]
         elif isinstance(stage, Recover) and not is_causal_lm(model):
             problems.append(f"{where}: recovery distils next-token predictions, and this model is an encoder; drop the stage.")
+        elif isinstance(stage, Recover) and stage.config.hidden_weight:
+            dropping = [stage_name(j, s) for j, s in enumerate(recipe.stages[:i])
+                        if isinstance(s, Prune) and s.config.drop_layers]
+            if dropping:
+                problems.append(f"{where} matches the original's hidden states layer by layer (hidden_weight), but "
+                                f"{dropping[0]} drops layers; set hidden_weight: 0 or drop_layers: 0.")
         elif isinstance(stage, Quantize) and not any(isinstance(s, Quantize) for s in recipe.stages[:i]):
             qat = is_qat(recipe.stages, i)
             if qat and stage.config.gptq:

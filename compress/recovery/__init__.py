@@ -18,7 +18,7 @@ from compress.recovery.config import RecoverConfig, RecoverError
 from compress.recovery.distributed import is_main_process
 from compress.recovery.lora import LoRALinear, add_lora, lora_parameters, merge_lora
 from compress.recovery.loop import StepInfo, recover
-from compress.recovery.losses import ce_loss, kd_loss, topk_kd_loss, topk_logprobs
+from compress.recovery.losses import ce_loss, hidden_loss, kd_loss, topk_kd_loss, topk_logprobs
 from compress.recovery.report import RecoverReport
 from compress.recovery.schedule import lr_factor, qat_lambda
 from compress.recovery.teacher import OfflineTeacher, precompute_teacher
@@ -32,6 +32,7 @@ __all__ = [
     "StepInfo",
     "add_lora",
     "ce_loss",
+    "hidden_loss",
     "is_main_process",
     "kd_loss",
     "lora_parameters",

@@ -99,6 +99,7 @@ class RecoverConfig:
     temperature: float = 1.0
     alpha: float = 1.0
     teacher_topk: int = 0
+    hidden_weight: float = 0.0
     eval_every: int = 100
     eval_sequences: int | None = 64
     patience: int = 0
@@ -163,6 +164,12 @@ class RecoverConfig:
             value = getattr(self, name)
             if not (_finite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a non-negative number (0 turns it off), got {value!r}.")
+        if not (_finite(self.hidden_weight) and self.hidden_weight >= 0):
+            raise ConfigError(f"hidden_weight must be a non-negative number (0 turns the hidden-state term off), "
+                              f"got {self.hidden_weight!r}.")
+        if self.hidden_weight and self.teacher_topk:
+            raise ConfigError("hidden_weight needs the teacher's hidden states on the fly, which teacher_topk's stored "
+                              "logits do not keep; set teacher_topk=0 or hidden_weight=0.")
         if not (_finite(self.temperature) and self.temperature > 0):
             raise ConfigError(f"temperature must be a positive number, got {self.temperature!r}.")
         if not (_finite(self.lora_alpha) and self.lora_alpha > 0):

@@ -323,8 +323,10 @@ class _Run:
             ids = self.data.train[rows].to(self.device)
             with D.no_sync(ddp, micro < cfg.grad_accum - 1):
                 with self._autocast():
-                    logits = ddp(input_ids=ids).logits[:, :-1]
-                loss, kd, ce = self.objective(logits, ids, rows)
+                    out = ddp(input_ids=ids, output_hidden_states=True) if self.objective.use_hidden else ddp(input_ids=ids)
+                logits = out.logits[:, :-1]
+                hidden = out.hidden_states[1:] if self.objective.use_hidden else None
+                loss, kd, ce = self.objective(logits, ids, rows, hidden)
                 (loss / cfg.grad_accum).backward()
             parts += torch.tensor([loss.item(), kd, ce], dtype=torch.float64) / cfg.grad_accum
         return parts

@@ -70,6 +70,25 @@ def topk_kd_loss(
     return (head + tail).mean() * temperature**2
 
 
+def hidden_loss(student: list[torch.Tensor] | tuple[torch.Tensor, ...],
+                teacher: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Mean over layers and tokens of ``|h_s - h_t|^2 / |h_t|^2`` for hidden states ``[..., d]``.
+
+    Relative per token, because a few tokens (the first, in most decoders)
+    carry residual-stream norms hundreds of times the rest, and a plain MSE
+    would spend the whole term on them.
+    """
+    if len(student) != len(teacher):
+        raise ValueError(f"the student gives {len(student)} hidden states and the teacher {len(teacher)}.")
+    terms = []
+    for s, t in zip(student, teacher):
+        if s.shape != t.shape:
+            raise ValueError(f"student hidden state {tuple(s.shape)} and teacher's {tuple(t.shape)} differ in shape.")
+        s, t = s.float(), t.float()
+        terms.append(((s - t).pow(2).sum(-1) / t.pow(2).sum(-1).clamp_min(1e-6)).mean())
+    return torch.stack(terms).mean()
+
+
 def ce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy; ``targets`` hold the token each row should predict."""
     V = logits.shape[-1]

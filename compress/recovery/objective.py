@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from compress.recovery.config import RecoverConfig, RecoverError
-from compress.recovery.losses import ce_loss, kd_loss, topk_kd_loss
+from compress.recovery.losses import ce_loss, hidden_loss, kd_loss, topk_kd_loss
 from compress.recovery.teacher import OfflineTeacher
 
 
@@ -27,6 +27,10 @@ class Objective:
         distil = teacher is not None or offline is not None
         self.use_kd = distil and cfg.alpha > 0
         self.use_ce = not distil or cfg.alpha < 1
+        self.use_hidden = cfg.hidden_weight > 0
+        if self.use_hidden and teacher is None:
+            raise RecoverError("hidden_weight > 0 matches the teacher's hidden states, so it needs a teacher model "
+                               "(not stored top-k logits); pass teacher=... or set hidden_weight=0.")
 
     def describe(self) -> str:
         cfg = self.cfg
@@ -34,20 +38,31 @@ class Objective:
             return "next-token cross-entropy"
         kind = f"offline top-{self.offline.k}" if self.offline is not None else "teacher on the fly"
         text = f"distillation, KL at T={cfg.temperature:g} ({kind})"
-        return text if cfg.alpha == 1.0 else f"{text} x {cfg.alpha:g} + cross-entropy x {1 - cfg.alpha:g}"
+        if cfg.alpha != 1.0:
+            text = f"{text} x {cfg.alpha:g} + cross-entropy x {1 - cfg.alpha:g}"
+        return text + (f" + hidden states x {cfg.hidden_weight:g}" if self.use_hidden else "")
 
-    def __call__(self, logits: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    def __call__(self, logits: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor,
+                 hidden: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, float, float]:
         """``(loss, kd, ce)`` for student ``logits`` ``[b, L-1, V]`` of ``ids`` ``[b, L]`` (training rows
-        ``rows``); a term not computed is NaN."""
+        ``rows``) and, with ``use_hidden``, the student's decoder-layer outputs ``hidden``; a term not
+        computed is NaN (the hidden-state term is part of ``loss`` only)."""
         cfg = self.cfg
-        kd = ce = None
+        kd = ce = t_hidden = None
+        if self.use_hidden:
+            if hidden is None:
+                raise RecoverError("hidden_weight > 0 but the student's hidden states were not passed.")
+            with torch.no_grad(), self.autocast():
+                out = self.teacher(input_ids=ids, output_hidden_states=True)
+            t_logits, t_hidden = out.logits[:, :-1], out.hidden_states[1:]
         if self.use_kd:
             if self.offline is not None:
                 lp, ix = self.offline.lookup(rows)
                 kd = topk_kd_loss(logits, lp.to(self.device), ix.to(self.device), cfg.temperature)
             else:
-                with torch.no_grad(), self.autocast():
-                    t_logits = self.teacher(input_ids=ids).logits[:, :-1]
+                if t_hidden is None:
+                    with torch.no_grad(), self.autocast():
+                        t_logits = self.teacher(input_ids=ids).logits[:, :-1]
                 if t_logits.shape[-1] != logits.shape[-1]:
                     raise RecoverError(
                         f"The teacher gives {t_logits.shape[-1]} logits per token and the student {logits.shape[-1]}; "
@@ -60,6 +75,14 @@ class Objective:
             loss = cfg.alpha * kd + (1 - cfg.alpha) * ce
         else:
             loss = kd if kd is not None else ce
+        if t_hidden is not None:
+            if len(hidden) != len(t_hidden) or hidden[0].shape[-1] != t_hidden[0].shape[-1]:
+                raise RecoverError(
+                    f"hidden_weight matches decoder-layer outputs, but the student has {len(hidden)} layers of width "
+                    f"{hidden[0].shape[-1]} and the teacher {len(t_hidden)} of width {t_hidden[0].shape[-1]}; "
+                    f"set hidden_weight=0 for a student with dropped layers or a narrower hidden size."
+                )
+            loss = loss + cfg.hidden_weight * hidden_loss(hidden, t_hidden)
         return loss, _item(kd), _item(ce)
 
 

@@ -25,6 +25,8 @@ def test_allocation_arms_become_prune_config_fields_and_bad_arms_are_refused(cap
     assert allocation.arm_fields("A=0.02+protect0-29", 0.1) == {"method": "adapt", "amplitude": 0.02,
                                                                 "protect_layers": (0, 29)}
     assert allocation.arm_fields("uniform", 0.1) == {"method": "uniform"}
+    assert allocation.arm_fields("A=step+calib128x256+imp=activation", 0.1) == {
+        "method": "adapt", "amplitude": 0.1, "calib_samples": 128, "calib_seq_len": 256, "importance": "activation"}
     with pytest.raises(SystemExit) as err:
         allocation.main(["--arms", "A=0.1", "wide"])
     assert err.value.code == 2 and "protectL" in capsys.readouterr().err

@@ -106,6 +106,15 @@ def test_qat_after_gptq_and_training_a_packed_model_are_refused():
     assert "stage 3 (recover) trains after stage 1 (quantize) was packed" in text
 
 
+def test_hidden_state_distillation_after_dropping_layers_is_refused():
+    recipe = Recipe(stages=[{"prune": {"sparsity": 0.3, "drop_layers": 1}}, {"recover": {"steps": 2, "hidden_weight": 1.0}}])
+    text = " | ".join(preflight(recipe, tiny_model("llama"), _splits(), CPU).problems)
+    assert "stage 2 (recover) matches the original's hidden states layer by layer (hidden_weight), but stage 1 " \
+           "(prune) drops layers" in text
+    kept = Recipe(stages=[{"prune": {"sparsity": 0.3}}, {"recover": {"steps": 2, "hidden_weight": 1.0}}])
+    assert not any("hidden_weight" in p for p in preflight(kept, tiny_model("llama"), _splits(), CPU).problems)
+
+
 def test_encoders_cannot_be_distilled_and_tied_heads_are_noted():
     recipe = Recipe(stages=[{"recover": {"steps": 2}}])
     report = preflight(recipe, tiny_model("bert-mlm"), _splits(), CPU)

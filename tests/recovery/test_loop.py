@@ -52,6 +52,47 @@ def test_kd_mixed_with_ce_logs_both_terms():
     assert "x 0.5 + cross-entropy x 0.5" in report.objective
 
 
+def test_the_hidden_state_term_adds_to_the_loss_and_pulls_layer_outputs_toward_the_teacher():
+    from compress.recovery.losses import hidden_loss
+
+    teacher = sharp_teacher()
+    ids = token_data(32, 16)
+
+    def layer_gap(model):
+        with torch.no_grad():
+            return hidden_loss(model(input_ids=ids, output_hidden_states=True).hidden_states[1:],
+                               teacher(input_ids=ids, output_hidden_states=True).hidden_states[1:]).item()
+
+    plain, matched = damaged_copy(teacher), damaged_copy(teacher)
+    start = layer_gap(plain)
+    recover(plain, teacher, ids, _config(steps=20, lr=1e-3, eval_every=0))
+    report = recover(matched, teacher, ids, _config(steps=20, lr=1e-3, eval_every=0, hidden_weight=1.0))
+    first = report.train[0]
+    assert first["loss"] > first["kd"] + 0.5 * start  # the term is in the loss: kd + 1.0 x the layer gap
+    assert "hidden states x 1" in report.objective
+    gap = layer_gap(matched)
+    assert gap < 0.75 * start and gap < 0.6 * layer_gap(plain)  # logits alone leave the layers where they are
+
+
+def test_the_hidden_state_term_refuses_students_of_another_depth_and_offline_teachers(tmp_path):
+    teacher = sharp_teacher()
+    cfg = tiny_config("llama")
+    cfg.num_hidden_layers += 1
+    from transformers import AutoModelForCausalLM
+
+    deeper = AutoModelForCausalLM.from_config(cfg)
+    with pytest.raises(RecoverError, match="the student has 3 layers of width .* and the teacher 2"):
+        recover(deeper, teacher, token_data(8, 8), _config(hidden_weight=0.5, steps=1, eval_every=0))
+    with pytest.raises(ConfigError, match="hidden_weight needs the teacher's hidden states on the fly"):
+        _config(hidden_weight=0.5, teacher_topk=8)
+    with pytest.raises(ConfigError, match="hidden_weight must be a non-negative number"):
+        _config(hidden_weight=-1.0)
+    path = tmp_path / "topk"
+    precompute_teacher(teacher, token_data(8, 8), path, k=4, progress=False)
+    with pytest.raises(RecoverError, match="needs a teacher model"):
+        recover(damaged_copy(teacher), OfflineTeacher(path), token_data(8, 8), _config(hidden_weight=0.5))
+
+
 def test_offline_top_k_teacher_trains_like_the_online_one(tmp_path, fitted_teacher, sonnet_splits):
     teacher = fitted_teacher
     train, held = sonnet_splits.train, sonnet_splits.eval

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from compress.recovery import (
-    OfflineTeacher, RecoverError, ce_loss, kd_loss, precompute_teacher, topk_kd_loss, topk_logprobs,
+    OfflineTeacher, RecoverError, ce_loss, hidden_loss, kd_loss, precompute_teacher, topk_kd_loss, topk_logprobs,
 )
 from tests.recovery.helpers import damaged_copy, sharp_teacher, token_data
 
@@ -50,6 +50,16 @@ def test_kd_gradient_reaches_student_only_and_points_to_teacher():
 def test_ce_loss_is_cross_entropy():
     z, y = torch.randn(2, 3, 9), torch.randint(0, 9, (2, 3))
     assert ce_loss(z, y).item() == pytest.approx(F.cross_entropy(z.reshape(-1, 9), y.reshape(-1)).item(), rel=1e-6)
+
+
+def test_hidden_loss_is_the_relative_squared_error_per_token_averaged_over_layers():
+    t = [torch.tensor([[[3.0, 4.0], [100.0, 0.0]]]), torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])]
+    s = [torch.tensor([[[3.0, 5.0], [101.0, 0.0]]]), torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])]
+    # layer 1: tokens 1/25 and 1/10000 (the huge token weighs no more than the small one); layer 2: 0
+    assert hidden_loss(s, t).item() == pytest.approx(((1 / 25 + 1 / 10000) / 2) / 2)
+    assert hidden_loss(t, t).item() == 0.0
+    with pytest.raises(ValueError, match="2 hidden states and the teacher 1"):
+        hidden_loss(s, t[:1])
 
 
 def test_topk_with_all_but_one_token_equals_the_full_kl():
