@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="RecoverConfig.precision of the distillation (bf16: autocast, on the CPU too)")
     p.add_argument("--hidden-weight", type=float, default=0.0,
                    help="RecoverConfig.hidden_weight: the decoder-layer hidden-state term beside the KL (0: off, as the recipe)")
+    p.add_argument("--sparsity", type=float, default=None, help="the prune stage's sparsity (default: the recipe's)")
     p.add_argument("--generate-tokens", type=int, default=12288)
     p.add_argument("--eval-seqs", type=int, default=8)
     p.add_argument("--out", default=str(RESULTS_DIR / f"{NAME}.json"))
@@ -93,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     say("original: " + ", ".join(f"{d} {v['perplexity']:.2f}" for d, v in original.items() if isinstance(v, dict)))
 
     pruned = copy.deepcopy(teacher)
-    prune_cfg = PruneConfig(**{k: v for k, v in stage["prune"].items() if k not in ("recover", "progress")},
-                            progress=not args.quiet)
+    prune_fields = {k: v for k, v in stage["prune"].items() if k not in ("recover", "progress")}
+    if args.sparsity is not None:
+        prune_fields["sparsity"] = args.sparsity
+    prune_cfg = PruneConfig(**prune_fields, progress=not args.quiet)
     t0 = time.perf_counter()
     compress.prune(pruned, prune_cfg, splits)
     result: dict[str, Any] = {

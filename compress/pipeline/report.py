@@ -81,9 +81,11 @@ class RunReport(Report):
         ev = self.original.get("eval") or {}
         lines = [fmt(rows[0]), "  ".join("-" * w for w in widths), *map(fmt, rows[1:])]
         per = ev.get("domains") or {"": ev}
+        stored = (self.original.get("size") or {}).get("stored_dtype")
         lines.append("(held-out: " + "; ".join(f"{d + ' ' if d else ''}{v.get('sequences', '?')} sequences x {v.get('seq_len', '?')} tokens"
                                                 for d, v in per.items())
-                     + f"; KL and top-1 agreement against the original; tokens/s of the forward pass on {self.machine.get('device', '?')})")
+                     + f"; KL and top-1 agreement against the original; tokens/s of the forward pass on {self.machine.get('device', '?')}"
+                     + (f"; on disk: the weights file with floats in {stored}, as exported" if stored else "") + ")")
         ratio = self.headline_ratio()
         if ratio is not None:
             lines.append(f"headline: the final model's perplexity is {ratio:.2f}x the original's on {self.unseen()}, "

@@ -287,7 +287,7 @@ def _stage(r: _Run, i: int, redo: bool) -> dict[str, Any]:
     record.update(result=result, summary=summary, seconds=time.perf_counter() - t0)
     _note_run(model, r, i)
     path = _save(model, r, i, stage)
-    record.update(checkpoint=str(path), size=_size(model, path))
+    record.update(checkpoint=str(path), size=_size(model, _stored_dtype(r)))
     r.dirs.write_record(i, stage.kind, record)  # the stage is done from here on, evaluated or not
     if isinstance(stage, Recover):
         shutil.rmtree(r.dirs.train_dir(i, stage.kind) / "checkpoints", ignore_errors=True)  # only a resume needs them
@@ -342,15 +342,17 @@ def _save(model: nn.Module, r: _Run, i: int, stage: Stage) -> Path:
 
 # -- measuring -----------------------------------------------------------------
 
-def _size(model: nn.Module, checkpoint: Path | None) -> dict[str, Any]:
-    """Parameters, bytes of the weights file(s) and bits per weight, overall and inside the layers."""
-    total, non_emb = count_parameters(model)
-    disk = sum(f.stat().st_size for f in checkpoint.glob("model*.safetensors")) if checkpoint else None
-    if disk is None:  # the original is not saved: what its safetensors file would hold
-        from compress.sizes import bytes_on_disk
+def _size(model: nn.Module, dtype: str | None) -> dict[str, Any]:
+    """Parameters, bytes of the weights file ``compress.save(model, dtype=dtype)`` writes (the exports' dtype; the
+    stage checkpoints kept for resuming are float32) and bits per weight, overall and inside the layers."""
+    from compress.io.storage import is_cast, packed_names, stored_dtype
+    from compress.quantization.budget import stored_file_bytes
 
-        disk = bytes_on_disk(model)
+    total, non_emb = count_parameters(model)
+    stored = stored_dtype(dtype)
+    disk = stored_file_bytes(model, stored)
     size = {"params": total, "params_non_embedding": non_emb, "disk_bytes": disk,
+            "stored_dtype": str(stored).removeprefix("torch."),
             "bits_per_weight": 8 * disk / total if total else None, "bits_per_weight_layers": None}
     try:
         layers = adapter_for(model).layers
@@ -358,9 +360,16 @@ def _size(model: nn.Module, checkpoint: Path | None) -> dict[str, Any]:
         return size
     n = sum(p.numel() for p in layers.parameters()) + sum(
         int(m.logical_numel()) for m in layers.modules() if callable(getattr(m, "logical_numel", None)))
-    nbytes = sum(t.nbytes for t in layers.state_dict().values())
+    keep = packed_names(layers)
+    nbytes = sum(t.numel() * (stored.itemsize if is_cast(k, t, keep) else t.element_size())
+                 for k, t in layers.state_dict().items())
     size["bits_per_weight_layers"] = 8 * nbytes / n if n else None
     return size
+
+
+def _stored_dtype(r: _Run) -> str | None:
+    """The dtype the run's weights are shipped in: its first export stage's (None: bfloat16, the default)."""
+    return next((s.dtype for s in r.recipe.stages if isinstance(s, Export)), None)
 
 
 def _evaluate(r: _Run, model: nn.Module, name: str, reference: nn.Module | None) -> dict[str, Any]:
@@ -411,10 +420,11 @@ def _original_record(r: _Run) -> dict[str, Any]:
     path = r.dirs.root / ORIGINAL_FILE
     saved = read_json(path)
     if saved is not None and saved.get("eval_key") == r.eval_key:
+        saved["size"] = _size(r.original, _stored_dtype(r))  # cheap, and the exports' dtype may have changed
         return saved
     r.log("measuring the original model")
     t0 = time.perf_counter()
-    record = {"size": _size(r.original, None), "eval": _evaluate(r, r.original, "original", None), "eval_key": r.eval_key}
+    record = {"size": _size(r.original, _stored_dtype(r)), "eval": _evaluate(r, r.original, "original", None), "eval_key": r.eval_key}
     record["eval"]["seconds"] = time.perf_counter() - t0
     r.log(f"    {_one_line(record)}")
     write_json(path, record)
