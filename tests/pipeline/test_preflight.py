@@ -143,9 +143,9 @@ def test_a_clean_recipe_passes_with_a_memory_estimate(tiny_inputs):
 
 def test_quantised_embeddings_are_checked_against_the_exports_before_the_run():
     recipe = load_recipe({"stages": [{"quantize": {"method": "int4", "group_size": 32, "embeddings": "int8"}},
-                                     {"export": ["gguf", "hf"]}]})
+                                     {"export": ["gguf", "hf", "gptq"]}]})
     problems = preflight(recipe, tiny_model("llama"), _splits(), CPU).problems
-    assert len(problems) == 1 and "hold quantised embeddings, which the hf format has no type for" in problems[0]
+    assert len(problems) == 1 and "hold quantised embeddings, which the gptq format has no type for" in problems[0]
     bad = load_recipe({"stages": [{"quantize": {"method": "int4", "group_size": 32, "embeddings": "int4",
                                                 "embedding_group_size": 128}}]})
     problems = preflight(bad, tiny_model("llama"), _splits(), CPU).problems

@@ -172,7 +172,24 @@ def _quantised(kind, family="llama"):
     return model
 
 
-@pytest.mark.parametrize("fmt", ["hf", "gptq", "compressed-tensors"])
+@pytest.mark.parametrize("kind,family,dtype", [("int8", "llama", "float32"), ("int4", "mistral", "bfloat16")])
+def test_hf_dequantises_quantised_embeddings_and_transformers_reads_them(tmp_path, kind, family, dtype):
+    from safetensors import safe_open
+
+    model = _quantised(kind, family)
+    # verify: transformers loads it without compress-lm, logits against ours with the floats rounded as stored
+    report = export(model, None, tmp_path / "hf", "hf", verify=True, dtype=dtype)
+    if dtype == "float32":
+        assert "max |logit difference| 0.00e+00" in report.check
+    with safe_open(str(tmp_path / "hf" / "model.safetensors"), "pt") as f:
+        names = set(f.keys())
+        table = f.get_tensor("model.embed_tokens.weight")
+    assert not any(n.endswith((".qdata", ".scales")) and "embed" in n for n in names)
+    assert torch.equal(table, model.get_input_embeddings().dequantize_weight(getattr(torch, dtype)))
+    assert ("lm_head.weight" in names) != model.config.tie_word_embeddings  # a tied pair stays one tensor
+
+
+@pytest.mark.parametrize("fmt", ["gptq", "compressed-tensors"])
 def test_formats_without_a_type_for_quantised_embeddings_refuse(tmp_path, fmt):
     with pytest.raises(ExportError, match=f"hold quantised embeddings, which the {fmt} format has no type for"):
         export(_quantised("int8"), None, tmp_path / "x", fmt)

@@ -69,9 +69,9 @@ def export_problems(model: nn.Module, format: str, *, gguf_type: Optional[str] =
     if fmt == "gguf":
         return gguf_file.problems(model, gguf_type)
     embeddings = [n for n, m in model.named_modules() if is_packed(m, "embedding")]
-    if embeddings:
+    if embeddings and fmt != "hf":  # hf stores floats: it dequantises tables as it dequantises linears
         return [f"{short_list(embeddings)} hold quantised embeddings, which the {fmt} format has no type for; export "
-                f"as gguf or native, or quantise without embeddings (--embeddings none)"]
+                f"as gguf, hf (dequantised) or native, or quantise without embeddings (--embeddings none)"]
     return _PROBLEMS[fmt](model)
 
 

@@ -98,13 +98,23 @@ def state_without_packed(model: nn.Module, modules: dict[str, nn.Module], dtype:
     return tensors
 
 
+def quantized_embeddings(model: nn.Module) -> dict[str, nn.Module]:
+    """Name -> quantised embedding table (``QuantEmbedding``: an input embedding or an untied head), in model order."""
+    return {n: m for n, m in model.named_modules() if is_packed(m, "embedding")}
+
+
 def float_state(model: nn.Module, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
-    """The state dict with every packed module replaced by its dequantised ``weight`` (no tied duplicates)."""
+    """The state dict with every packed module replaced by its dequantised ``weight`` (no tied duplicates): linears
+    and embedding tables (a tied head reads the embedding's, so the tie stays one tensor)."""
     dtype = dtype or float_dtype(model)
     modules = quantized_modules(model)
     tensors = state_without_packed(model, modules, dtype)
     for name, module in modules.items():
         tensors[f"{name}.weight"] = module.dequantize_weight(dtype).cpu()
+    for name, table in quantized_embeddings(model).items():
+        for buf, _ in table.named_buffers(recurse=False):
+            tensors.pop(f"{name}.{buf}", None)
+        tensors[f"{name}.weight"] = table.dequantize_weight(dtype).cpu()
     return tensors
 
 

@@ -1,7 +1,7 @@
 """``hf``: plain float weights that ``AutoModelForCausalLM.from_pretrained`` loads.
 
-Packed modules are dequantised (the file is as large as an unquantised
-model of the same widths).  A model whose layers were pruned to different
+Packed modules, quantised embedding tables included, are dequantised (the
+file is as large as an unquantised model of the same widths).  A model whose layers were pruned to different
 widths gets the shipped modeling file of ``compress.io.remote_code``, so it
 loads with ``trust_remote_code=True`` and nothing of compress-lm installed.
 """
@@ -18,6 +18,7 @@ from compress.io.exports.base import Output
 from compress.io.exports.common import (
     float_state,
     is_uniform,
+    quantized_embeddings,
     quantized_modules,
     write_model_files,
 )
@@ -38,10 +39,11 @@ def write(model: nn.Module, tokenizer: Any, directory: Path, final_path: str, dt
     notes = []
     packed = quantized_modules(model)
     # the dequantised weights as the file holds them (rounded to the stored dtype), for the check
+    tables = quantized_embeddings(model)
     expected = {f"{n}.weight": m.dequantize_weight(dtype).to(torch.float32).cpu()
-                for n, m in packed.items()} if dtype != torch.float32 else {}
-    if packed:
-        notes.append(f"{len(packed)} packed modules were dequantised to {str(dtype).removeprefix('torch.')}; "
+                for n, m in {**packed, **tables}.items()} if dtype != torch.float32 else {}
+    if packed or tables:
+        notes.append(f"{len(packed) + len(tables)} packed modules were dequantised to {str(dtype).removeprefix('torch.')}; "
                      f"the values are the quantised ones, the size is that of a float model.")
     a8 = [n for n, m in packed.items() if getattr(m, "activations", "a16") == "a8"]
     if a8:

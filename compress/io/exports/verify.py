@@ -131,7 +131,42 @@ def reference_model(model: nn.Module, fmt: str, out: Output) -> nn.Module:
             ref.set_submodule(module, linear)
         elif name in params:
             params[name].data = value.to(torch.float32).reshape(params[name].shape)
+    _float_tables(ref, out.expected)
     return ref
+
+
+class _FloatTable(nn.Module):
+    """A quantised embedding table as a float file holds it: a lookup (times a Gemma3-style scale) or a head."""
+
+    def __init__(self, weight: torch.Tensor, table: nn.Module):
+        super().__init__()
+        self.weight = nn.Parameter(weight.to(torch.float32), requires_grad=False)
+        self.role, self.embed_scale = table.role, table.embed_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.role == "head":
+            return torch.nn.functional.linear(x, self.weight.to(x.dtype))
+        rows = torch.nn.functional.embedding(x, self.weight)
+        if self.embed_scale is not None:
+            rows = rows * torch.tensor(self.embed_scale, dtype=torch.float32).to(rows.dtype)
+        return rows
+
+
+def _float_tables(ref: nn.Module, expected: dict[str, torch.Tensor]) -> None:
+    """Quantised embeddings (and the heads tied to them) hold the dequantised tables the file stores."""
+    from compress.io.exports.common import quantized_embeddings
+
+    swapped = {}
+    for name, table in quantized_embeddings(ref).items():
+        if f"{name}.weight" in expected:
+            swapped[id(table)] = _FloatTable(expected[f"{name}.weight"], table)
+            ref.set_submodule(name, swapped[id(table)])
+    for name, m in list(ref.named_modules()):
+        if getattr(m, "kind", None) == "tied_head" and id(m.table) in swapped:
+            table = swapped[id(m.table)]
+            head = nn.Linear(table.weight.shape[1], table.weight.shape[0], bias=False)
+            head.weight = table.weight  # still one tensor, as the tie in the file
+            ref.set_submodule(name, head)
 
 
 @dataclass
