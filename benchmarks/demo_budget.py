@@ -13,6 +13,10 @@ same run.
 
     OMP_NUM_THREADS=1 python benchmarks/demo_budget.py                   # JSON + PNG in benchmarks/results/
     python benchmarks/demo_budget.py --steps 40 80 --out /tmp/d.json
+    python benchmarks/demo_budget.py --steps 40 --sparsity 0.1 --group-size 32 --hidden-weight 1 --out /tmp/v.json
+
+``--sparsity``, ``--group-size``: the prune and quantize stages at another
+setting than the recipe's; ``--hidden-weight``: ``RecoverConfig.hidden_weight``.
 """
 from __future__ import annotations
 
@@ -70,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden-weight", type=float, default=0.0,
                    help="RecoverConfig.hidden_weight: the decoder-layer hidden-state term beside the KL (0: off, as the recipe)")
     p.add_argument("--sparsity", type=float, default=None, help="the prune stage's sparsity (default: the recipe's)")
+    p.add_argument("--group-size", type=int, default=None, help="the quantize stage's group size (default: the recipe's)")
     p.add_argument("--generate-tokens", type=int, default=12288)
     p.add_argument("--eval-seqs", type=int, default=8)
     p.add_argument("--out", default=str(RESULTS_DIR / f"{NAME}.json"))
@@ -77,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if any(s < 1 for s in args.steps):
         p.error("--steps takes positive step counts")
+    if args.sparsity is not None and not 0 < args.sparsity < 1:
+        p.error("--sparsity is a fraction between 0 and 1, such as 0.1")
+    if args.group_size is not None and args.group_size < 1:
+        p.error("--group-size takes a positive group size, such as 32")
 
     import compress
     from compress.io.atomic import write_json
@@ -107,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     say("pruned: " + _line(result["pruned"]))
     quant = {k: v for k, v in stage["quantize"].items()
              if k in ("method", "bits", "group_size", "symmetric", "zero_point", "gptq", "calibration_sequences")}
+    if args.group_size is not None:
+        quant["group_size"] = args.group_size
     for steps in args.steps:
         student = copy.deepcopy(pruned)
         t0 = time.perf_counter()

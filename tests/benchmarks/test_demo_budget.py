@@ -11,6 +11,10 @@ def test_demo_budget_refuses_a_step_count_that_is_not_positive(capsys):
     with pytest.raises(SystemExit) as err:
         demo_budget.main(["--steps", "40", "0"])
     assert err.value.code == 2 and "positive step counts" in capsys.readouterr().err
+    for flags, message in ((["--sparsity", "1.5"], "between 0 and 1"), (["--group-size", "0"], "positive group size")):
+        with pytest.raises(SystemExit) as err:
+            demo_budget.main(flags)
+        assert err.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_demo_budget_plot_draws_both_domains_before_and_after_int4(tmp_path):
