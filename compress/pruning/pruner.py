@@ -139,6 +139,11 @@ class _Pruning:
         """One pass on fresh windows: layer cosines if asked, and what ``importance`` needs if ``scores``."""
         assert self.tokens is not None
         ids = sample_windows(self.tokens, self.cfg.calib_samples, self.seq_len, self.generator)
+        if ids.shape[0] < self.cfg.calib_samples and not any(n.startswith("Calibration read") for n in self.notes):
+            self.notes.append(  # one window per sequence: asking for more windows than sequences changes nothing
+                f"Calibration read {ids.shape[0]} windows per sub-step, not calib_samples={self.cfg.calib_samples}: "
+                f"the text gives {ids.shape[0]} calibration sequences and each gives one window; give more text "
+                f"(or a larger calibration split) for more.")
         self.last_windows = ids[: self.cfg.kv_loss_windows]
         stats = calibrate(
             self.model, self.adapter, ids,

@@ -216,6 +216,14 @@ def test_a_sparsity_that_would_empty_a_layer_is_refused_before_any_surgery():
     assert unchanged(model, before)
 
 
+def test_asking_for_more_windows_than_calibration_sequences_is_noted():
+    report = prune(gqa_model("llama"), 0.3, data=calib(n=3), **{**FAST, "calib_samples": 6})
+    notes = [n for n in report.skipped if n.startswith("Calibration read")]
+    assert notes == ["Calibration read 3 windows per sub-step, not calib_samples=6: the text gives 3 calibration "
+                     "sequences and each gives one window; give more text (or a larger calibration split) for more."]
+    assert not any("Calibration read" in n for n in prune(gqa_model("llama"), 0.3, data=calib(n=8), **FAST).skipped)
+
+
 def test_calibration_shorter_than_one_sequence():
     with pytest.raises(CompressError, match="Calibration sequences are 8 tokens long, shorter than calib_seq_len=16"):
         prune(gqa_model("llama"), 0.3, data=calib(seq_len=8), **FAST)
