@@ -1,6 +1,6 @@
 """How Adapt-Pruner spreads a 20% prune over the layers, and what that costs on both domains before any training.
 
-SmolLM2-135M pruned as ``make demo`` prunes it (20%, Taylor scores, sub-step
+SmolLM2-135M pruned as ``make demo`` pruned it until 1dd7b9c (20%, Taylor scores, sub-step
 0.1, 32 calibration windows of 64 tokens per sub-step, widths multiples of
 64, no refit), once per arm from the same original:
 

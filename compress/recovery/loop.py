@@ -323,7 +323,7 @@ class _Run:
             ids = self.data.train[rows].to(self.device)
             with D.no_sync(ddp, micro < cfg.grad_accum - 1):
                 with self._autocast():
-                    out = ddp(input_ids=ids, output_hidden_states=True) if self.objective.use_hidden else ddp(input_ids=ids)
+                    out = ddp(input_ids=ids, output_hidden_states=self.objective.use_hidden)
                 logits = out.logits[:, :-1]
                 hidden = out.hidden_states[1:] if self.objective.use_hidden else None
                 loss, kd, ce = self.objective(logits, ids, rows, hidden)

@@ -49,20 +49,18 @@ class Objective:
         computed is NaN (the hidden-state term is part of ``loss`` only)."""
         cfg = self.cfg
         kd = ce = t_hidden = None
-        if self.use_hidden:
-            if hidden is None:
-                raise RecoverError("hidden_weight > 0 but the student's hidden states were not passed.")
+        if self.use_hidden and hidden is None:
+            raise RecoverError("hidden_weight > 0 but the student's hidden states were not passed.")
+        if self.use_hidden or (self.use_kd and self.offline is None):  # one teacher forward serves both terms
             with torch.no_grad(), self.autocast():
-                out = self.teacher(input_ids=ids, output_hidden_states=True)
-            t_logits, t_hidden = out.logits[:, :-1], out.hidden_states[1:]
+                out = self.teacher(input_ids=ids, output_hidden_states=self.use_hidden)
+            t_logits = out.logits[:, :-1]
+            t_hidden = out.hidden_states[1:] if self.use_hidden else None
         if self.use_kd:
             if self.offline is not None:
                 lp, ix = self.offline.lookup(rows)
                 kd = topk_kd_loss(logits, lp.to(self.device), ix.to(self.device), cfg.temperature)
             else:
-                if t_hidden is None:
-                    with torch.no_grad(), self.autocast():
-                        t_logits = self.teacher(input_ids=ids).logits[:, :-1]
                 if t_logits.shape[-1] != logits.shape[-1]:
                     raise RecoverError(
                         f"The teacher gives {t_logits.shape[-1]} logits per token and the student {logits.shape[-1]}; "

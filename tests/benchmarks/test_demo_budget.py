@@ -19,7 +19,7 @@ def test_demo_budget_refuses_a_step_count_that_is_not_positive(capsys):
 
 def test_demo_budget_plot_draws_both_domains_before_and_after_int4(tmp_path):
     m = lambda r: {d: {"perplexity": 60.0, "ratio": r, "kl": 0.5, "top1": 0.5} for d in ("shakespeare", "news")}  # noqa: E731
-    result = {"pruned": m(2.2), "rows": [{"steps": s, "distilled": m(1.8), "quantized": m(1.9)} for s in (40, 80)]}
+    result = {"prune": {"sparsity": 0.1}, "pruned": m(2.2), "rows": [{"steps": s, "distilled": m(1.8), "quantized": m(1.9)} for s in (40, 80)]}
     assert demo_budget.plot(result, tmp_path / "d.png").stat().st_size > 1000
     assert "news 60.00 (1.800x, KL 0.500)" in demo_budget._line(m(1.8))
 
