@@ -4,6 +4,8 @@ One run loads SmolLM2-135M (float32, the original, measured in the same run)
 and builds, each from a fresh copy:
 
     uniform int4 and int3 RTN g128 / g64 / g32, each with the embedding table kept (bfloat16), int8 or int4 g32
+    (a quantised table's codes chosen by GPTQ against the head's inputs on the calibration text, the default
+    embedding_rounding, as the budgets choose them)
     uniform ternary absmean, with the embedding table kept or int4 g32
     bitsandbytes NF4 and HQQ 4-bit g64 (benchmarks/quant_quality.py's builders; embedding kept)
     size budgets (QuantConfig(target_size=...)), round-to-nearest, without int3 among the candidates
@@ -146,7 +148,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             m = copy.deepcopy(model)
             qcfg = QuantConfig(**qfields, embeddings=emb, progress=False)
             t = time.perf_counter()
-            compress.quantize(m, qcfg)
+            # with data, as a user's uniform run with a quantised table would: its codes chosen against the head's inputs
+            compress.quantize(m, qcfg, data=None if emb is None else calib)
             label = f"{fmt} RTN" + ("" if emb is None else f" + {emb} emb")
             record(label, m, "uniform", saved_bytes(m), f"compress.quantize {qcfg.label()}, embeddings {emb or 'bf16'}",
                    {"quantise_seconds": time.perf_counter() - t})

@@ -160,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "groups (default none: kept in --dtype)")
     p.add_argument("--embedding-group-size", type=int, metavar="G",
                    help="int4 embedding group size along the row, a power of two (default 32, GGUF's Q4_0 block)")
+    p.add_argument("--embedding-rounding", choices=["gptq", "nearest"],
+                   help="how --embeddings chooses the table's codes: gptq (default) against the output head's inputs "
+                        "on --data (the default text when none is given; lower error on any text), or nearest "
+                        "(no calibration text read)")
     p.add_argument("--target-size", metavar="SIZE",
                    help="size budget of the weights file, e.g. 80MiB (B, KB, KiB, MB, MiB, GB, GiB): each module's "
                         "format is chosen by measured error per byte (uses --data); --method is then the base")
@@ -171,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sensitivity probe --target-size measures errors with (default layer-error; kl is slowest)")
     p.add_argument("--target-sequences", type=int, metavar="N",
                    help="calibration windows --target-size measures errors on (default 4)")
-    _add_data(p, "calibration text for GPTQ and --target-size")
+    _add_data(p, "calibration text for GPTQ, --target-size and --embeddings' GPTQ codes")
     _add_output(p)
     p.set_defaults(func=cmd_quantize)
 
@@ -395,6 +399,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     given = {"embeddings": None if args.embeddings == "none" else args.embeddings} if args.embeddings else {}
     if args.embedding_group_size is not None:
         given["embedding_group_size"] = args.embedding_group_size
+    if args.embedding_rounding is not None:
+        given["embedding_rounding"] = args.embedding_rounding
     if hasattr(args, "calibration_sequences"):  # passed on only when given: QuantConfig holds the default
         given["calibration_sequences"] = args.calibration_sequences
     target = {k: getattr(args, k) for k in ("target_size", "target_metric", "target_sequences") if getattr(args, k) is not None}
@@ -416,7 +422,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     bits = 2.2 if isinstance(config, TernaryConfig) else config.bits + 0.5  # packed weights and scales, rounded up
     budget = config.target_size is not None
     if not budget:
-        return _compress_and_save(args, config.gptq, lambda model, data: api.quantize(model, config, data=data), bits)
+        head_gptq = config.embeddings is not None and config.embedding_rounding == "gptq"
+        return _compress_and_save(args, config.gptq or head_gptq, lambda model, data: api.quantize(model, config, data=data),
+                                  bits)
     from compress.quantization.budget import check_budget
 
     return _compress_and_save(args, True, lambda model, data: api.quantize(model, config, data=data, dtype=args.dtype),

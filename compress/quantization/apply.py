@@ -52,11 +52,13 @@ def quantize(model: nn.Module, config: ConfigLike = None, data: Any = None, *, d
         if problems:
             raise QuantError("Cannot quantise the embeddings: " + "; ".join(problems) + ".")
     gptq_targets = [t for t in plan.targets if t.config.gptq and not t.from_qat]
-    ids = _calibration_ids(data) if gptq_targets else None
+    head_gptq = cfg.embeddings is not None and cfg.embedding_rounding == "gptq" and data is not None
+    ids = _calibration_ids(data) if gptq_targets or head_gptq else None  # checked before any weight changes
     notes: list[str] = []
     if ids is not None and cfg.calibration_sequences is not None and len(ids) > cfg.calibration_sequences:
-        notes.append(f"note: GPTQ calibrated on the first {cfg.calibration_sequences} of {len(ids)} calibration "
-                     f"sequences (calibration_sequences).")
+        if gptq_targets:
+            notes.append(f"note: GPTQ calibrated on the first {cfg.calibration_sequences} of {len(ids)} calibration "
+                         f"sequences (calibration_sequences).")
         ids = ids[: cfg.calibration_sequences]
     params_before, bytes_before = count_parameters(model)[0], bytes_in_memory(model)
     records: list[ModuleRecord] = []
@@ -84,8 +86,9 @@ def quantize(model: nn.Module, config: ConfigLike = None, data: Any = None, *, d
     if cfg.embeddings is not None:
         from compress.quantization.embedding import quantize_embeddings
 
+        hessian = _head_hessian(model, cfg, data, ids, notes)
         for name, label, nbytes in quantize_embeddings(model, cfg.embeddings, cfg.embedding_group_size,
-                                                       cfg.torch_scale_dtype):
+                                                       cfg.torch_scale_dtype, head_hessian=hessian):
             m = model.get_submodule(name)
             records.append(ModuleRecord(name, (m.out_features, m.in_features) if hasattr(m, "out_features")
                                         else (m.num_embeddings, m.embedding_dim), label, nbytes))
@@ -103,6 +106,25 @@ def quantize(model: nn.Module, config: ConfigLike = None, data: Any = None, *, d
         seconds=time.perf_counter() - start,
         notes=notes,
     )
+
+
+def _head_hessian(model: nn.Module, cfg: QuantConfig, data: Any, ids: Optional[torch.Tensor],
+                  notes: list[str]) -> Optional[torch.Tensor]:
+    """The output head's input Hessian for ``embedding_rounding="gptq"`` (None: round to nearest, with a note why)."""
+    from compress.quantization.embedding import HEAD_CALIBRATION_SEQUENCES, _head, head_input_hessian
+
+    _, head = _head(model)
+    if cfg.embedding_rounding != "gptq" or not isinstance(head, nn.Linear):
+        return None
+    if ids is None:
+        notes.append("note: the embedding table was rounded to nearest: pass calibration data (data=, --data) to "
+                     "choose its codes by GPTQ against the output head's inputs (lower error), or set "
+                     "embedding_rounding='nearest' to silence this.")
+        return None
+    n = min(len(ids), HEAD_CALIBRATION_SEQUENCES)
+    notes.append(f"note: the embedding table's codes chosen by GPTQ against the output head's inputs on {n} "
+                 f"calibration sequences.")
+    return head_input_hessian(model, ids[:n], cfg.calibration_batch_size)
 
 
 def quantize_to_size(model: nn.Module, config: QuantConfig, data: Any = None, *, dtype: Any = None,

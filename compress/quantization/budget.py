@@ -143,6 +143,7 @@ class Unit:
     shape: tuple[int, int]
     options: list[Option]
     choice: int = 0
+    hessian: Optional[torch.Tensor] = None  # embedding: the head's input Hessian its codes are chosen against
 
     @property
     def chosen(self) -> Option:
@@ -317,6 +318,9 @@ def plan_budget(model: nn.Module, config: QuantConfig, data: Any, *, dtype: Any 
         if data is not None:  # planned from given errors: the guard still measures on the windows
             probe, windows = _probe(model, config, data)
             seqs, seq_len = int(windows.shape[0]), int(windows.shape[1])
+            for u in units:
+                if u.kind == "embedding":
+                    u.hessian = _head_hessian(model, config, data, notes)
     _choose(units, target - fixed)
     guard: dict[str, float] = {}
     guard_choice = None
@@ -482,6 +486,7 @@ def _measure(model: nn.Module, config: QuantConfig, data: Any, units: list[Unit]
                     o.error = o.raw_error if config.target_metric == "kl" else scale[o.format] * o.raw_error ** 2
         for u in units:
             if u.kind == "embedding":
+                u.hessian = _head_hessian(model, config, data, notes)
                 _measure_embedding(model, config, probe, u)
     finally:
         model.train(was_training)
@@ -518,8 +523,24 @@ def _probe(model: nn.Module, config: QuantConfig, data: Any) -> tuple[Any, torch
     return probe, windows
 
 
-def _embedding_changes(model: nn.Module, config: QuantConfig, fmt: str) -> list:
-    """The embedding table (and an untied head kept with it) rounded to ``fmt``, as probe changes."""
+def _head_hessian(model: nn.Module, config: QuantConfig, data: Any, notes: list[str]) -> Optional[torch.Tensor]:
+    """The head's input Hessian the table's codes will be chosen against (None under embedding_rounding="nearest")."""
+    from compress.quantization.embedding import HEAD_CALIBRATION_SEQUENCES, head_input_hessian
+    from compress.sensitivity.measure import calibration_rows
+
+    if config.embedding_rounding != "gptq":
+        return None
+    rows = calibration_rows(data)[:HEAD_CALIBRATION_SEQUENCES].long()
+    notes.append(f"the embedding formats measured with codes chosen by GPTQ against the output head's inputs on "
+                 f"{len(rows)} calibration sequences, as quantising will choose them.")
+    return head_input_hessian(model, rows, config.calibration_batch_size)
+
+
+def _embedding_changes(model: nn.Module, config: QuantConfig, fmt: str, hessian: Optional[torch.Tensor] = None) -> list:
+    """The embedding table (and an untied head kept with it) rounded to ``fmt``, as probe changes.
+
+    ``hessian``: the head's input Hessian; the rows the head reads get GPTQ codes against it, as ``quantize`` does.
+    """
     from compress.quantization.embedding import _head, quantize_rows
 
     embed = model.get_input_embeddings()
@@ -527,23 +548,24 @@ def _embedding_changes(model: nn.Module, config: QuantConfig, fmt: str) -> list:
     tied = head is not None and getattr(head, "weight", None) is embed.weight
     bits = 8 if fmt.endswith("int8") else 4
 
-    def rounded(w: torch.Tensor) -> torch.Tensor:
+    def rounded(w: torch.Tensor, H: Optional[torch.Tensor]) -> torch.Tensor:
         group = w.shape[1] if bits == 8 else config.embedding_group_size
-        codes, scales = quantize_rows(w, bits, group, config.torch_scale_dtype)
+        codes, scales = quantize_rows(w, bits, group, config.torch_scale_dtype, H)
         V, D = w.shape
         return (codes.to(torch.float32).reshape(V, D // group, group) * scales.to(torch.float32)[..., None]
                 ).reshape(V, D).to(w.dtype)
 
-    changes = [(embed, rounded(embed.weight))]
-    if isinstance(head, nn.Linear) and not tied:
-        changes.append((head, rounded(head.weight)))
+    head_linear = isinstance(head, nn.Linear)
+    changes = [(embed, rounded(embed.weight, hessian if tied and head_linear else None))]
+    if head_linear and not tied:
+        changes.append((head, rounded(head.weight, hessian)))
     return changes
 
 
 def _measure_embedding(model: nn.Module, config: QuantConfig, probe: Any, unit: Unit) -> None:
     for o in unit.options:
         if o.format != "keep":
-            o.error = o.raw_error = probe.error(0, _embedding_changes(model, config, o.format))
+            o.error = o.raw_error = probe.error(0, _embedding_changes(model, config, o.format, unit.hessian))
 
 
 def _assignment_kl(model: nn.Module, config: QuantConfig, probe: Any, units: list[Unit], picks: list[int]) -> float:
@@ -559,7 +581,7 @@ def _assignment_kl(model: nn.Module, config: QuantConfig, probe: Any, units: lis
             lin = model.get_submodule(u.name)
             changes.append((lin, fake_quantize(lin.weight, o.config)))
         else:
-            changes += _embedding_changes(model, config, o.format)
+            changes += _embedding_changes(model, config, o.format, u.hessian)
     return probe.error(0, changes)
 
 

@@ -26,6 +26,7 @@ ACTIVATIONS = ("a16", "a8")
 SCALE_DTYPES = ("float16", "bfloat16", "float32")
 ZERO_POINTS = ("integer", "float")
 EMBEDDING_FORMATS = ("int8", "int4")  # see compress.quantization.embedding
+EMBEDDING_ROUNDINGS = ("gptq", "nearest")  # how the table's codes are chosen (gptq: against the head's inputs)
 # The pseudo-name for the model's output head, whatever its path is.
 OUTPUT_HEAD = "lm_head"
 # Candidate formats a size budget (``target_size``) chooses among: per linear module, and for the embedding table
@@ -49,6 +50,7 @@ FIELD_ORDER = (
     "act_order", "clip_search", "gptaq", "gptaq_alpha", "group_refit", "block_size", "true_sequential",
     "calibration_batch_size", "calibration_sequences", "scale_dtype", "embeddings", "embedding_group_size", "modules_to_not_convert",
     "overrides", "target_size", "target_formats", "target_metric", "target_sequences", "progress",
+    "embedding_rounding",
 )
 
 
@@ -147,7 +149,11 @@ class QuantConfig(metaclass=_PicksMethod):
     full precision; ``"lm_head"`` stands for the model's output head whatever
     its path.  ``embeddings`` quantises the input embedding and the output
     head (tied: once, they stay tied) as ``"int8"`` (per row) or ``"int4"``
-    (groups of ``embedding_group_size`` along the row); None keeps them.  ``overrides`` maps a name or
+    (groups of ``embedding_group_size`` along the row); None keeps them.
+    ``embedding_rounding="gptq"`` (default) chooses the codes of the head's
+    rows (a tied table's) by GPTQ against the head's inputs on up to 32
+    calibration sequences when ``data`` is given (round to nearest without
+    it, with a note); ``"nearest"`` always rounds to nearest.  ``overrides`` maps a name or
     regex to a config, a shorthand, a dict of field changes, or None (keep);
     the first matching key wins.  A name matches a key when it equals it,
     ends with ``"." + key``, or ``re.fullmatch``-es it.
@@ -180,6 +186,7 @@ class QuantConfig(metaclass=_PicksMethod):
     scale_dtype: str = "float16"
     embeddings: Optional[str] = None
     embedding_group_size: int = 32
+    embedding_rounding: str = "gptq"
     modules_to_not_convert: tuple[str, ...] = (OUTPUT_HEAD,)
     overrides: Mapping[str, Any] = field(default_factory=dict)
     # size budget (compress.quantization.budget)
@@ -195,6 +202,7 @@ class QuantConfig(metaclass=_PicksMethod):
         if self.embeddings is not None and self.embeddings not in EMBEDDING_FORMATS:
             raise ConfigError(f"embeddings must be one of {', '.join(map(repr, EMBEDDING_FORMATS))} or None, "
                               f"got {self.embeddings!r}.")
+        _choice("embedding_rounding", self.embedding_rounding, EMBEDDING_ROUNDINGS)
         eg = self.embedding_group_size
         if not isinstance(eg, int) or isinstance(eg, bool) or eg < 2 or eg & (eg - 1):
             raise ConfigError(f"embedding_group_size must be a power of two >= 2 (32 by default, GGUF's Q4_0 block), "

@@ -383,3 +383,40 @@ def refit_group_params(w: torch.Tensor, H: torch.Tensor, q: Int4Weights, *, drif
     zeros = None if q.zeros is None else torch.where(better[None, :], new_z, z) if float_zero else q.zeros
     return Int4Weights(codes=q.codes, scales=scales.to(q.scales.dtype),
                        zeros=None if zeros is None else zeros.to(q.zeros.dtype), group_size=G, bits=q.bits)
+
+
+def gptq_rows(w: torch.Tensor, H: torch.Tensor, scales: torch.Tensor, qmin: int, qmax: int, *, damp: float = 0.01,
+              block_size: int = 128) -> torch.Tensor:
+    """Signed codes ``[N, K]`` (int8) for ``w[N, K]`` on a fixed symmetric grid, chosen against ``H[K, K]``.
+
+    ``scales[N, K / G]``: each group's step (groups of G columns), kept as
+    they are; a weight stands for ``code * scale``, ``qmin <= code <= qmax``.
+    The columns go in activation order (largest ``H`` diagonal first), each
+    one's rounding error pushed onto the columns still to do as in
+    ``gptq_quantize``.  For tables whose rows are read through a linear map of
+    known inputs (an output head: H from its inputs), where rounding each
+    weight to nearest ignores which directions those inputs use.
+    """
+    N, K = w.shape
+    G = K // scales.shape[1]
+    H = H.to(device=w.device, dtype=torch.float32).clone()
+    dead = H.diagonal() == 0
+    H[dead, dead] = 1.0
+    perm = torch.argsort(H.diagonal(), descending=True)
+    with _one_cpu_thread(w.device):
+        U = _inverse_cholesky(H[perm][:, perm], damp)
+        Wt = w.detach().to(torch.float32).t()[perm].contiguous()  # a weight column is a contiguous row
+        Wt[dead[perm]] = 0.0
+        St = scales.to(torch.float32).t()[perm // G].contiguous()  # each column's step, one per row of w
+        codes = torch.empty(K, N, dtype=torch.int8, device=w.device)
+        for i1 in range(0, K, block_size):
+            i2 = min(i1 + block_size, K)
+            W1 = Wt[i1:i2].clone()
+            Err1 = torch.empty_like(W1)
+            for i in range(i2 - i1):
+                c = (W1[i] / St[i1 + i]).round_().clamp_(qmin, qmax)
+                codes[i1 + i] = c.to(torch.int8)
+                Err1[i] = (W1[i] - c * St[i1 + i]) / U[i1 + i, i1 + i]
+                W1[i:].addr_(U[i1 + i, i1 + i:i2], Err1[i], alpha=-1.0)
+            Wt[i2:].addmm_(U[i1:i2, i2:].t(), Err1, alpha=-1.0)
+    return codes[torch.argsort(perm)].t().contiguous()
