@@ -18,7 +18,8 @@ same run.
     python benchmarks/demo_budget.py --steps 40 --sparsity 0.1 --group-size 32 --hidden-weight 1 --out /tmp/v.json
 
 ``--sparsity``, ``--group-size``: the prune and quantize stages at another
-setting than the recipe's; ``--hidden-weight``: ``RecoverConfig.hidden_weight``.
+setting than the recipe's; ``--hidden-weight``: ``RecoverConfig.hidden_weight``;
+``--embeddings int8|int4``: the table quantised as well.
 """
 from __future__ import annotations
 
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="RecoverConfig.hidden_weight: the decoder-layer hidden-state term beside the KL (0: off, as the recipe)")
     p.add_argument("--sparsity", type=float, default=None, help="the prune stage's sparsity (default: the recipe's)")
     p.add_argument("--group-size", type=int, default=None, help="the quantize stage's group size (default: the recipe's)")
+    p.add_argument("--embeddings", choices=["int8", "int4"], default=None,
+                   help="quantise the embedding table too (codes by GPTQ against the head's inputs, the default "
+                        "embedding_rounding; default: kept float, the recipe stores it int8)")
     p.add_argument("--generate-tokens", type=int, default=12288)
     p.add_argument("--eval-seqs", type=int, default=8)
     p.add_argument("--out", default=str(RESULTS_DIR / f"{NAME}.json"))
@@ -130,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, Any] = {"steps": steps, "tokens": steps * 4 * 256, "recover_seconds": time.perf_counter() - t0,
                                "distilled": measure(student, teacher, domains, 4)}
         say(f"{steps} steps: " + _line(row["distilled"]))
-        compress.quantize(student, QuantConfig(**quant, progress=not args.quiet), data=splits)
+        compress.quantize(student, QuantConfig(**quant, embeddings=args.embeddings, progress=not args.quiet), data=splits)
         row["quantized"] = measure(student, teacher, domains, 4)
         say(f"{steps} steps + {quant}: " + _line(row["quantized"]))
         result["rows"].append(row)

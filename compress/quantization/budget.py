@@ -320,7 +320,7 @@ def plan_budget(model: nn.Module, config: QuantConfig, data: Any, *, dtype: Any 
             seqs, seq_len = int(windows.shape[0]), int(windows.shape[1])
             for u in units:
                 if u.kind == "embedding":
-                    u.hessian = _head_hessian(model, config, data, notes)
+                    u.hessian = _head_hessian(model, config, data, windows, notes)
     _choose(units, target - fixed)
     guard: dict[str, float] = {}
     guard_choice = None
@@ -486,7 +486,7 @@ def _measure(model: nn.Module, config: QuantConfig, data: Any, units: list[Unit]
                     o.error = o.raw_error if config.target_metric == "kl" else scale[o.format] * o.raw_error ** 2
         for u in units:
             if u.kind == "embedding":
-                u.hessian = _head_hessian(model, config, data, notes)
+                u.hessian = _head_hessian(model, config, data, windows, notes)
                 _measure_embedding(model, config, probe, u)
     finally:
         model.train(was_training)
@@ -523,16 +523,30 @@ def _probe(model: nn.Module, config: QuantConfig, data: Any) -> tuple[Any, torch
     return probe, windows
 
 
-def _head_hessian(model: nn.Module, config: QuantConfig, data: Any, notes: list[str]) -> Optional[torch.Tensor]:
-    """The head's input Hessian the table's codes will be chosen against (None under embedding_rounding="nearest")."""
+def _head_hessian(model: nn.Module, config: QuantConfig, data: Any, windows: torch.Tensor,
+                  notes: list[str]) -> Optional[torch.Tensor]:
+    """The head's input Hessian the table's codes will be chosen against (None under embedding_rounding="nearest").
+
+    Made from calibration rows that hold none of the probe's ``windows`` where
+    any are left: codes fitted to the very tokens they are measured on would
+    look better than they are on other text.
+    """
     from compress.quantization.embedding import HEAD_CALIBRATION_SEQUENCES, head_input_hessian
     from compress.sensitivity.measure import calibration_rows
 
     if config.embedding_rounding != "gptq":
         return None
-    rows = calibration_rows(data)[:HEAD_CALIBRATION_SEQUENCES].long()
+    rows = calibration_rows(data).long()
+    L = windows.shape[1]
+    probed = torch.zeros(len(rows), dtype=torch.bool)
+    if rows.shape[1] >= L:
+        probed = torch.stack([(r.unfold(0, L, 1)[:, None, :] == windows[None].to(r.device)).all(-1).any()
+                              for r in rows])
+    apart = not probed.all()
+    rows = (rows[~probed] if apart else rows)[:HEAD_CALIBRATION_SEQUENCES]
     notes.append(f"the embedding formats measured with codes chosen by GPTQ against the output head's inputs on "
-                 f"{len(rows)} calibration sequences, as quantising will choose them.")
+                 f"{len(rows)} calibration sequences{' other than the windows measured' if apart else ''}, "
+                 f"as quantising will choose them.")
     return head_input_hessian(model, rows, config.calibration_batch_size)
 
 

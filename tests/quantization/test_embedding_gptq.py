@@ -93,3 +93,23 @@ def test_the_cli_refuses_an_unknown_rounding(capsys):
         main(["quantize", "m", "--method", "int4", "--embeddings", "int4", "--embedding-rounding", "best", "-o", "x"])
     assert e.value.code == 2
     assert "--embedding-rounding" in capsys.readouterr().err
+
+
+def test_the_budget_rates_the_table_with_the_codes_quantising_will_write():
+    from compress.quantization.budget import plan_budget, stored_file_bytes
+
+    errors, notes = {}, {}
+    for rounding in ("gptq", "nearest"):
+        model = tiny_model("llama")
+        cfg = QuantConfig(target_size=int(stored_file_bytes(model) * 0.5), embedding_rounding=rounding,
+                          target_sequences=2, progress=False)
+        plan = plan_budget(model, cfg, DATA)
+        table = next(u for u in plan.units if u.kind == "embedding")
+        assert (table.hessian is not None) == (rounding == "gptq")
+        errors[rounding] = {o.format: o.error for o in table.options}
+        notes[rounding] = " ".join(plan.notes)
+    # the Hessian comes from the 4 rows the 2 measured windows are not in
+    assert "GPTQ against the output head's inputs on 4 calibration sequences other than the windows measured" \
+        in notes["gptq"]
+    assert "GPTQ against" not in notes["nearest"]
+    assert errors["gptq"]["embeddings-int4"] != errors["nearest"]["embeddings-int4"]
