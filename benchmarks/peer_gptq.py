@@ -55,6 +55,9 @@ ROWS: dict[str, tuple[str, dict]] = {
     "ours GPTQ symmetric (GPTAQ)": ("ours", {}),
     "ours GPTQ integer zero points (GPTAQ)": ("ours", {"symmetric": False, "zero_point": "integer"}),
     "ours GPTQ symmetric, plain (no GPTAQ)": ("ours", {"gptaq": False}),
+    "ours GPTQ default, bf16 calibration forwards": ("ours", {"symmetric": False, "zero_point": "float",
+                                                              "calibration_dtype": "bfloat16"}),
+    "ours GPTQ symmetric (GPTAQ), bf16 calibration forwards": ("ours", {"calibration_dtype": "bfloat16"}),
     "bitsandbytes NF4 (blocks of 64)": ("peer-rtn", {"make": "nf4"}),
     "HQQ 4-bit": ("peer-rtn", {"make": "hqq"}),
     "llm-compressor W4A16": ("llmc", {"scheme": "W4A16"}),
@@ -63,6 +66,8 @@ ROWS: dict[str, tuple[str, dict]] = {
 SHORT = {"rtn": "ours RTN symmetric", "rtn-float": "ours RTN float zero points", "default": "ours GPTQ default (GPTAQ, float zero points)",
          "sym": "ours GPTQ symmetric (GPTAQ)", "int": "ours GPTQ integer zero points (GPTAQ)",
          "sym-plain": "ours GPTQ symmetric, plain (no GPTAQ)",
+         "default-bf16": "ours GPTQ default, bf16 calibration forwards",
+         "sym-bf16": "ours GPTQ symmetric (GPTAQ), bf16 calibration forwards",
          "nf4": "bitsandbytes NF4 (blocks of 64)", "hqq": "HQQ 4-bit",
          "llmc": "llm-compressor W4A16", "llmc-asym": "llm-compressor W4A16_ASYM"}
 # Which of ours faces which of the peer's (same scheme), and the default against the best of the peer's.

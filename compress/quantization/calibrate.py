@@ -437,13 +437,21 @@ def quantize_sequential(
     batch_size: int,
     true_sequential: bool,
     progress: bool = True,
+    autocast_dtype: torch.dtype = torch.float32,
 ) -> None:
     """Quantise ``layer_targets[i]`` (the targets inside layer i) layer by layer, GPTQ where asked.
 
     ``convert(target, quantised)`` replaces a module; ``quantised`` is None
-    when the target uses round-to-nearest.
+    when the target uses round-to-nearest.  ``autocast_dtype`` (bfloat16):
+    the calibration passes' layer forwards run under autocast to it; the
+    hidden states between layers, the input products and GPTQ stay float32.
     """
     device = next(adapter.model.parameters()).device
+    lowered = autocast_dtype != torch.float32
+
+    def forwards() -> Any:  # the layer passes only: prepare_hessian and the column loop run outside
+        return torch.autocast(device.type, dtype=autocast_dtype, enabled=lowered)
+
     batches = list(data.to(device).split(batch_size))
     hidden, calls = capture_layer_calls(adapter, batches)
     gptaq = any(t.config.gptq and t.config.gptaq for targets in layer_targets for t in targets)
@@ -470,8 +478,10 @@ def quantize_sequential(
                 if advance:
                     fp_advanced = True
                     fp_memo.recording = False  # nothing reads the original's blocks after its last pass
-                H, drift = _input_statistics(layer, stage, hidden, calls[i], original=original, fp_hidden=fp_hidden,
-                                             memo=memo, fp_memo=fp_memo, needed_later=later, fp_advance=advance)
+                with forwards():
+                    H, drift = _input_statistics(layer, stage, hidden, calls[i], original=original,
+                                                 fp_hidden=fp_hidden, memo=memo, fp_memo=fp_memo, needed_later=later,
+                                                 fp_advance=advance)
                 lead_of = _prepared_groups(stage, H, drift)
                 prepared: dict[str, PreparedHessian] = {}
                 quantised_of: dict[str, Quantised] = {}
@@ -496,7 +506,7 @@ def quantize_sequential(
                 fp_memo.close()  # its outputs are not read again
             if i + 1 < adapter.num_layers:
                 memo.recording = False
-                with torch.no_grad():
+                with torch.no_grad(), forwards():
                     for b, (h, call) in enumerate(zip(hidden, calls[i])):
                         memo.batch = b
                         h.copy_(call.run(layer, h))  # in place: one copy of the calibration activations, not two

@@ -68,11 +68,12 @@ def input_product(x: torch.Tensor, x_fp: torch.Tensor | None = None) -> tuple[to
     Separate from ``fold_product`` so that modules fed the same tensor (q/k/v,
     gate/up) share one K x K product: it is most of the statistics' cost.
     """
-    x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
-    if x_fp is None:
-        return _gram(x), x.shape[0]
-    left = x_fp.detach().reshape(-1, x_fp.shape[-1]).to(torch.float32) - x
-    return left.t() @ x, x.shape[0]
+    with torch.autocast(x.device.type, enabled=False):  # float32 even inside bfloat16 calibration forwards
+        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
+        if x_fp is None:
+            return _gram(x), x.shape[0]
+        left = x_fp.detach().reshape(-1, x_fp.shape[-1]).to(torch.float32) - x
+        return left.t() @ x, x.shape[0]
 
 
 def _gram(x: torch.Tensor, block: int = 192) -> torch.Tensor:

@@ -481,3 +481,36 @@ def test_modules_sharing_a_hessian_quantised_together_get_the_codes_each_would_g
         assert torch.equal(joint[t.name].scales, alone.scales), t.name
         assert (joint[t.name].zeros is None) == symmetric
         assert symmetric or torch.equal(joint[t.name].zeros, alone.zeros), t.name
+
+
+def test_bfloat16_calibration_forwards_keep_the_statistics_in_float32_and_the_error_level():
+    from compress.quantization import QuantConfig, quantize
+    from compress.quantization.gptq import input_product
+    from tests.tiny import tiny_model
+
+    x = torch.randn(64, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        product, rows = input_product(x)
+    assert product.dtype == torch.float32 and torch.allclose(product, x.t() @ x, rtol=1e-5, atol=1e-4)
+    data = torch.randint(3, 300, (8, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = tiny_model("llama")(input_ids=data).logits
+    codes, error = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        model = tiny_model("llama")
+        quantize(model, QuantConfig(method="int4", group_size=32, gptq=True, calibration_dtype=dtype, progress=False),
+                 data=data)
+        codes[dtype] = torch.cat([m.qweight.flatten() for n, m in sorted(model.named_modules())
+                                  if hasattr(m, "qweight") and n.startswith("model.layers")])
+        with torch.no_grad():
+            error[dtype] = float((model(input_ids=data).logits - reference).pow(2).mean())
+    assert not torch.equal(codes["float32"], codes["bfloat16"])  # the bf16 forwards ran
+    assert error["bfloat16"] < 1.5 * error["float32"]  # and GPTQ's result is about as good
+
+
+def test_an_unknown_calibration_dtype_is_one_sentence():
+    from compress.errors import ConfigError
+    from compress.quantization import QuantConfig
+
+    with pytest.raises(ConfigError, match="calibration_dtype must be one of 'float32', 'bfloat16', got 'float16'"):
+        QuantConfig(method="int4", gptq=True, calibration_dtype="float16")
