@@ -171,9 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="size budget of the weights file, e.g. 80MiB (B, KB, KiB, MB, MiB, GB, GiB): each module's "
                         "format is chosen by measured error per byte (uses --data); --method is then the base")
     p.add_argument("--target-formats", nargs="+", metavar="FORMAT",
-                   help="formats --target-size chooses among (default: keep int4-g128 int4-g64 int4-g32 ternary "
-                        "embeddings-int8 embeddings-int4; add int3-g128 int3-g64 int3-g32 for files below what int4 "
-                        "reaches, which only native checkpoints store)")
+                   help="formats --target-size chooses among (default all: keep int4-g128 int4-g64 int4-g32 "
+                        "int3-g128 int3-g64 int3-g32 ternary embeddings-int8 embeddings-int4; leave the int3 ones out "
+                        "for a GGUF file that must meet the budget too: GGUF stores int3 in 4-bit blocks)")
     p.add_argument("--target-metric", choices=["layer-error", "module-error", "kl"],
                    help="sensitivity probe --target-size measures errors with (default layer-error; kl is slowest)")
     p.add_argument("--target-sequences", type=int, metavar="N",
