@@ -426,8 +426,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     bits = 2.2 if isinstance(config, TernaryConfig) else config.bits + 0.5  # packed weights and scales, rounded up
     budget = config.target_size is not None
     if not budget:
-        head_gptq = config.embeddings is not None and config.embedding_rounding == "gptq"
-        return _compress_and_save(args, config.gptq or head_gptq, lambda model, data: api.quantize(model, config, data=data),
+        return _compress_and_save(args, config.needs_data, lambda model, data: api.quantize(model, config, data=data),
                                   bits)
     from compress.quantization.budget import check_budget
 

@@ -147,8 +147,7 @@ class Quantize:
 
             budget = self.config.target_size is not None
             # quantize caps GPTQ at calibration_sequences; a budget measures target_sequences windows of it
-            head_gptq = self.config.embeddings is not None and self.config.embedding_rounding == "gptq"
-            ids = context.splits.calibration if self.config.gptq or budget or head_gptq else None
+            ids = context.splits.calibration if self.config.needs_data else None
             report = api.quantize(model, self.config, data=ids, **({"dtype": context.stored_dtype} if budget else {}))
         return report.to_dict(), report.table()
 

@@ -52,7 +52,7 @@ def quantize(model: nn.Module, config: ConfigLike = None, data: Any = None, *, d
         if problems:
             raise QuantError("Cannot quantise the embeddings: " + "; ".join(problems) + ".")
     gptq_targets = [t for t in plan.targets if t.config.gptq and not t.from_qat]
-    head_gptq = cfg.embeddings is not None and cfg.embedding_rounding == "gptq" and data is not None
+    head_gptq = cfg.embedding_gptq and data is not None
     ids = _calibration_ids(data) if gptq_targets or head_gptq else None  # checked before any weight changes
     notes: list[str] = []
     if ids is not None and cfg.calibration_sequences is not None and len(ids) > cfg.calibration_sequences:
@@ -114,7 +114,7 @@ def _head_hessian(model: nn.Module, cfg: QuantConfig, data: Any, ids: Optional[t
     from compress.quantization.embedding import HEAD_CALIBRATION_SEQUENCES, _head, head_input_hessian
 
     _, head = _head(model)
-    if cfg.embedding_rounding != "gptq" or not isinstance(head, nn.Linear):
+    if not cfg.embedding_gptq or not isinstance(head, nn.Linear):
         return None
     if ids is None:
         notes.append("note: the embedding table was rounded to nearest: pass calibration data (data=, --data) to "

@@ -302,6 +302,16 @@ class QuantConfig(metaclass=_PicksMethod):
         """The fields that decide stored values (two configs with equal keys quantise alike)."""
         raise NotImplementedError
 
+    @property
+    def embedding_gptq(self) -> bool:
+        """Whether the embedding table's codes are chosen against the head's inputs (then calibration text is read)."""
+        return self.embeddings is not None and self.embedding_rounding == "gptq"
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether quantising with this config reads calibration text: GPTQ, a size budget, or the table's GPTQ codes."""
+        return self.gptq or self.target_size is not None or self.embedding_gptq
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able flat form, every field of both methods (overrides included); ``QuantConfig.from_dict`` reverses it."""
         d = {name: getattr(self, name) for name in FIELD_ORDER if name != "overrides"}

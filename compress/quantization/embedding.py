@@ -55,7 +55,7 @@ def quantize_rows(w: torch.Tensor, bits: int, group_size: int, scale_dtype: torc
     output head's input Hessian ``[D, D]`` (``head_input_hessian``) the codes
     on the same grid are chosen by GPTQ against it, so the logits move less:
     on SmolLM2-135M's tied table at int4 the KL to the original fell from
-    0.176 to 0.081 on unseen news text (README, Quantised embeddings).
+    0.176 to 0.073 on unseen news text (README, Checkpoint size).
     """
     V, D = w.shape
     if D % group_size:
@@ -324,7 +324,7 @@ def quantize_embeddings(model: nn.Module, kind: str, group_size: int = 32,
                                    embed_scale=_embed_scale(embed), hessian=head_hessian if tied and head_linear else None)
     model.set_submodule(name_e, q)
     done.append((name_e, q.label(), q.packed_bytes()))
-    if head is not None and isinstance(head, nn.Linear):
+    if head_linear:
         if tied:
             model.set_submodule(head_name, TiedQuantHead(q))
             done.append((head_name, f"{q.label()} (tied to {name_e})", 0))

@@ -113,3 +113,15 @@ def test_the_budget_rates_the_table_with_the_codes_quantising_will_write():
         in notes["gptq"]
     assert "GPTQ against" not in notes["nearest"]
     assert errors["gptq"]["embeddings-int4"] != errors["nearest"]["embeddings-int4"]
+
+
+@pytest.mark.parametrize("fields,reads", [
+    ({}, False),
+    ({"gptq": True}, True),
+    ({"embeddings": "int4"}, True),
+    ({"embeddings": "int4", "embedding_rounding": "nearest"}, False),
+    ({"target_size": "1MiB"}, True),
+    ({"method": "ternary", "embeddings": "int8"}, True),
+])
+def test_a_config_says_whether_quantising_reads_calibration_text(fields, reads):
+    assert QuantConfig(**fields).needs_data is reads
