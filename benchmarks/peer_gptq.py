@@ -13,11 +13,15 @@ row against the original on the same held-out Shakespeare and unseen news
 sequences, per sequence, so rows can be compared pairwise.
 
 Rows: original; our RTN (symmetric; and float zero points); our GPTQ as the
-default recipe runs it (GPTAQ, float zero points); our GPTQ symmetric (the
+default recipe runs it (GPTAQ, float zero points; ``calibration_dtype``
+"auto", so bfloat16 calibration on a CPU with bf16 units, float32 elsewhere:
+the JSON records which); our GPTQ symmetric (the
 W4A16 scheme); our GPTQ with integer zero points (the W4A16_ASYM scheme);
 llm-compressor W4A16 and W4A16_ASYM (GPTQModifier, dampening 0.01, its default
 static activation order, lm_head left out); on request (``--rows``) plain
-symmetric GPTQ without GPTAQ (``sym-plain``), bitsandbytes NF4 and HQQ.  The
+symmetric GPTQ without GPTAQ (``sym-plain``), float32 calibration pinned
+(``default-f32``, ``sym-f32``), bf16 forwards with float32 input products
+(``default-bf16-f32-products``), bitsandbytes NF4 and HQQ.  The
 JSON is rewritten after every row, so an interrupted run keeps what it
 measured; ``--reuse`` takes children's results already in ``--work-dir``,
 ``--append`` adds rows to an earlier run's JSON, ``--from-json`` redoes its
@@ -58,6 +62,12 @@ ROWS: dict[str, tuple[str, dict]] = {
     "ours GPTQ default, bf16 calibration forwards": ("ours", {"symmetric": False, "zero_point": "float",
                                                               "calibration_dtype": "bfloat16"}),
     "ours GPTQ symmetric (GPTAQ), bf16 calibration forwards": ("ours", {"calibration_dtype": "bfloat16"}),
+    "ours GPTQ default, float32 calibration": ("ours", {"symmetric": False, "zero_point": "float",
+                                                        "calibration_dtype": "float32"}),
+    "ours GPTQ symmetric (GPTAQ), float32 calibration": ("ours", {"calibration_dtype": "float32"}),
+    "ours GPTQ default, bf16 forwards, float32 products": ("ours", {"symmetric": False, "zero_point": "float",
+                                                                    "calibration_dtype": "bfloat16",
+                                                                    "_bf16_products": False}),
     "bitsandbytes NF4 (blocks of 64)": ("peer-rtn", {"make": "nf4"}),
     "HQQ 4-bit": ("peer-rtn", {"make": "hqq"}),
     "llm-compressor W4A16": ("llmc", {"scheme": "W4A16"}),
@@ -68,6 +78,9 @@ SHORT = {"rtn": "ours RTN symmetric", "rtn-float": "ours RTN float zero points",
          "sym-plain": "ours GPTQ symmetric, plain (no GPTAQ)",
          "default-bf16": "ours GPTQ default, bf16 calibration forwards",
          "sym-bf16": "ours GPTQ symmetric (GPTAQ), bf16 calibration forwards",
+         "default-f32": "ours GPTQ default, float32 calibration",
+         "sym-f32": "ours GPTQ symmetric (GPTAQ), float32 calibration",
+         "default-bf16-f32-products": "ours GPTQ default, bf16 forwards, float32 products",
          "nf4": "bitsandbytes NF4 (blocks of 64)", "hqq": "HQQ 4-bit",
          "llmc": "llm-compressor W4A16", "llmc-asym": "llm-compressor W4A16_ASYM"}
 # Which of ours faces which of the peer's (same scheme), and the default against the best of the peer's.
@@ -137,6 +150,10 @@ def child_ours(args: argparse.Namespace) -> int:
 
     rss_runtime = _status_mib("VmRSS")
     fields = json.loads(args.fields)
+    if "_bf16_products" in fields:  # a module knob, not a config field (compress.quantization.calibrate)
+        import compress.quantization.calibrate as calibrate
+
+        calibrate.BF16_PRODUCTS = fields.pop("_bf16_products")
     model, tokenizer = compress.load_model(args.model)
     ids = torch.load(args.calib)
     cfg = QuantConfig(method="int4", gptq=True, group_size=args.group_size, damp=args.damp,
@@ -150,7 +167,11 @@ def child_ours(args: argparse.Namespace) -> int:
     peak = _status_mib("VmHWM")
     out = Path(args.child_ours)
     compress.save(model, out / "model", tokenizer, overwrite=True)
+    import compress.quantization.calibrate as calibrate
+
     run = {"library": "compress-lm", "config": cfg.label(), "fields": fields, "damp": cfg.damp, "act_order": cfg.act_order,
+           "calibration_dtype": str(cfg.calibration_torch_dtype(next(model.parameters()).device)).removeprefix("torch."),
+           "bf16_products": calibrate.BF16_PRODUCTS,
            "gptaq": cfg.gptaq, "clip_search": cfg.clip_search, "calibration_sequences": int(ids.shape[0]),
            "seq_len": int(ids.shape[1]), "seconds": seconds, "threads": torch.get_num_threads(),
            "bits_per_weight": report.bits_per_weight,

@@ -150,9 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-group-refit", dest="group_refit", action="store_false",
                    help="GPTQ keeps each group's scale (and zero point) as chosen before the codes, instead of refitting "
                         "them by least squares to the codes under the layer's output error (on by default)")
-    p.add_argument("--calibration-dtype", choices=["float32", "bfloat16"], default=argparse.SUPPRESS,
-                   help="GPTQ's calibration forwards under bfloat16 autocast (Hessians and GPTQ stay float32): faster "
-                        "where the hardware has bf16 units (default float32)")
+    p.add_argument("--calibration-dtype", choices=["auto", "float32", "bfloat16"], default=argparse.SUPPRESS,
+                   help="GPTQ's calibration forwards and input products in bfloat16 (the Hessians accumulate and GPTQ "
+                        "runs in float32): several times faster where the hardware has bf16 units; auto (default) "
+                        "picks bfloat16 there and float32 elsewhere")
     p.add_argument("--calibration-sequences", type=int, default=argparse.SUPPRESS, metavar="N",
                    help=f"GPTQ reads at most N calibration sequences of --seq-len tokens "
                         f"(default {QuantConfig.calibration_sequences}, QuantConfig's)")

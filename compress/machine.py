@@ -82,6 +82,15 @@ def cpu_bf16() -> bool:
     return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
 
 
+def native_bf16(device: "torch.device") -> bool:
+    """Whether ``device`` multiplies bfloat16 natively: a CUDA GPU that supports it, or a CPU with AMX / AVX512-BF16."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_bf16()
+
+
 def uses_bf16(precision: str, device: "torch.device") -> bool:
     """Whether training at ``precision`` ("auto", "bf16", "fp32") runs under bf16 autocast on ``device``."""
     if precision == "bf16":

@@ -75,3 +75,22 @@ def test_prune_refit_flags_reach_the_config():
                                       "--refit-damp", "0.3"])
     assert _given(args, PruneConfig) == {"seed": 0, "refit": True, "refit_samples": 32, "refit_damp": 0.3}
     PruneConfig(**_given(args, PruneConfig))  # and they make a valid config
+
+
+def test_quantize_calibration_dtype_defaults_to_auto_and_reaches_the_config(monkeypatch, tmp_path):
+    from compress import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_compress_and_save", lambda args, needs, step, bits=None, **kw: seen.append(step) or 0)
+    import compress.api as api
+
+    monkeypatch.setattr(api, "quantize", lambda model, config, data=None: config)
+    assert cli.main(["quantize", "m", "--method", "int4", "--gptq", "-o", str(tmp_path / "q")]) == 0
+    assert cli.main(["quantize", "m", "--method", "int4", "--gptq", "--calibration-dtype", "float32",
+                     "-o", str(tmp_path / "q")]) == 0
+    assert [step(None, None).calibration_dtype for step in seen] == ["auto", "float32"]
+    import pytest
+
+    with pytest.raises(SystemExit) as stop:  # not a choice: argparse's one line naming the choices, exit 2
+        cli.main(["quantize", "m", "--method", "int4", "--gptq", "--calibration-dtype", "float16", "-o", "q"])
+    assert stop.value.code == 2

@@ -219,7 +219,7 @@ def _run_gptq(model: nn.Module, plan: Plan, ids: torch.Tensor, cfg: QuantConfig,
     try:
         quantize_sequential(adapter, per_layer, ids, convert, batch_size=cfg.calibration_batch_size,
                             true_sequential=cfg.true_sequential, progress=cfg.progress,
-                            autocast_dtype=getattr(torch, cfg.calibration_dtype))
+                            autocast_dtype=cfg.calibration_torch_dtype(next(model.parameters()).device))
     finally:
         model.train(was_training)
     return rest

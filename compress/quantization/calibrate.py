@@ -50,6 +50,9 @@ Convert = Callable[[Target, Optional[Quantised]], nn.Module]
 # calibration hidden states: SmolLM2's down_proj input is 2.67x (all kept); a model whose MLP is 4x wider keeps
 # three quarters of the batches and runs the MLP for the rest.
 STASH_PER_HIDDEN = 3.0
+# With bfloat16 calibration the input products take bf16-rounded inputs too (False: float32 products beside bf16
+# forwards, as before 2026-12-07; kept for measurement, benchmarks/peer_gptq.py row default-bf16-f32-products).
+BF16_PRODUCTS = True
 
 
 def _stages(adapter: Adapter, index: int, targets: list[Target], true_sequential: bool) -> list[list[Target]]:
@@ -246,10 +249,12 @@ def _input_statistics(
     layer: nn.Module, stage: list[Target], hidden: list[torch.Tensor], calls: list[LayerCall], stop_early: bool = True,
     original: nn.Module | None = None, fp_hidden: list[torch.Tensor] | None = None,
     memo: _BlockMemo | None = None, fp_memo: _BlockMemo | None = None, needed_later: frozenset = frozenset(),
-    fp_advance: bool = False,
+    fp_advance: bool = False, product_dtype: torch.dtype = torch.float32,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Input Hessians of the stage's GPTQ targets over every calibration batch, and GPTAQ's drift dXX^T.
 
+    ``product_dtype``: each batch's input products from inputs rounded to it
+    (``input_product``); the running sums stay float32.
     With ``stop_early`` each pass ends as soon as the last of these modules has
     been called (q/k/v need only the input norm, o_proj the attention).  With
     ``original`` (the layer before quantisation) and ``fp_hidden`` (the
@@ -279,7 +284,7 @@ def _input_statistics(
     def product(x: torch.Tensor, x_fp: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
         key = (id(x), None if x_fp is None else id(x_fp))
         if key not in products:  # the tensors stay referenced here, so their ids cannot be reused this batch
-            products[key] = (x, x_fp, *input_product(x, x_fp))
+            products[key] = (x, x_fp, *input_product(x, x_fp, product_dtype))
         return products[key][2:]
 
     path = {id(m): n for n, m in layer.named_modules()}
@@ -443,11 +448,13 @@ def quantize_sequential(
 
     ``convert(target, quantised)`` replaces a module; ``quantised`` is None
     when the target uses round-to-nearest.  ``autocast_dtype`` (bfloat16):
-    the calibration passes' layer forwards run under autocast to it; the
-    hidden states between layers, the input products and GPTQ stay float32.
+    the calibration passes' layer forwards run under autocast to it and the
+    input products round their inputs to it (``BF16_PRODUCTS``); the hidden
+    states between layers, the Hessians' running sums and GPTQ stay float32.
     """
     device = next(adapter.model.parameters()).device
     lowered = autocast_dtype != torch.float32
+    product_dtype = autocast_dtype if BF16_PRODUCTS else torch.float32
 
     def forwards() -> Any:  # the layer passes only: prepare_hessian and the column loop run outside
         return torch.autocast(device.type, dtype=autocast_dtype, enabled=lowered)
@@ -481,7 +488,7 @@ def quantize_sequential(
                 with forwards():
                     H, drift = _input_statistics(layer, stage, hidden, calls[i], original=original,
                                                  fp_hidden=fp_hidden, memo=memo, fp_memo=fp_memo, needed_later=later,
-                                                 fp_advance=advance)
+                                                 fp_advance=advance, product_dtype=product_dtype)
                 lead_of = _prepared_groups(stage, H, drift)
                 prepared: dict[str, PreparedHessian] = {}
                 quantised_of: dict[str, Quantised] = {}

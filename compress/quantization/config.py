@@ -27,7 +27,7 @@ SCALE_DTYPES = ("float16", "bfloat16", "float32")
 ZERO_POINTS = ("integer", "float")
 EMBEDDING_FORMATS = ("int8", "int4")  # see compress.quantization.embedding
 EMBEDDING_ROUNDINGS = ("gptq", "nearest")
-CALIBRATION_DTYPES = ("float32", "bfloat16")  # GPTQ's calibration forwards (Int4Config.calibration_dtype)  # how the table's codes are chosen (gptq: against the head's inputs)
+CALIBRATION_DTYPES = ("auto", "float32", "bfloat16")  # GPTQ's calibration arithmetic (Int4Config.calibration_dtype)
 # The pseudo-name for the model's output head, whatever its path is.
 OUTPUT_HEAD = "lm_head"
 # Candidate formats a size budget (``target_size``) chooses among: per linear module, and for the embedding table
@@ -145,6 +145,11 @@ class QuantConfig(metaclass=_PicksMethod):
     in turn, each with inputs from the already-quantised ones.
     ``calibration_sequences`` caps the calibration sequences GPTQ reads (128,
     as the GPTQ paper; each costs a few layer passes on every layer).
+    ``calibration_dtype`` ("auto" by default) runs GPTQ's calibration
+    forwards and input products in bfloat16 where the device multiplies it
+    natively (a CUDA GPU, a CPU with AMX or AVX512-BF16) and in float32
+    elsewhere; "float32" / "bfloat16" pin it.  The Hessians accumulate, and
+    GPTQ runs, in float32 either way.
 
     ``modules_to_not_convert`` holds names or regexes of modules to keep in
     full precision; ``"lm_head"`` stands for the model's output head whatever
@@ -392,9 +397,11 @@ class Int4Config(QuantConfig):
     true_sequential: bool = True
     calibration_batch_size: int = 4
     calibration_sequences: Optional[int] = 128  # GPTQ uses at most this many calibration sequences (None: all)
-    # The layer forwards of GPTQ's calibration passes under bfloat16 autocast (input products, Hessians and the
-    # column loop stay float32): several times faster matmuls where the hardware has bf16 units (AMX, tensor cores)
-    calibration_dtype: str = "float32"
+    # "bfloat16": the layer forwards of GPTQ's calibration passes under bfloat16 autocast and each batch's input
+    # products from bf16-rounded inputs (the Hessians accumulate in float32; the inverse and the column loop stay
+    # float32): several times faster matmuls where the hardware has bf16 units (AMX, AVX512-BF16, tensor cores).
+    # "auto": bfloat16 on such hardware, float32 elsewhere (emulated bf16 is slower than float32).
+    calibration_dtype: str = "auto"
 
     def _check_method_fields(self) -> None:
         _choice("method", self.method, ("int4",))
@@ -413,6 +420,14 @@ class Int4Config(QuantConfig):
         n = self.calibration_sequences
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise ConfigError(f"calibration_sequences must be at least 1 (or None to use them all), got {n!r}.")
+
+    def calibration_torch_dtype(self, device: torch.device) -> torch.dtype:
+        """The dtype GPTQ's calibration passes compute in on ``device`` ("auto": bfloat16 where it is native)."""
+        if self.calibration_dtype == "auto":
+            from compress.machine import native_bf16
+
+            return torch.bfloat16 if native_bf16(device) else torch.float32
+        return getattr(torch, self.calibration_dtype)
 
     def _label_parts(self) -> list[str]:
         g = "per-channel" if self.group_size == -1 else f"g{self.group_size}"

@@ -62,18 +62,24 @@ def accumulate_drift(D: torch.Tensor, count: int, x_fp: torch.Tensor, x: torch.T
     return fold_product(D, count, *input_product(x, x_fp))
 
 
-def input_product(x: torch.Tensor, x_fp: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+def input_product(x: torch.Tensor, x_fp: torch.Tensor | None = None,
+                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, int]:
     """``left^T x`` over the rows of a batch (left: ``x`` itself, or GPTAQ's ``x_fp - x``) and the row count.
 
     Separate from ``fold_product`` so that modules fed the same tensor (q/k/v,
     gate/up) share one K x K product: it is most of the statistics' cost.
+    ``dtype`` bfloat16: the product of the inputs rounded to bf16 (``x_fp - x``
+    is taken in float32 first), returned as float32 for the float32 running
+    sums; 4-5x faster on bf16 units, and rounds no more than the bf16 layer
+    forwards that produced ``x`` already did.
     """
-    with torch.autocast(x.device.type, enabled=False):  # float32 even inside bfloat16 calibration forwards
+    with torch.autocast(x.device.type, enabled=False):  # our own dtype, not the forwards' autocast
         x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
+        rows = x.shape[0]
         if x_fp is None:
-            return _gram(x), x.shape[0]
+            return _gram(x.to(dtype)).to(torch.float32), rows
         left = x_fp.detach().reshape(-1, x_fp.shape[-1]).to(torch.float32) - x
-        return left.t() @ x, x.shape[0]
+        return (left.to(dtype).t() @ x.to(dtype)).to(torch.float32), rows
 
 
 def _gram(x: torch.Tensor, block: int = 192) -> torch.Tensor:

@@ -508,9 +508,42 @@ def test_bfloat16_calibration_forwards_keep_the_statistics_in_float32_and_the_er
     assert error["bfloat16"] < 1.5 * error["float32"]  # and GPTQ's result is about as good
 
 
+@pytest.mark.parametrize("drift", [False, True])
+def test_bfloat16_input_products_round_the_inputs_and_return_float32(drift):
+    from compress.quantization.gptq import input_product
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 64, 400, generator=gen)  # K = 400: the blocked Gram path
+    x_fp = x + 0.1 * torch.randn(x.shape, generator=gen) if drift else None
+    product, rows = input_product(x, x_fp, torch.bfloat16)
+    flat = x.reshape(-1, 400)
+    left = flat if x_fp is None else x_fp.reshape(-1, 400) - flat
+    exact = left.t() @ flat
+    rounded = left.bfloat16().float().t() @ flat.bfloat16().float()
+    assert rows == 256 and product.dtype == torch.float32
+    assert drift or torch.equal(product, product.t())  # the Gram matrix stays exactly symmetric
+    scale = exact.abs().max()
+    assert (product - rounded).abs().max() < 0.02 * scale  # bf16 inputs, bf16-rounded output
+    assert (product - exact).abs().max() < 0.03 * scale
+    assert not torch.equal(product, exact)  # it did round
+
+
+def test_auto_calibration_dtype_is_bfloat16_only_where_bf16_is_native(monkeypatch):
+    from compress import machine
+    from compress.quantization import QuantConfig
+
+    cfg = QuantConfig(method="int4", gptq=True)
+    assert cfg.calibration_dtype == "auto"
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(machine, "cpu_bf16", lambda native=native: native)
+        assert cfg.calibration_torch_dtype(torch.device("cpu")) == dtype
+    pinned = QuantConfig(method="int4", gptq=True, calibration_dtype="float32")
+    assert pinned.calibration_torch_dtype(torch.device("cpu")) == torch.float32
+
+
 def test_an_unknown_calibration_dtype_is_one_sentence():
     from compress.errors import ConfigError
     from compress.quantization import QuantConfig
 
-    with pytest.raises(ConfigError, match="calibration_dtype must be one of 'float32', 'bfloat16', got 'float16'"):
+    with pytest.raises(ConfigError, match="calibration_dtype must be one of 'auto', 'float32', 'bfloat16', got 'float16'"):
         QuantConfig(method="int4", gptq=True, calibration_dtype="float16")
