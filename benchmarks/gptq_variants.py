@@ -24,6 +24,7 @@ import argparse
 import datetime as dt
 import importlib.util
 import json
+import math
 import os
 import sys
 import time
@@ -166,7 +167,12 @@ def main(argv=None) -> int:
             r = bench.compare_causal(model, {name: m}, ids, args.batch_size)
             row["domains"][domain] = {"fp32_perplexity": r["fp32"]["perplexity"], "perplexity": r[name]["perplexity"],
                                       "ratio": r[name]["perplexity"] / r["fp32"]["perplexity"],
-                                      "kl_to_fp32": r[name]["kl_to_fp32"], "top1_agreement": r[name]["top1_agreement"]}
+                                      "kl_to_fp32": r[name]["kl_to_fp32"], "top1_agreement": r[name]["top1_agreement"],
+                                      # the ratio is exp(mean per-sequence NLL difference): its paired 95% interval
+                                      "ratio_ci95": [math.exp(x) for x in bench.paired(
+                                          r[name]["per_sequence_nll"], r["fp32"]["per_sequence_nll"])["ci95"]],
+                                      "per_sequence_nll": r[name]["per_sequence_nll"],
+                                      "fp32_per_sequence_nll": r["fp32"]["per_sequence_nll"]}
         result["variants"][name] = row
         d = row["domains"]
         print(f"[result] {name}: shakespeare {d['shakespeare']['perplexity']:.2f} ({d['shakespeare']['ratio']:.3f}x, "
