@@ -37,35 +37,30 @@ def test_prune_help_shows_the_config_defaults():
     assert f"(default {PruneConfig.step})" in text and f"(default {PruneConfig.calib_samples})" in text
 
 
-def test_quantize_calibration_sequences_default_is_quant_configs(monkeypatch, tmp_path):
+def _quantize_configs(monkeypatch, tmp_path, *extra_flags: list[str]) -> list:
+    """The QuantConfig each ``compress-lm quantize m --method int4 --gptq <flags>`` builds (nothing loaded or run)."""
     from compress import cli
-    from compress.quantization import QuantConfig
+    import compress.api as api
 
     seen = []
     monkeypatch.setattr(cli, "_compress_and_save", lambda args, needs, step, bits=None, **kw: seen.append(step) or 0)
-    import compress.api as api
-
     monkeypatch.setattr(api, "quantize", lambda model, config, data=None: config)
-    assert cli.main(["quantize", "m", "--method", "int4", "--gptq", "-o", str(tmp_path / "q")]) == 0
-    assert cli.main(["quantize", "m", "--method", "int4", "--gptq", "--calibration-sequences", "7",
-                     "-o", str(tmp_path / "q")]) == 0
-    assert [step(None, None).calibration_sequences for step in seen] == [QuantConfig.calibration_sequences, 7]
+    for flags in extra_flags:
+        assert cli.main(["quantize", "m", "--method", "int4", "--gptq", *flags, "-o", str(tmp_path / "q")]) == 0
+    return [step(None, None) for step in seen]
+
+
+def test_quantize_calibration_sequences_default_is_quant_configs(monkeypatch, tmp_path):
+    from compress.quantization import QuantConfig
+
+    configs = _quantize_configs(monkeypatch, tmp_path, [], ["--calibration-sequences", "7"])
+    assert [c.calibration_sequences for c in configs] == [QuantConfig.calibration_sequences, 7]
     sub = next(a for a in build_parser()._subparsers._group_actions).choices["quantize"]
     assert f"(default {QuantConfig.calibration_sequences}" in " ".join(sub.format_help().split())
 
 
 def test_quantize_gptaq_and_zero_point_flags_reach_the_config(monkeypatch, tmp_path):
-    from compress import cli
-
-    seen = []
-    monkeypatch.setattr(cli, "_compress_and_save", lambda args, needs, step, bits=None, **kw: seen.append(step) or 0)
-    import compress.api as api
-
-    monkeypatch.setattr(api, "quantize", lambda model, config, data=None: config)
-    assert cli.main(["quantize", "m", "--method", "int4", "--gptq", "--asymmetric", "--zero-point", "float",
-                     "-o", str(tmp_path / "q")]) == 0
-    assert cli.main(["quantize", "m", "--method", "int4", "--gptq", "--no-gptaq", "-o", str(tmp_path / "q")]) == 0
-    first, plain = (step(None, None) for step in seen)
+    first, plain = _quantize_configs(monkeypatch, tmp_path, ["--asymmetric", "--zero-point", "float"], ["--no-gptaq"])
     assert (first.gptaq, first.symmetric, first.zero_point) == (True, False, "float")
     assert (plain.gptaq, plain.symmetric, plain.zero_point) == (False, True, "integer")
 
@@ -78,19 +73,12 @@ def test_prune_refit_flags_reach_the_config():
 
 
 def test_quantize_calibration_dtype_defaults_to_auto_and_reaches_the_config(monkeypatch, tmp_path):
-    from compress import cli
-
-    seen = []
-    monkeypatch.setattr(cli, "_compress_and_save", lambda args, needs, step, bits=None, **kw: seen.append(step) or 0)
-    import compress.api as api
-
-    monkeypatch.setattr(api, "quantize", lambda model, config, data=None: config)
-    assert cli.main(["quantize", "m", "--method", "int4", "--gptq", "-o", str(tmp_path / "q")]) == 0
-    assert cli.main(["quantize", "m", "--method", "int4", "--gptq", "--calibration-dtype", "float32",
-                     "-o", str(tmp_path / "q")]) == 0
-    assert [step(None, None).calibration_dtype for step in seen] == ["auto", "float32"]
     import pytest
 
+    from compress import cli
+
+    configs = _quantize_configs(monkeypatch, tmp_path, [], ["--calibration-dtype", "float32"])
+    assert [c.calibration_dtype for c in configs] == ["auto", "float32"]
     with pytest.raises(SystemExit) as stop:  # not a choice: argparse's one line naming the choices, exit 2
         cli.main(["quantize", "m", "--method", "int4", "--gptq", "--calibration-dtype", "float16", "-o", "q"])
     assert stop.value.code == 2
