@@ -12,7 +12,9 @@ issue 18), to measure rounding to nearest against it; ``refit_damp=X``,
 (``compress.quantization.gptq.REFIT_DAMP`` / ``REFIT_PASSES`` /
 ``REFIT_ALPHA``) for that variant; ``clip_sides=false`` turns off
 ``compress.quantization.quantizers.CLIP_SIDES`` (the clip search of each end
-of an asymmetric range alone, on by default).  Results
+of an asymmetric range alone, on by default); ``clip_floor=F`` lets the clip
+search shrink a range down to F (``quantizers.CLIP_FACTORS``: 1.00 to 0.80 in
+steps of 0.02 by default).  Results
 are appended to the JSON after every variant, so an interrupted run keeps
 what it measured.
 
@@ -70,6 +72,21 @@ def _clip_sides(on: bool | None):
         yield
     finally:
         quantizers.CLIP_SIDES = before
+
+
+@contextmanager
+def _clip_floor(floor: float | None):
+    """The clip search's smallest shrink factor, in steps of 0.02 from 1.0 (``quantizers.CLIP_FACTORS``, 0.80 by
+    default; None: as it is)."""
+    from compress.quantization import quantizers
+
+    before = quantizers.CLIP_FACTORS
+    if floor is not None:
+        quantizers.CLIP_FACTORS = tuple(1.0 - 0.02 * i for i in range(round((1.0 - float(floor)) / 0.02) + 1))
+    try:
+        yield
+    finally:
+        quantizers.CLIP_FACTORS = before
 
 
 @contextmanager
@@ -150,17 +167,19 @@ def main(argv=None) -> int:
         calib_n = fields.pop("calib", args.calib_seqs)
         round_up = fields.pop("round_up", False)
         sides = fields.pop("clip_sides", None)
+        floor = fields.pop("clip_floor", None)
         knobs = fields.pop("refit_damp", None), fields.pop("refit_passes", None), fields.pop("refit_alpha", None)
         fields = {"group_size": args.group_size, "gptq": True, "progress": False, **fields}
         cfg = QuantConfig(calibration_sequences=calib_n, **fields)
         m = copy.deepcopy(model)
         print(f"[variant] {name}: {cfg.label()} {fields} calib {calib_n}", flush=True)
         start = time.perf_counter()
-        with _scales_rounded_up(round_up), _refit_knobs(*knobs), _clip_sides(sides):
+        with _scales_rounded_up(round_up), _refit_knobs(*knobs), _clip_sides(sides), _clip_floor(floor):
             compress.quantize(m, cfg, data=calibration[:calib_n] if cfg.gptq else None)
         seconds = time.perf_counter() - start
         m.eval()
         row = {"fields": fields, "scales_rounded_up": round_up, **({} if sides is None else {"clip_sides": bool(sides)}),
+               **({} if floor is None else {"clip_floor": float(floor)}),
                **{k: v for k, v in zip(("refit_damp", "refit_passes", "refit_alpha"), knobs) if v is not None},
                "calibration_sequences": min(calib_n, len(calibration)), "quantise_seconds": seconds, "domains": {}}
         for domain, ids in held.items():
