@@ -53,3 +53,16 @@ def test_clip_sides_searches_each_end_alone_and_never_does_worse():
     with bench._clip_sides(None):
         assert quantizers.CLIP_SIDES is before
     assert (errors[True] <= errors[False]).all() and errors[True].sum() < errors[False].sum()
+
+
+def test_clip_floor_deepens_the_search_for_one_variant_only():
+    from compress.quantization import quantizers
+
+    bench = load_benchmark("gptq_variants")
+    before = quantizers.CLIP_FACTORS
+    with bench._clip_floor(0.7):
+        assert len(quantizers.CLIP_FACTORS) == 16
+        assert quantizers.CLIP_FACTORS[0] == 1.0 and abs(quantizers.CLIP_FACTORS[-1] - 0.7) < 1e-9
+    assert quantizers.CLIP_FACTORS == before
+    with bench._clip_floor(None):
+        assert quantizers.CLIP_FACTORS == before
