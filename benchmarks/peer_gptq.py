@@ -145,14 +145,13 @@ def child_ours(args: argparse.Namespace) -> int:
     import torch
 
     import compress
+    import compress.quantization.calibrate as calibrate
     from compress.machine import reset_peak_memory
     from compress.quantization import QuantConfig
 
     rss_runtime = _status_mib("VmRSS")
     fields = json.loads(args.fields)
-    if "_bf16_products" in fields:  # a module knob, not a config field (compress.quantization.calibrate)
-        import compress.quantization.calibrate as calibrate
-
+    if "_bf16_products" in fields:  # a module knob, not a config field
         calibrate.BF16_PRODUCTS = fields.pop("_bf16_products")
     model, tokenizer = compress.load_model(args.model)
     ids = torch.load(args.calib)
@@ -167,8 +166,6 @@ def child_ours(args: argparse.Namespace) -> int:
     peak = _status_mib("VmHWM")
     out = Path(args.child_ours)
     compress.save(model, out / "model", tokenizer, overwrite=True)
-    import compress.quantization.calibrate as calibrate
-
     run = {"library": "compress-lm", "config": cfg.label(), "fields": fields, "damp": cfg.damp, "act_order": cfg.act_order,
            "calibration_dtype": str(cfg.calibration_torch_dtype(next(model.parameters()).device)).removeprefix("torch."),
            "bf16_products": calibrate.BF16_PRODUCTS,

@@ -83,12 +83,10 @@ def cpu_bf16() -> bool:
 
 
 def native_bf16(device: "torch.device") -> bool:
-    """Whether ``device`` multiplies bfloat16 natively: a CUDA GPU that supports it, or a CPU with AMX / AVX512-BF16."""
-    import torch
+    """Whether bf16 arithmetic is worth choosing on ``device``: a CUDA GPU, or a CPU with AMX / AVX512-BF16.
 
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_bf16()
+    The one answer behind every "auto" precision (training's ``uses_bf16``, GPTQ's ``calibration_dtype``)."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_bf16())
 
 
 def uses_bf16(precision: str, device: "torch.device") -> bool:
@@ -97,4 +95,4 @@ def uses_bf16(precision: str, device: "torch.device") -> bool:
         return True
     if precision != "auto":
         return False
-    return device.type == "cuda" or (device.type == "cpu" and cpu_bf16())
+    return native_bf16(device)

@@ -1,6 +1,8 @@
 """The CLI holds no defaults of its own for configs: a flag not given leaves the config's default."""
 import dataclasses
 
+import pytest
+
 from compress.cli import _given, build_parser
 from compress.pruning import PruneConfig
 
@@ -73,8 +75,6 @@ def test_prune_refit_flags_reach_the_config():
 
 
 def test_quantize_calibration_dtype_defaults_to_auto_and_reaches_the_config(monkeypatch, tmp_path):
-    import pytest
-
     from compress import cli
 
     configs = _quantize_configs(monkeypatch, tmp_path, [], ["--calibration-dtype", "float32"])

@@ -74,12 +74,11 @@ def input_product(x: torch.Tensor, x_fp: torch.Tensor | None = None,
     forwards that produced ``x`` already did.
     """
     with torch.autocast(x.device.type, enabled=False):  # our own dtype, not the forwards' autocast
-        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
-        rows = x.shape[0]
+        x = x.detach().reshape(-1, x.shape[-1])
         if x_fp is None:
-            return _gram(x.to(dtype)).to(torch.float32), rows
-        left = x_fp.detach().reshape(-1, x_fp.shape[-1]).to(torch.float32) - x
-        return (left.to(dtype).t() @ x.to(dtype)).to(torch.float32), rows
+            return _gram(x.to(dtype)).to(torch.float32), x.shape[0]
+        left = x_fp.detach().reshape(-1, x_fp.shape[-1]).to(torch.float32) - x.to(torch.float32)
+        return (left.to(dtype).t() @ x.to(dtype)).to(torch.float32), x.shape[0]
 
 
 def _gram(x: torch.Tensor, block: int = 192) -> torch.Tensor:
