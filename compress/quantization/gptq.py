@@ -34,6 +34,7 @@ from compress.quantization.config import QuantConfig, QuantError
 from compress.quantization.quantizers import (
     Int4Weights,
     _stored,
+    code_max,
     effective_group_size,
     int4_codes,
     int4_dequant,
@@ -50,6 +51,12 @@ _DAMP_RETRIES = 4  # each retry multiplies damping by 10
 REFIT_DAMP = 0.0
 REFIT_PASSES = 1
 REFIT_ALPHA = None  # the refit's weight of GPTAQ's drift term (None: gptaq_alpha, as the column loop)
+# With act_order: each group's parameters from its weights as updated when the loop first reaches one of its
+# columns, instead of from the original weights (kept for measurement: benchmarks/gptq_variants.py lazy_groups=).
+LAZY_GROUPS = False
+# Sweeps of coordinate descent over the codes after the group refit (QuantEase, Behdin et al. 2023), each followed
+# by another refit; kept for measurement (benchmarks/gptq_variants.py cd_sweeps=).
+CD_SWEEPS = 0
 
 
 def accumulate_hessian(H: torch.Tensor, count: int, x: torch.Tensor) -> int:
@@ -211,7 +218,8 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor | None, cfg: QuantConfig, *, 
     float_zero = cfg.zero_point == "float"
     scales = torch.empty(n_groups, N, device=dev)
     zeros = None if cfg.symmetric else torch.empty(n_groups, N, device=dev)
-    if cfg.act_order or G == K:
+    lazy = LAZY_GROUPS and cfg.act_order and G < K and _params is None
+    if (cfg.act_order or G == K) and not lazy:
         # static groups: parameters from the weights before any compensation
         for g in range(n_groups):
             cols = slice(g * G, (g + 1) * G)
@@ -238,7 +246,7 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor | None, cfg: QuantConfig, *, 
     with _one_cpu_thread(dev):
         _column_loop(Wt, prepared.Hinv, codes, scales, zeros, group_of, G, B, static,
                      (cfg.symmetric, dtype, float_zero, cfg.bits),
-                     hdiag, prepared.P)
+                     hdiag, prepared.P, lazy_perm=perm if lazy else None)
 
     codes = codes.t()
     if perm is not None:
@@ -255,6 +263,12 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor | None, cfg: QuantConfig, *, 
             q = refit_group_params(W0, prepared.H, q, drift=prepared.drift,
                                    alpha=cfg.gptaq_alpha if REFIT_ALPHA is None else REFIT_ALPHA,
                                    float_zero=float_zero, dtype=dtype, damp=REFIT_DAMP)
+            for _ in range(CD_SWEEPS if _params is None else 0):
+                q = coordinate_descent(W0, prepared.H, q, drift=prepared.drift,
+                                       alpha=cfg.gptaq_alpha if REFIT_ALPHA is None else REFIT_ALPHA)
+                q = refit_group_params(W0, prepared.H, q, drift=prepared.drift,
+                                       alpha=cfg.gptaq_alpha if REFIT_ALPHA is None else REFIT_ALPHA,
+                                       float_zero=float_zero, dtype=dtype, damp=REFIT_DAMP)
         if REFIT_PASSES > 1 and _params is None and cfg.act_order:
             for _ in range(REFIT_PASSES - 1):
                 q = gptq_quantize(W0, None, cfg, prepared=prepared, _params=(q.scales, q.zeros))
@@ -276,13 +290,21 @@ def _one_cpu_thread(device: torch.device):
         torch.set_num_threads(before)
 
 
-def _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, param_args, hdiag=None, P=None) -> None:
+def _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, param_args, hdiag=None, P=None,
+                 lazy_perm=None) -> None:
     """Quantise the rows of ``Wt`` (weight columns) in order, compensating each error (fills codes/scales/zeros).
 
     ``hdiag``: per-column weights of the clip search for groups found here (None: no search).
     ``P``: GPTAQ's drift term (None: plain GPTQ).
+    ``lazy_perm`` (act_order with ``LAZY_GROUPS``): the column order; each group's parameters are found
+    when the loop first reaches one of its columns, from all its columns as updated by then.
     """
     K = Wt.shape[0]
+    positions = None
+    if lazy_perm is not None:
+        where = torch.argsort(lazy_perm)  # column -> its row in Wt
+        positions = [where[g * G:(g + 1) * G] for g in range(scales.shape[0])]
+        found: set[int] = set()
     for i1 in range(0, K, B):
         i2 = min(i1 + B, K)
         W1 = Wt[i1:i2].clone()
@@ -291,6 +313,14 @@ def _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, param_a
         P1 = None if P is None else P[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col, g = i1 + i, group_of[i1 + i]
+            if positions is not None and g not in found:
+                found.add(g)
+                rows = positions[g]
+                current = _rows_now(Wt, W1, Err1, Hinv, P, rows, i1, i, i2)
+                scales[g], z = int4_params(current.t(), *param_args, clip_search=hdiag is not None,
+                                           weight=None if hdiag is None else hdiag[lazy_perm[rows]])
+                if zeros is not None:
+                    zeros[g] = z
             if not static and col % G == 0:
                 scales[g], z = int4_params(W1[i:i + G].t(), *param_args, clip_search=hdiag is not None,
                                            weight=None if hdiag is None else hdiag[col:col + G])
@@ -306,6 +336,66 @@ def _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, param_a
         Wt[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1.0)
         if P is not None:  # W1's rows now hold the dequantised columns, as in the reference
             Wt[i2:].addmm_(P[i1:i2, i2:].t(), W1)
+
+
+def _rows_now(Wt, W1, Err1, Hinv, P, rows, i1, i, i2) -> torch.Tensor:
+    """Rows ``rows`` (all at or after ``i1 + i``) of the weight columns as the loop has updated them so far:
+    rows inside the block are current in ``W1``; later rows still miss the block's updates from rows i1..i1+i-1."""
+    out = torch.empty(len(rows), Wt.shape[1], device=Wt.device)
+    inside = rows < i2
+    if inside.any():
+        out[inside] = W1[rows[inside] - i1]
+    later = rows[~inside]
+    if len(later):
+        part = Wt[later]
+        if i:
+            part = part - Hinv[i1:i1 + i, later].t() @ Err1[:i]
+            if P is not None:
+                part = part + P[i1:i1 + i, later].t() @ W1[:i]
+        out[~inside] = part
+    return out
+
+
+def coordinate_descent(w: torch.Tensor, H: torch.Tensor, q: Int4Weights, *, drift: torch.Tensor | None = None,
+                       alpha: float = 1.0, block: int = 128) -> Int4Weights:
+    """One sweep of exact coordinate descent over ``q``'s codes, its scales and zero points fixed.
+
+    The objective is the refit's: ``(W_n - Q_n) H (W_n - Q_n)^T`` per row, minus ``2 alpha Q_n D^T W_n^T`` with
+    GPTAQ's ``drift`` D.  For one column k it is, per row, a parabola in Q[n, k] with curvature H[k, k] and
+    minimum at ``Q[n, k] + R[n, k] / H[k, k]`` (R = W H + alpha W D - Q H, the negative half-gradient), so
+    rounding that point to the row's grid is the best code for the column given all the others: no sweep
+    raises the objective.  Columns in order, the residual kept current in blocks (as GPTQ's loop does).
+    """
+    N, K = q.codes.shape
+    G = q.group_size
+    W = w.detach().to(torch.float32)
+    H = H.to(torch.float32)
+    col_group = torch.arange(K, device=W.device) // G
+    S = q.scales.to(torch.float32)[col_group]  # [K, N]: each column's scale per row
+    Z = (torch.full_like(S, float(sym_offset(q.bits))) if q.zeros is None
+         else q.zeros.to(torch.float32)[col_group])
+    Ct = q.codes.t().to(torch.float32).contiguous()  # [K, N]: a column is a contiguous row
+    Qt = (Ct - Z) * S
+    Rt = H @ W.t() - H @ Qt  # H symmetric: (W H - Q H)^T
+    if drift is not None:
+        Rt.addmm_(drift.to(torch.float32).t(), W.t(), alpha=alpha)
+    curvature = H.diagonal().clamp(min=torch.finfo(torch.float32).tiny).tolist()
+    top = float(code_max(q.bits))
+    with _one_cpu_thread(W.device):
+        for i1 in range(0, K, block):
+            i2 = min(i1 + block, K)
+            R1 = Rt[i1:i2].clone()
+            delta = torch.zeros(i2 - i1, N, device=W.device)
+            for j in range(i2 - i1):
+                k = i1 + j
+                c = (Qt[k] + R1[j] / curvature[k]).div_(S[k]).add_(Z[k]).round_().clamp_(0, top)
+                new = (c - Z[k]) * S[k]
+                torch.sub(new, Qt[k], out=delta[j])
+                Ct[k], Qt[k] = c, new
+                R1[j:].addr_(H[k, k:i2], delta[j], alpha=-1.0)
+            Rt[i2:].addmm_(H[i1:i2, i2:].t(), delta, alpha=-1.0)
+    return Int4Weights(codes=Ct.t().to(torch.uint8).contiguous(), scales=q.scales, zeros=q.zeros,
+                       group_size=G, bits=q.bits)
 
 
 def refit_group_params(w: torch.Tensor, H: torch.Tensor, q: Int4Weights, *, drift: torch.Tensor | None = None,
