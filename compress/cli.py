@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-group-refit", dest="group_refit", action="store_false",
                    help="GPTQ keeps each group's scale (and zero point) as chosen before the codes, instead of refitting "
                         "them by least squares to the codes under the layer's output error (on by default)")
+    p.add_argument("--static-groups", action="store_true", default=argparse.SUPPRESS,
+                   help="GPTQ with act order: each group's scale and zero point from the original weights, instead of "
+                        "from the weights as updated when the loop first reaches the group (the default)")
+    p.add_argument("--code-sweeps", type=int, default=argparse.SUPPRESS, metavar="N",
+                   help=f"GPTQ: sweeps of coordinate descent over the codes after the column loop, each followed by "
+                        f"the group refit; 0 turns them off (default {QuantConfig.code_sweeps})")
     p.add_argument("--calibration-dtype", choices=["auto", "float32", "bfloat16"], default=argparse.SUPPRESS,
                    help="GPTQ's calibration forwards and input products in bfloat16 (the Hessians accumulate and GPTQ "
                         "runs in float32): several times faster where the hardware has bf16 units; auto (default) "
@@ -405,7 +411,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         given["embedding_group_size"] = args.embedding_group_size
     if args.embedding_rounding is not None:
         given["embedding_rounding"] = args.embedding_rounding
-    for name in ("calibration_sequences", "calibration_dtype"):  # passed on only when given: QuantConfig holds the default
+    # passed on only when given: QuantConfig holds the default
+    for name in ("calibration_sequences", "calibration_dtype", "static_groups", "code_sweeps"):
         if hasattr(args, name):
             given[name] = getattr(args, name)
     target = {k: getattr(args, k) for k in ("target_size", "target_metric", "target_sequences") if getattr(args, k) is not None}

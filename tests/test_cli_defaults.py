@@ -82,3 +82,14 @@ def test_quantize_calibration_dtype_defaults_to_auto_and_reaches_the_config(monk
     with pytest.raises(SystemExit) as stop:  # not a choice: argparse's one line naming the choices, exit 2
         cli.main(["quantize", "m", "--method", "int4", "--gptq", "--calibration-dtype", "float16", "-o", "q"])
     assert stop.value.code == 2
+
+
+def test_quantize_static_groups_and_code_sweeps_reach_the_config(monkeypatch, tmp_path):
+    from compress import cli
+    from compress.quantization import QuantConfig
+
+    default, chosen = _quantize_configs(monkeypatch, tmp_path, [], ["--static-groups", "--code-sweeps", "0"])
+    assert (default.static_groups, default.code_sweeps) == (False, QuantConfig.code_sweeps)
+    assert (chosen.static_groups, chosen.code_sweeps) == (True, 0)
+    # a negative count is the config's one sentence, exit 2
+    assert cli.main(["quantize", "m", "--method", "int4", "--gptq", "--code-sweeps", "-1", "-o", str(tmp_path / "x")]) == 2

@@ -15,13 +15,17 @@ column's weight carries (through P = alpha * triu(dXX^T U^T, 1) U, with U the
 Cholesky factor of H^-1 and alpha = ``gptaq_alpha``, 0.25 in the paper).
 
 Group parameters use the updated weights at each group's first column, as the
-reference implementation does.  With ``act_order`` they are fixed up front
-from the original weights ("static groups"), so the packed layout needs no
-column permutation.  With ``clip_search`` each group's range is the shrink of
+reference implementation does.  With ``act_order`` the groups stay runs of
+consecutive columns (the packed layout needs no column permutation); each
+group's parameters come from all its columns as updated when the loop first
+reaches one of them (``_rows_now`` adds the updates a block has not yet pushed
+on), or with ``static_groups`` from the original weights.  With ``clip_search`` each group's range is the shrink of
 its min-max range with the least squared rounding error, each column weighted
 by its Hessian diagonal.  With ``group_refit`` (default) the scales and float
 zero points are then refitted to the chosen codes by least squares under the
-same objective (``refit_group_params``).
+same objective (``refit_group_params``).  ``code_sweeps`` then runs
+coordinate descent over the codes under that objective (``coordinate_descent``,
+QuantEase: Behdin et al. 2023), each sweep followed by another refit.
 """
 from __future__ import annotations
 
@@ -51,12 +55,6 @@ _DAMP_RETRIES = 4  # each retry multiplies damping by 10
 REFIT_DAMP = 0.0
 REFIT_PASSES = 1
 REFIT_ALPHA = None  # the refit's weight of GPTAQ's drift term (None: gptaq_alpha, as the column loop)
-# With act_order: each group's parameters from its weights as updated when the loop first reaches one of its
-# columns, instead of from the original weights (kept for measurement: benchmarks/gptq_variants.py lazy_groups=).
-LAZY_GROUPS = False
-# Sweeps of coordinate descent over the codes after the group refit (QuantEase, Behdin et al. 2023), each followed
-# by another refit; kept for measurement (benchmarks/gptq_variants.py cd_sweeps=).
-CD_SWEEPS = 0
 
 
 def accumulate_hessian(H: torch.Tensor, count: int, x: torch.Tensor) -> int:
@@ -155,7 +153,7 @@ class PreparedHessian:
 
     @staticmethod
     def settings_of(cfg: QuantConfig) -> tuple:
-        return cfg.damp, cfg.act_order, cfg.clip_search, cfg.gptaq, cfg.gptaq_alpha, cfg.group_refit
+        return cfg.damp, cfg.act_order, cfg.clip_search, cfg.gptaq, cfg.gptaq_alpha, cfg.group_refit, cfg.code_sweeps > 0
 
     def fits(self, cfg: QuantConfig) -> bool:
         return self.settings == self.settings_of(cfg)
@@ -176,8 +174,9 @@ def prepare_hessian(H: torch.Tensor, cfg: QuantConfig, *, drift: torch.Tensor | 
         drift = drift.to(torch.float32).clone()
         drift[:, dead] = 0.0
     hdiag = H.diagonal().clone() if cfg.clip_search else None
-    # The group refit needs the objective after the column loop: H undamped and drift, in column order.
-    refit = ((H if cfg.act_order else H.clone()), drift) if cfg.group_refit else (None, None)
+    # The group refit and the code sweeps need the objective after the column loop: H undamped and drift, in
+    # column order.
+    refit = ((H if cfg.act_order else H.clone()), drift) if cfg.group_refit or cfg.code_sweeps else (None, None)
     perm = None
     if cfg.act_order:
         perm = torch.argsort(H.diagonal(), descending=True)
@@ -218,7 +217,7 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor | None, cfg: QuantConfig, *, 
     float_zero = cfg.zero_point == "float"
     scales = torch.empty(n_groups, N, device=dev)
     zeros = None if cfg.symmetric else torch.empty(n_groups, N, device=dev)
-    lazy = LAZY_GROUPS and cfg.act_order and G < K and _params is None
+    lazy = cfg.act_order and not cfg.static_groups and G < K and _params is None
     if (cfg.act_order or G == K) and not lazy:
         # static groups: parameters from the weights before any compensation
         for g in range(n_groups):
@@ -258,17 +257,17 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor | None, cfg: QuantConfig, *, 
         group_size=G,
         bits=cfg.bits,
     )
-    if cfg.group_refit:
-        with _one_cpu_thread(dev):
-            q = refit_group_params(W0, prepared.H, q, drift=prepared.drift,
-                                   alpha=cfg.gptaq_alpha if REFIT_ALPHA is None else REFIT_ALPHA,
+    alpha = cfg.gptaq_alpha if REFIT_ALPHA is None else REFIT_ALPHA
+    with _one_cpu_thread(dev):
+        if cfg.group_refit:
+            q = refit_group_params(W0, prepared.H, q, drift=prepared.drift, alpha=alpha,
                                    float_zero=float_zero, dtype=dtype, damp=REFIT_DAMP)
-            for _ in range(CD_SWEEPS if _params is None else 0):
-                q = coordinate_descent(W0, prepared.H, q, drift=prepared.drift,
-                                       alpha=cfg.gptaq_alpha if REFIT_ALPHA is None else REFIT_ALPHA)
-                q = refit_group_params(W0, prepared.H, q, drift=prepared.drift,
-                                       alpha=cfg.gptaq_alpha if REFIT_ALPHA is None else REFIT_ALPHA,
+        for _ in range(cfg.code_sweeps if _params is None else 0):
+            q = coordinate_descent(W0, prepared.H, q, drift=prepared.drift, alpha=alpha)
+            if cfg.group_refit:
+                q = refit_group_params(W0, prepared.H, q, drift=prepared.drift, alpha=alpha,
                                        float_zero=float_zero, dtype=dtype, damp=REFIT_DAMP)
+    if cfg.group_refit:
         if REFIT_PASSES > 1 and _params is None and cfg.act_order:
             for _ in range(REFIT_PASSES - 1):
                 q = gptq_quantize(W0, None, cfg, prepared=prepared, _params=(q.scales, q.zeros))
@@ -296,7 +295,7 @@ def _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, param_a
 
     ``hdiag``: per-column weights of the clip search for groups found here (None: no search).
     ``P``: GPTAQ's drift term (None: plain GPTQ).
-    ``lazy_perm`` (act_order with ``LAZY_GROUPS``): the column order; each group's parameters are found
+    ``lazy_perm`` (act_order without ``static_groups``): the column order; each group's parameters are found
     when the loop first reaches one of its columns, from all its columns as updated by then.
     """
     K = Wt.shape[0]

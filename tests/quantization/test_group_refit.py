@@ -1,4 +1,6 @@
 """GPTQ's group refit: least-squares scales / float zero points for the fixed codes (issue 18)."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -60,12 +62,14 @@ def test_the_refit_is_on_by_default_and_off_leaves_gptq_as_it_was():
     x_fp, x, H, drift = _drifted(k=128)
     torch.manual_seed(1)
     w = torch.randn(24, 128) * 0.05
-    on_cfg = QuantConfig(group_size=32, gptq=True, symmetric=False, zero_point="float")
+    # static groups and no code sweeps: the refit alone, after parameters that are easy to recompute here
+    on_cfg = QuantConfig(group_size=32, gptq=True, symmetric=False, zero_point="float", static_groups=True,
+                         code_sweeps=0)
     assert on_cfg.group_refit
-    off_cfg = QuantConfig(group_size=32, gptq=True, symmetric=False, zero_point="float", group_refit=False)
+    off_cfg = dataclasses.replace(on_cfg, group_refit=False)
     on, off = gptq_quantize(w, H, on_cfg, drift=drift), gptq_quantize(w, H, off_cfg, drift=drift)
     assert torch.equal(on.codes, off.codes)
-    # off: act_order's static groups, each from the original weights' clip search weighted by diag H
+    # off: static groups, each from the original weights' clip search weighted by diag H
     for g in range(4):
         cols = slice(32 * g, 32 * (g + 1))
         s, z = int4_params(w[:, cols], False, torch.float16, True, clip_search=True, weight=H.diagonal()[cols])
@@ -79,10 +83,9 @@ def test_the_refit_is_on_by_default_and_off_leaves_gptq_as_it_was():
 def test_gptq_with_identity_hessian_refits_round_to_nearest_scales_by_least_squares():
     torch.manual_seed(2)
     w = torch.randn(12, 64)
-    cfg = QuantConfig(group_size=16, symmetric=False, zero_point="float", gptq=True)
+    cfg = QuantConfig(group_size=16, symmetric=False, zero_point="float", gptq=True, code_sweeps=0)
     q = gptq_quantize(w, torch.eye(64), cfg)
-    plain = gptq_quantize(w, torch.eye(64), QuantConfig(group_size=16, symmetric=False, zero_point="float",
-                                                         gptq=True, group_refit=False))
+    plain = gptq_quantize(w, torch.eye(64), dataclasses.replace(cfg, group_refit=False))
     assert torch.equal(q.codes, plain.codes)
     assert (w - dequantize(q)).pow(2).sum() < (w - dequantize(plain)).pow(2).sum()
 
