@@ -169,17 +169,24 @@ def main(argv=None) -> int:
         sides = fields.pop("clip_sides", None)
         floor = fields.pop("clip_floor", None)
         knobs = fields.pop("refit_damp", None), fields.pop("refit_passes", None), fields.pop("refit_alpha", None)
+        awq = fields.pop("awq", None)
         fields = {"group_size": args.group_size, "gptq": True, "progress": False, **fields}
         cfg = QuantConfig(calibration_sequences=calib_n, **fields)
         m = copy.deepcopy(model)
         print(f"[variant] {name}: {cfg.label()} {fields} calib {calib_n}", flush=True)
         start = time.perf_counter()
         with _scales_rounded_up(round_up), _refit_knobs(*knobs), _clip_sides(sides), _clip_floor(floor):
+            if awq:
+                from compress.arch import adapter_for
+                from compress.quantization.scaling import scale_inputs
+
+                scale_inputs(adapter_for(m), calibration[:calib_n], cfg, progress=False)
             compress.quantize(m, cfg, data=calibration[:calib_n] if cfg.gptq else None)
         seconds = time.perf_counter() - start
         m.eval()
         row = {"fields": fields, "scales_rounded_up": round_up, **({} if sides is None else {"clip_sides": bool(sides)}),
                **({} if floor is None else {"clip_floor": float(floor)}),
+               **({} if awq is None else {"awq": bool(awq)}),
                **{k: v for k, v in zip(("refit_damp", "refit_passes", "refit_alpha"), knobs) if v is not None},
                "calibration_sequences": min(calib_n, len(calibration)), "quantise_seconds": seconds, "domains": {}}
         for domain, ids in held.items():

@@ -68,6 +68,8 @@ ROWS: dict[str, tuple[str, dict]] = {
     "ours GPTQ default, bf16 forwards, float32 products": ("ours", {"symmetric": False, "zero_point": "float",
                                                                     "calibration_dtype": "bfloat16",
                                                                     "_bf16_products": False}),
+    "ours GPTQ default, static groups, no code sweep (the default before b369e4d)": (
+        "ours", {"symmetric": False, "zero_point": "float", "static_groups": True, "code_sweeps": 0}),
     "bitsandbytes NF4 (blocks of 64)": ("peer-rtn", {"make": "nf4"}),
     "HQQ 4-bit": ("peer-rtn", {"make": "hqq"}),
     "llm-compressor W4A16": ("llmc", {"scheme": "W4A16"}),
@@ -81,6 +83,7 @@ SHORT = {"rtn": "ours RTN symmetric", "rtn-float": "ours RTN float zero points",
          "default-f32": "ours GPTQ default, float32 calibration",
          "sym-f32": "ours GPTQ symmetric (GPTAQ), float32 calibration",
          "default-bf16-f32-products": "ours GPTQ default, bf16 forwards, float32 products",
+         "default-static": "ours GPTQ default, static groups, no code sweep (the default before b369e4d)",
          "nf4": "bitsandbytes NF4 (blocks of 64)", "hqq": "HQQ 4-bit",
          "llmc": "llm-compressor W4A16", "llmc-asym": "llm-compressor W4A16_ASYM"}
 # Which of ours faces which of the peer's (same scheme), and the default against the best of the peer's.

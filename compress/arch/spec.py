@@ -45,6 +45,12 @@ class ArchSpec:
     # counts; pruning rewrites these per layer.
     attn_module: str = ""
     attn_head_attrs: tuple[str, ...] = ()
+    # The pre-norms whose output is all that q/k/v (``attn_norm``) and the MLP inputs (``mlp_norm``) read, so an
+    # input scale can be folded into their weight (``quantization.scaling``); None where a norm follows instead
+    # (BERT).  ``norm_offset``: added to the weight in the norm's forward (Gemma: x * (1 + w)).
+    attn_norm: str | None = None
+    mlp_norm: str | None = None
+    norm_offset: float = 0.0
 
 
 LLAMA_STYLE = ArchSpec(
@@ -66,6 +72,8 @@ LLAMA_STYLE = ArchSpec(
     head_norms=("self_attn.q_norm", "self_attn.k_norm"),
     attn_module="self_attn",
     attn_head_attrs=("num_key_value_groups",),
+    attn_norm="input_layernorm",
+    mlp_norm="post_attention_layernorm",
 )
 
 # Gemma3 is laid out like Llama but has four norms per layer, and the
@@ -81,6 +89,8 @@ GEMMA3 = replace(
         "pre_feedforward_layernorm",
         "post_feedforward_layernorm",
     ),
+    mlp_norm="pre_feedforward_layernorm",
+    norm_offset=1.0,
 )
 
 BERT = ArchSpec(
