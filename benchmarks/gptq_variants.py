@@ -14,7 +14,9 @@ issue 18), to measure rounding to nearest against it; ``refit_damp=X``,
 ``compress.quantization.quantizers.CLIP_SIDES`` (the clip search of each end
 of an asymmetric range alone, on by default); ``clip_floor=F`` lets the clip
 search shrink a range down to F (``quantizers.CLIP_FACTORS``: 1.00 to 0.80 in
-steps of 0.02 by default).  Results
+steps of 0.02 by default); ``awq=true`` folds activation-aware input scales
+(``compress.quantization.scaling.scale_inputs``, AWQ) into the model before
+quantising it.  Results
 are appended to the JSON after every variant, so an interrupted run keeps
 what it measured.
 
