@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "from the weights as updated when the loop first reaches the group (the default)")
     p.add_argument("--code-sweeps", type=int, default=argparse.SUPPRESS, metavar="N",
                    help=f"GPTQ: sweeps of coordinate descent over the codes after the column loop, each followed by "
-                        f"the group refit; 0 turns them off (default {QuantConfig.code_sweeps})")
+                        f"the group refit when it is on; 0 turns them off (default {QuantConfig.code_sweeps})")
     p.add_argument("--calibration-dtype", choices=["auto", "float32", "bfloat16"], default=argparse.SUPPRESS,
                    help="GPTQ's calibration forwards and input products in bfloat16 (the Hessians accumulate and GPTQ "
                         "runs in float32): several times faster where the hardware has bf16 units; auto (default) "

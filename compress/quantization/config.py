@@ -126,10 +126,10 @@ class QuantConfig(metaclass=_PicksMethod):
     group's parameters come from its weights as the loop has updated them when
     it first reaches one of the group's columns; ``static_groups=True`` takes
     them from the original weights instead (the behaviour before 2026-12-07).
-    ``code_sweeps`` (GPTQ with ``group_refit``; default 1): sweeps of
-    coordinate descent over the codes after the refit (QuantEase): each column's
-    codes, the others fixed, are the grid points nearest the layer objective's
-    minimum, each sweep followed by another refit.  SmolLM2-135M int4 GPTAQ,
+    ``code_sweeps`` (GPTQ; default 1): sweeps of coordinate descent over the
+    codes after the column loop and the refit (QuantEase): each column's codes,
+    the others fixed, are the grid points nearest the layer objective's
+    minimum, each sweep followed by another refit when ``group_refit`` is on.  SmolLM2-135M int4 GPTAQ,
     float zero points, 29 held-out sequences: g128 Shakespeare 1.072x -> 1.055x,
     news 1.105x -> 1.096x; g64 1.047x -> 1.050x, 1.056x -> 1.051x (the two
     together; README).

@@ -258,19 +258,20 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor | None, cfg: QuantConfig, *, 
         bits=cfg.bits,
     )
     alpha = cfg.gptaq_alpha if REFIT_ALPHA is None else REFIT_ALPHA
+
+    def refit(q: Int4Weights) -> Int4Weights:
+        if not cfg.group_refit:
+            return q
+        return refit_group_params(W0, prepared.H, q, drift=prepared.drift, alpha=alpha,
+                                  float_zero=float_zero, dtype=dtype, damp=REFIT_DAMP)
+
     with _one_cpu_thread(dev):
-        if cfg.group_refit:
-            q = refit_group_params(W0, prepared.H, q, drift=prepared.drift, alpha=alpha,
-                                   float_zero=float_zero, dtype=dtype, damp=REFIT_DAMP)
+        q = refit(q)
         for _ in range(cfg.code_sweeps if _params is None else 0):
-            q = coordinate_descent(W0, prepared.H, q, drift=prepared.drift, alpha=alpha)
-            if cfg.group_refit:
-                q = refit_group_params(W0, prepared.H, q, drift=prepared.drift, alpha=alpha,
-                                       float_zero=float_zero, dtype=dtype, damp=REFIT_DAMP)
-    if cfg.group_refit:
-        if REFIT_PASSES > 1 and _params is None and cfg.act_order:
-            for _ in range(REFIT_PASSES - 1):
-                q = gptq_quantize(W0, None, cfg, prepared=prepared, _params=(q.scales, q.zeros))
+            q = refit(coordinate_descent(W0, prepared.H, q, drift=prepared.drift, alpha=alpha))
+    if cfg.group_refit and REFIT_PASSES > 1 and _params is None and cfg.act_order:
+        for _ in range(REFIT_PASSES - 1):
+            q = gptq_quantize(W0, None, cfg, prepared=prepared, _params=(q.scales, q.zeros))
     return q
 
 

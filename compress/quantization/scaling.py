@@ -13,7 +13,7 @@ Per layer and per such pair, ``s = mean|x| ** alpha`` (normalised so that
 ``max(s) * min(s) = 1``), with alpha from a grid of ``ALPHAS``; the one whose
 round-to-nearest weights give the least output error on the calibration
 inputs, ``sum_n (w_n - q_n) H (w_n - q_n)^T`` with ``q = Q(w * s) / s`` and
-``H = X^T X``, is folded in (alpha = 0 is no change, so the search never
+``H`` the inputs' Hessian (GPTQ's ``accumulate_hessian``), is folded in (alpha = 0 is no change, so the search never
 makes that error larger).  GPTQ then quantises the scaled weights.
 
 Plain functions: ``search_scale`` is the math on one pair's tensors,
@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from compress.arch import Adapter
 from compress.layer_calls import capture_layer_calls
 from compress.quantization.config import QuantConfig
+from compress.quantization.gptq import accumulate_hessian
 from compress.quantization.quantizers import dequantize, quantize_int4
 
 ALPHAS = tuple(i / 20 for i in range(20))  # 0.00, 0.05, ..., 0.95 (AWQ's grid)
@@ -86,16 +87,13 @@ def apply_scale(pair: ScalePair, s: torch.Tensor) -> None:
         w = lin.weight
         w.copy_((w.to(torch.float32) * s).to(w.dtype))
     p = pair.producer
-    if pair.kind == "norm":
-        w = p.weight
+    w = p.weight
+    if pair.kind == "norm":  # the norm's output is x_normed * (w + offset)
         w.copy_(((w.to(torch.float32) + pair.offset) / s - pair.offset).to(w.dtype))
-        if getattr(p, "bias", None) is not None:
-            p.bias.copy_((p.bias.to(torch.float32) / s).to(p.bias.dtype))
-    else:
-        w = p.weight
+    else:  # the producer's output rows
         w.copy_((w.to(torch.float32) / s[:, None]).to(w.dtype))
-        if p.bias is not None:
-            p.bias.copy_((p.bias.to(torch.float32) / s).to(p.bias.dtype))
+    if getattr(p, "bias", None) is not None:
+        p.bias.copy_((p.bias.to(torch.float32) / s).to(p.bias.dtype))
 
 
 def scale_pairs(adapter: Adapter, i: int) -> list[ScalePair]:
@@ -135,10 +133,9 @@ def scale_inputs(adapter: Adapter, data: torch.Tensor, cfg: QuantConfig, *, batc
 
             def pre_hook(module: nn.Module, args: tuple) -> None:
                 x = args[0].detach().reshape(-1, K).to(torch.float32)
-                st = stats.setdefault(pair.name, [torch.zeros(K, K, device=x.device), torch.zeros(K, device=x.device), 0])
-                st[0].addmm_(x.t(), x)
-                st[1].add_(x.abs().sum(dim=0))
-                st[2] += x.shape[0]
+                st = stats.setdefault(pair.name, [torch.zeros(K, K, device=x.device), 0, torch.zeros(K, device=x.device)])
+                st[1] = accumulate_hessian(st[0], st[1], x)  # GPTQ's running 2/n X^T X
+                st[2].add_(x.abs().sum(dim=0))
 
             return pre_hook
 
@@ -151,8 +148,8 @@ def scale_inputs(adapter: Adapter, data: torch.Tensor, cfg: QuantConfig, *, batc
         for pair in pairs:
             if pair.name not in stats:
                 continue
-            H, xsum, n = stats.pop(pair.name)
-            s, alpha, err, base = search_scale([c.weight for c in pair.consumers], H / n, xsum / n, cfg)
+            H, n, xsum = stats.pop(pair.name)
+            s, alpha, err, base = search_scale([c.weight for c in pair.consumers], H, xsum / n, cfg)
             if alpha > 0:
                 apply_scale(pair, s)
             records.append({"layer": i, "pair": pair.name, "alpha": alpha, "error": err, "error_unscaled": base})
