@@ -37,15 +37,16 @@ import torch
 from compress.quantization.config import QuantConfig, QuantError
 from compress.quantization.quantizers import (
     Int4Weights,
-    _stored,
     code_max,
     effective_group_size,
-    int4_codes,
-    int4_dequant,
     int4_params,
     num_groups,
     sym_offset,
 )
+from compress.quantization.refine import coordinate_descent, refit_group_params, target_product
+
+__all__ = ["accumulate_drift", "accumulate_hessian", "coordinate_descent", "gptq_quantize", "gptq_rows",
+           "prepare_hessian", "refit_group_params"]
 
 _DAMP_RETRIES = 4  # each retry multiplies damping by 10
 # Group refit knobs, kept for measurement (benchmarks/gptq_variants.py refit_damp= / refit_passes= / refit_alpha=):
@@ -67,23 +68,31 @@ def accumulate_drift(D: torch.Tensor, count: int, x_fp: torch.Tensor, x: torch.T
     return fold_product(D, count, *input_product(x, x_fp))
 
 
-def input_product(x: torch.Tensor, x_fp: torch.Tensor | None = None,
-                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, int]:
+def input_product(x: torch.Tensor, x_fp: torch.Tensor | None = None, dtype: torch.dtype = torch.float32, *,
+                  lowered: dict | None = None) -> tuple[torch.Tensor, int]:
     """``left^T x`` over the rows of a batch (left: ``x`` itself, or GPTAQ's ``x_fp - x``) and the row count.
 
     Separate from ``fold_product`` so that modules fed the same tensor (q/k/v,
     gate/up) share one K x K product: it is most of the statistics' cost.
     ``dtype`` bfloat16: the product of the inputs rounded to bf16 (``x_fp - x``
-    is taken in float32 first), returned as float32 for the float32 running
-    sums; 4-5x faster on bf16 units, and rounds no more than the bf16 layer
-    forwards that produced ``x`` already did.
+    is taken in float32 first), returned in bf16 for ``fold_product`` to add to
+    the float32 running sums; 4-5x faster on bf16 units, and rounds no more
+    than the bf16 layer forwards that produced ``x`` already did.
+    ``lowered``: a dict the caller keeps for one batch, so that an input used
+    by both products (H and GPTAQ's drift) is converted to ``dtype`` once.
     """
     with torch.autocast(x.device.type, enabled=False):  # our own dtype, not the forwards' autocast
-        x = x.detach().reshape(-1, x.shape[-1])
+        rows = x.detach().reshape(-1, x.shape[-1])
+        if lowered is None:
+            low = rows.to(dtype)
+        else:
+            if id(x) not in lowered:  # x stays referenced there, so its id is not reused while the dict lives
+                lowered[id(x)] = (x, rows.to(dtype))
+            low = lowered[id(x)][1]
         if x_fp is None:
-            return _gram(x.to(dtype)).to(torch.float32), x.shape[0]
-        left = x_fp.detach().reshape(-1, x_fp.shape[-1]).to(torch.float32) - x.to(torch.float32)
-        return (left.to(dtype).t() @ x.to(dtype)).to(torch.float32), x.shape[0]
+            return _gram(low), rows.shape[0]
+        left = x_fp.detach().reshape(-1, x_fp.shape[-1]).to(torch.float32) - rows.to(torch.float32)
+        return left.to(dtype).t() @ low, rows.shape[0]
 
 
 def _gram(x: torch.Tensor, block: int = 192) -> torch.Tensor:
@@ -105,7 +114,8 @@ def _gram(x: torch.Tensor, block: int = 192) -> torch.Tensor:
 
 
 def fold_product(S: torch.Tensor, count: int, product: torch.Tensor, rows: int) -> int:
-    """S <- the running 2/n * sum over all rows so far, given one batch's ``input_product``; return the new count."""
+    """S <- the running 2/n * sum over all rows so far, given one batch's ``input_product`` (in any float dtype:
+    it is added in S's own); return the new count."""
     if rows == 0:
         return count
     total = count + rows
@@ -258,17 +268,22 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor | None, cfg: QuantConfig, *, 
         bits=cfg.bits,
     )
     alpha = cfg.gptaq_alpha if REFIT_ALPHA is None else REFIT_ALPHA
-
-    def refit(q: Int4Weights) -> Int4Weights:
-        if not cfg.group_refit:
-            return q
-        return refit_group_params(W0, prepared.H, q, drift=prepared.drift, alpha=alpha,
-                                  float_zero=float_zero, dtype=dtype, damp=REFIT_DAMP)
-
+    sweeps = cfg.code_sweeps if _params is None else 0
+    if not (cfg.group_refit or sweeps):
+        return q
     with _one_cpu_thread(dev):
+        V = target_product(W0, prepared.H, prepared.drift, alpha)  # shared by every refit and sweep below
+
+        def refit(q: Int4Weights) -> Int4Weights:
+            if not cfg.group_refit:
+                return q
+            return refit_group_params(W0, prepared.H, q, drift=prepared.drift, alpha=alpha,
+                                      float_zero=float_zero, dtype=dtype, damp=REFIT_DAMP, target=V)
+
         q = refit(q)
-        for _ in range(cfg.code_sweeps if _params is None else 0):
-            q = refit(coordinate_descent(W0, prepared.H, q, drift=prepared.drift, alpha=alpha))
+        for _ in range(sweeps):
+            q = refit(coordinate_descent(W0, prepared.H, q, drift=prepared.drift, alpha=alpha, target=V))
+        del V
     if cfg.group_refit and REFIT_PASSES > 1 and _params is None and cfg.act_order:
         for _ in range(REFIT_PASSES - 1):
             q = gptq_quantize(W0, None, cfg, prepared=prepared, _params=(q.scales, q.zeros))
@@ -305,11 +320,19 @@ def _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, param_a
         where = torch.argsort(lazy_perm)  # column -> its row in Wt
         positions = [where[g * G:(g + 1) * G] for g in range(scales.shape[0])]
         found: set[int] = set()
+    symmetric, bits = zeros is None, param_args[3]
+    top = float(code_max(bits))
+    offset = float(sym_offset(bits))
+    # one row view per group, which sees the parameters written into it later
+    scale_of, zero_of = list(scales.unbind(0)), None if symmetric else list(zeros.unbind(0))
+    code = torch.empty(Wt.shape[1], device=Wt.device)
+    dequant = torch.empty_like(code)
     for i1 in range(0, K, B):
         i2 = min(i1 + B, K)
         W1 = Wt[i1:i2].clone()
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
+        pivots = Hinv1.diagonal().tolist()
         P1 = None if P is None else P[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col, g = i1 + i, group_of[i1 + i]
@@ -326,12 +349,14 @@ def _column_loop(Wt, Hinv, codes, scales, zeros, group_of, G, B, static, param_a
                                            weight=None if hdiag is None else hdiag[col:col + G])
                 if zeros is not None:
                     zeros[g] = z
-            z = None if zeros is None else zeros[g]
-            q = int4_codes(W1[i], scales[g], z, param_args[3])
-            codes[col] = q
-            Err1[i] = (W1[i] - int4_dequant(q, scales[g], z, param_args[3])) / Hinv1[i, i]
+            # int4_codes and int4_dequant, in place: the same arithmetic in half the tensor ops
+            w, s, z = W1[i], scale_of[g], offset if symmetric else zero_of[g]
+            torch.div(w, s, out=code).add_(z).round_().clamp_(0, top)
+            codes[col] = code
+            torch.sub(code, z, out=dequant).mul_(s)
+            torch.sub(w, dequant, out=Err1[i]).div_(pivots[i])
             if P1 is not None:  # the column's share of the input drift, before its error moves it (row i: P1[i, i] = 0)
-                W1[i + 1:].addr_(P1[i, i + 1:], W1[i])
+                W1[i + 1:].addr_(P1[i, i + 1:], w)
             W1[i:].addr_(Hinv1[i, i:], Err1[i], alpha=-1.0)  # push the error onto the columns still to do
         Wt[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1.0)
         if P is not None:  # W1's rows now hold the dequantised columns, as in the reference
@@ -354,131 +379,6 @@ def _rows_now(Wt, W1, Err1, Hinv, P, rows, i1, i, i2) -> torch.Tensor:
                 part = part + P[i1:i1 + i, later].t() @ W1[:i]
         out[~inside] = part
     return out
-
-
-def coordinate_descent(w: torch.Tensor, H: torch.Tensor, q: Int4Weights, *, drift: torch.Tensor | None = None,
-                       alpha: float = 1.0, block: int = 128) -> Int4Weights:
-    """One sweep of exact coordinate descent over ``q``'s codes, its scales and zero points fixed.
-
-    The objective is the refit's: ``(W_n - Q_n) H (W_n - Q_n)^T`` per row, minus ``2 alpha Q_n D^T W_n^T`` with
-    GPTAQ's ``drift`` D.  For one column k it is, per row, a parabola in Q[n, k] with curvature H[k, k] and
-    minimum at ``Q[n, k] + R[n, k] / H[k, k]`` (R = W H + alpha W D - Q H, the negative half-gradient), so
-    rounding that point to the row's grid is the best code for the column given all the others: no sweep
-    raises the objective.  Columns in order, the residual kept current in blocks (as GPTQ's loop does).
-    """
-    N, K = q.codes.shape
-    G = q.group_size
-    W = w.detach().to(torch.float32)
-    H = H.to(torch.float32)
-    col_group = torch.arange(K, device=W.device) // G
-    S = q.scales.to(torch.float32)[col_group]  # [K, N]: each column's scale per row
-    Z = (torch.full_like(S, float(sym_offset(q.bits))) if q.zeros is None
-         else q.zeros.to(torch.float32)[col_group])
-    Ct = q.codes.t().to(torch.float32).contiguous()  # [K, N]: a column is a contiguous row
-    Qt = (Ct - Z) * S
-    Rt = H @ W.t() - H @ Qt  # H symmetric: (W H - Q H)^T
-    if drift is not None:
-        Rt.addmm_(drift.to(torch.float32).t(), W.t(), alpha=alpha)
-    curvature = H.diagonal().clamp(min=torch.finfo(torch.float32).tiny).tolist()
-    top = float(code_max(q.bits))
-    with _one_cpu_thread(W.device):
-        for i1 in range(0, K, block):
-            i2 = min(i1 + block, K)
-            R1 = Rt[i1:i2].clone()
-            delta = torch.zeros(i2 - i1, N, device=W.device)
-            for j in range(i2 - i1):
-                k = i1 + j
-                c = (Qt[k] + R1[j] / curvature[k]).div_(S[k]).add_(Z[k]).round_().clamp_(0, top)
-                new = (c - Z[k]) * S[k]
-                torch.sub(new, Qt[k], out=delta[j])
-                Ct[k], Qt[k] = c, new
-                R1[j:].addr_(H[k, k:i2], delta[j], alpha=-1.0)
-            Rt[i2:].addmm_(H[i1:i2, i2:].t(), delta, alpha=-1.0)
-    return Int4Weights(codes=Ct.t().to(torch.uint8).contiguous(), scales=q.scales, zeros=q.zeros,
-                       group_size=G, bits=q.bits)
-
-
-def refit_group_params(w: torch.Tensor, H: torch.Tensor, q: Int4Weights, *, drift: torch.Tensor | None = None,
-                       alpha: float = 1.0, float_zero: bool = False, dtype: torch.dtype = torch.float16,
-                       damp: float = 0.0) -> Int4Weights:
-    """Least-squares scales (and float zero points) for ``q``'s fixed codes under GPTQ's own objective.
-
-    With the codes fixed, the dequantised weight is linear in each group's
-    parameters: ``Q[n, k] = a[g, n] * c[n, k] + b[g, n]`` (a = scale, b =
-    -scale * zero).  For each output row the parameters of all its groups are
-    solved jointly to minimise ``(W_n - Q_n) H (W_n - Q_n)^T`` (the layer's
-    output error on the calibration inputs; with GPTAQ's ``drift`` the target
-    is the original layer's output, its cross term scaled by ``alpha``).
-    Symmetric weights and integer zero points keep their zero points and refit
-    the scales only.  A row keeps its old parameters unless the new ones,
-    rounded to ``dtype``, lower that error (and its scales stay positive), so
-    the refit never makes a row worse.
-    """
-    N, K = q.codes.shape
-    if tuple(w.shape) != (N, K):
-        raise QuantError(f"the weight is {tuple(w.shape)} but the codes are {(N, K)}; refit the weight they were "
-                         f"quantised from.")
-    if tuple(H.shape) != (K, K):
-        raise QuantError(f"the Hessian is {tuple(H.shape)} but the weight has {K} inputs; pass its {K} x {K} "
-                         f"input Hessian.")
-    G = q.group_size
-    n = num_groups(K, G)
-    Kp = n * G
-    W = w.detach().to(torch.float32)
-    H = H.to(torch.float32)
-    if damp:
-        H = H + damp * H.diagonal().mean() * torch.eye(K, device=H.device)
-    float_zero = float_zero and q.zeros is not None
-    dev = W.device
-    old_s = q.scales.to(torch.float32)  # [n, N]
-    z = torch.full_like(old_s, float(sym_offset(q.bits))) if q.zeros is None else q.zeros.to(torch.float32)
-    C = q.codes.to(torch.float32)
-    if not float_zero:  # scale only: Q = a * (c - z)
-        C = C - z.t().repeat_interleave(G, dim=1)[:, :K]
-    V = W @ H  # the target's cross term, row n: H W_n^T (+ alpha D^T W_n^T)
-    if drift is not None:
-        V.add_(W @ drift.to(torch.float32), alpha=alpha)
-
-    def seg(x: torch.Tensor) -> torch.Tensor:  # [..., K] -> per-group sums [..., n]
-        return torch.nn.functional.pad(x, (0, Kp - K)).reshape(*x.shape[:-1], n, G).sum(-1)
-
-    m = 2 * n if float_zero else n
-    M = torch.zeros(N, m, m, device=dev)
-    r = torch.zeros(N, m, device=dev)
-    r[:, :n] = seg(C * V)
-    for g in range(n):
-        cols = slice(g * G, min((g + 1) * G, K))
-        Y = C[:, cols] @ H[cols]  # [N, K]: sum over k in g of c[n, k] H[k, :]
-        M[:, g, :n] = seg(Y * C)
-        if float_zero:
-            M[:, g, n:] = seg(Y)
-    if float_zero:
-        M[:, n:, :n] = M[:, :n, n:].transpose(1, 2)
-        Hs = seg(seg(H).t())  # [n, n] block sums of H (symmetric)
-        M[:, n:, n:] = Hs
-        r[:, n:] = seg(V)
-
-    def theta(s: torch.Tensor, zz: torch.Tensor) -> torch.Tensor:
-        return torch.cat([s.t(), (-s * zz).t()], dim=1) if float_zero else s.t()
-
-    def loss(t: torch.Tensor) -> torch.Tensor:  # up to a constant, per row
-        return (t[:, None, :] @ M @ t[:, :, None]).reshape(N) - 2 * (t * r).sum(1)
-
-    ridge = 1e-6 * M.diagonal(dim1=1, dim2=2).abs().mean(1).clamp(min=1e-30)
-    A = M + ridge[:, None, None] * torch.eye(m, device=dev)
-    sol, info = torch.linalg.solve_ex(A, r[:, :, None])
-    sol = sol[:, :, 0]
-    new_s = _stored(sol[:, :n].t(), dtype)
-    if float_zero:
-        new_z = (-sol[:, n:].t() / new_s).to(dtype).to(torch.float32)
-    else:
-        new_z = z
-    ok = (info == 0) & (sol[:, :n] > 0).all(1) & torch.isfinite(sol).all(1)
-    better = ok & (loss(theta(new_s, new_z)) < loss(theta(old_s, z)))
-    scales = torch.where(better[None, :], new_s, old_s)
-    zeros = None if q.zeros is None else torch.where(better[None, :], new_z, z) if float_zero else q.zeros
-    return Int4Weights(codes=q.codes, scales=scales.to(q.scales.dtype),
-                       zeros=None if zeros is None else zeros.to(q.zeros.dtype), group_size=G, bits=q.bits)
 
 
 def gptq_rows(w: torch.Tensor, H: torch.Tensor, scales: torch.Tensor, qmin: int, qmax: int, *, damp: float = 0.01,

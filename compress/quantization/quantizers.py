@@ -106,12 +106,14 @@ def quantize_ternary(w: torch.Tensor, cfg: QuantConfig) -> TernaryWeights:
 def _int4_range_params(
     w: torch.Tensor, symmetric: bool, dtype: torch.dtype, float_zero: bool, shrink: float | torch.Tensor = 1.0,
     shrink_hi: float | torch.Tensor | None = None, bits: int = 4,
+    bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Scale and zero point per row of ``w[N, G]`` for its range shrunk by ``shrink`` (see :func:`int4_params`);
-    ``shrink_hi``: the top of the range shrunk by this instead (asymmetric; a float or one per row)."""
+    ``shrink_hi``: the top of the range shrunk by this instead (asymmetric; a float or one per row).
+    ``bounds``: ``_row_bounds(w, symmetric)`` if the caller has it (the clip search asks 33 times)."""
+    lo, hi = _row_bounds(w, symmetric) if bounds is None else bounds
     if symmetric:
-        return _stored(w.abs().amax(dim=1) * shrink / (sym_offset(bits) - 0.5), dtype), None
-    lo, hi = w.amin(dim=1), w.amax(dim=1)
+        return _stored(hi * shrink / (sym_offset(bits) - 0.5), dtype), None
     if not float_zero:
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
     lo, hi = lo * shrink, hi * (shrink if shrink_hi is None else shrink_hi)
@@ -119,6 +121,14 @@ def _int4_range_params(
     zero = -lo / scale
     zero = zero.to(dtype).to(torch.float32) if float_zero else zero.round().clamp(0, code_max(bits))
     return scale, zero
+
+
+def _row_bounds(w: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's (min, max), or for symmetric weights (-max |w|, max |w|)."""
+    if symmetric:
+        m = w.abs().amax(dim=1)
+        return -m, m
+    return w.amin(dim=1), w.amax(dim=1)
 
 
 def int4_params(
@@ -147,7 +157,8 @@ def int4_params(
     ``bits=3``: the same for int3 (7 steps; symmetric s = max|w| / 3.5, offset 4).
     """
     w = w.detach().to(torch.float32)
-    best_scale, best_zero = _int4_range_params(w, symmetric, dtype, float_zero, bits=bits)
+    bounds = _row_bounds(w, symmetric)
+    best_scale, best_zero = _int4_range_params(w, symmetric, dtype, float_zero, bits=bits, bounds=bounds)
     if not clip_search:
         return best_scale, best_zero
     c = None if weight is None else weight.to(torch.float32)
@@ -162,7 +173,7 @@ def int4_params(
         for shrink in CLIP_FACTORS[1:] if side == "both" else CLIP_FACTORS:
             lo_f = shrink if side != "hi" else lo_from
             hi_f = shrink if side != "lo" else hi_from
-            scale, zero = _int4_range_params(w, symmetric, dtype, float_zero, lo_f, hi_f, bits)
+            scale, zero = _int4_range_params(w, symmetric, dtype, float_zero, lo_f, hi_f, bits, bounds)
             err = _rounding_error(w, scale, zero, c, buf, bits)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
