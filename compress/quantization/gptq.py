@@ -283,7 +283,6 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor | None, cfg: QuantConfig, *, 
         q = refit(q)
         for _ in range(sweeps):
             q = refit(coordinate_descent(W0, prepared.H, q, drift=prepared.drift, alpha=alpha, target=V))
-        del V
     if cfg.group_refit and REFIT_PASSES > 1 and _params is None and cfg.act_order:
         for _ in range(REFIT_PASSES - 1):
             q = gptq_quantize(W0, None, cfg, prepared=prepared, _params=(q.scales, q.zeros))
