@@ -135,17 +135,36 @@ def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
         extra = (damp * 10**attempt) * mean_diag
         H.diagonal().add_(extra - added)
         added = extra
-        L, info = torch.linalg.cholesky_ex(H)
+        # With J the exchange matrix: J H J = L L^T gives H = R R^T, R = J L J upper, so H^-1 = U^T U with
+        # U = R^-1 = J L^-1 J: one factorisation and one triangular inverse (half the work of inverting H and
+        # factorising the inverse).
+        L, info = torch.linalg.cholesky_ex(H.flip(0, 1))
         if int(info) == 0:
-            Hinv = torch.cholesky_inverse(L)
-            del L
-            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
-            if int(info) == 0:
-                return U
+            eye = torch.eye(H.shape[0], device=H.device, dtype=H.dtype)
+            return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
     raise QuantError(
         f"the GPTQ Hessian is not positive definite even with damping {damp * 10 ** (_DAMP_RETRIES - 1):g}; "
         f"use more (or more varied) calibration data, or quantise this layer without gptq."
     )
+
+
+def _drift_term(D: torch.Tensor, U: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """GPTAQ's ``triu(D U^T, 1) U`` for upper triangular ``U``, by blocks: both products are upper (block)
+    triangular, so about a sixth of the two dense K x K x K products is computed."""
+    K = D.shape[0]
+    nb = max(1, round(K / block))
+    edges = [K * i // nb for i in range(nb + 1)]
+    T, P = torch.zeros_like(D), torch.zeros_like(D)
+    for a in range(nb):  # T[I, J] = D[I, J:] U[J, J:]^T (U[J, k] = 0 for k before J's block)
+        rows = slice(edges[a], edges[a + 1])
+        for b in range(a, nb):
+            T[rows, edges[b]:edges[b + 1]] = D[rows, edges[b]:] @ U[edges[b]:edges[b + 1], edges[b]:].t()
+        T[rows, rows] = T[rows, rows].triu(diagonal=1)
+    for a in range(nb):  # P[I, J] = T[I, I..J] U[I..J, J]
+        rows = slice(edges[a], edges[a + 1])
+        for b in range(a, nb):
+            P[rows, edges[b]:edges[b + 1]] = T[rows, edges[a]:edges[b + 1]] @ U[edges[a]:edges[b + 1], edges[b]:edges[b + 1]]
+    return P
 
 
 @dataclass
@@ -197,7 +216,7 @@ def prepare_hessian(H: torch.Tensor, cfg: QuantConfig, *, drift: torch.Tensor | 
         Hinv = _inverse_cholesky(H, cfg.damp)
         P = None
         if drift is not None:
-            P = cfg.gptaq_alpha * (drift @ Hinv.t()).triu_(diagonal=1) @ Hinv
+            P = _drift_term(drift, Hinv).mul_(cfg.gptaq_alpha)
     return PreparedHessian(dead, hdiag, perm, Hinv, P, PreparedHessian.settings_of(cfg), *refit)
 
 

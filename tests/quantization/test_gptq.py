@@ -35,6 +35,24 @@ def test_accumulated_hessian_is_2_over_n_xtx():
     assert torch.allclose(H, 2.0 / 700 * x.t() @ x, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("k", [7, 300, 700])
+def test_the_inverse_factor_and_gptaqs_drift_term_match_their_dense_definitions(k):
+    """_inverse_cholesky: upper U with U^T U = (damped H)^-1; _drift_term: triu(D U^T, 1) U computed by blocks."""
+    from compress.quantization.gptq import _drift_term, _inverse_cholesky
+
+    gen = torch.Generator().manual_seed(k)
+    x = torch.randn(2 * k, k, generator=gen, dtype=torch.float64)
+    H = x.t() @ x / (2 * k)
+    damped = H + 0.01 * H.diagonal().mean() * torch.eye(k, dtype=torch.float64)
+    U = _inverse_cholesky(H.clone(), 0.01)
+    assert torch.equal(U, U.triu()) and (U.diagonal() > 0).all()
+    torch.testing.assert_close(U.t() @ U, torch.linalg.inv(damped), rtol=1e-8, atol=1e-8)
+    D = torch.randn(k, k, generator=gen, dtype=torch.float64)
+    P = _drift_term(D, U, block=128)
+    torch.testing.assert_close(P, (D @ U.t()).triu(diagonal=1) @ U, rtol=1e-10, atol=1e-10)
+    assert torch.equal(P, P.triu(diagonal=1))
+
+
 @pytest.mark.parametrize("k", [32, 400, 1000])
 def test_the_input_product_is_the_gram_matrix_and_exactly_symmetric(k):
     """Wide inputs compute only the upper block triangle of x^T x and mirror it."""
