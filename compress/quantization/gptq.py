@@ -25,7 +25,8 @@ by its Hessian diagonal.  With ``group_refit`` (default) the scales and float
 zero points are then refitted to the chosen codes by least squares under the
 same objective (``refit_group_params``).  ``code_sweeps`` then runs
 coordinate descent over the codes under that objective (``coordinate_descent``,
-QuantEase: Behdin et al. 2023), each sweep followed by another refit.
+QuantEase: Behdin et al. 2023), each sweep followed by another refit; both
+live in refine.py.
 """
 from __future__ import annotations
 
