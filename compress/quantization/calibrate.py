@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from compress.arch import Adapter
 from compress.layer_calls import LayerCall, capture_layer_calls
-from compress.quantization.gptq import PreparedHessian, gptq_quantize, input_product, prepare_hessian
+from compress.quantization.gptq import PreparedHessian, fold_product, gptq_quantize, input_product, prepare_hessian
 from compress.quantization.memory import release_freed_memory
 from compress.quantization.plan import Target, set_module
 from compress.quantization.quantizers import Int4Weights, Quantised
@@ -280,12 +280,11 @@ def _input_statistics(
     fp_inputs: dict[str, torch.Tensor] = {}
     seen: set[str] = set()
     products: dict[tuple, tuple] = {}  # this batch's input products, by the identity of the tensors they came from
-    lowered: dict[int, tuple] = {}  # this batch's inputs in product_dtype (input_product's cache)
 
     def product(x: torch.Tensor, x_fp: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
         key = (id(x), None if x_fp is None else id(x_fp))
         if key not in products:  # the tensors stay referenced here, so their ids cannot be reused this batch
-            products[key] = (x, x_fp, *input_product(x, x_fp, product_dtype, lowered=lowered))
+            products[key] = (x, x_fp, *input_product(x, x_fp, product_dtype))
         return products[key][2:]
 
     path = {id(m): n for n, m in layer.named_modules()}
@@ -332,9 +331,9 @@ def _input_statistics(
             for n in group("q", name, args[0], seen):
                 if memo is not None:
                     memo.stash_input(path[id(module_of[n])], args[0])
-                stats[n][1] += _add_product(stats[n][0], *product(args[0]))
+                stats[n][1] = fold_product(stats[n][0], stats[n][1], *product(args[0]))
                 if n in drift:
-                    drift[n][1] += _add_product(drift[n][0], *product(args[0], fp_inputs[n]))
+                    drift[n][1] = fold_product(drift[n][0], drift[n][1], *product(args[0], fp_inputs[n]))
                 seen.add(n)
             if stop_early and len(seen) == len(stats):
                 raise _StageInputsSeen
@@ -355,7 +354,6 @@ def _input_statistics(
                 seen.clear()
                 fp_inputs.clear()
                 products.clear()
-                lowered.clear()
                 for m in (memo, fp_memo):
                     if m is not None:
                         m.batch = b
@@ -376,19 +374,10 @@ def _input_statistics(
         for handle in handles:
             handle.remove()
         products.clear()
-        lowered.clear()
         for m in (memo, fp_memo):
             if m is not None:
                 m.needed = set()
-    # plain sums until now (one pass per batch instead of fold_product's two); scaled as accumulate_hessian scales
-    return ({name: S.mul_(2.0 / max(count, 1)) for name, (S, count) in stats.items()},
-            {name: S.mul_(2.0 / max(count, 1)) for name, (S, count) in drift.items()})
-
-
-def _add_product(S: torch.Tensor, product: torch.Tensor, rows: int) -> int:
-    """S += one batch's ``input_product`` (added in S's float32); return its row count."""
-    S.add_(product)
-    return rows
+    return {name: H for name, (H, _) in stats.items()}, {name: D for name, (D, _) in drift.items()}
 
 
 def _prepared_groups(stage: list[Target], H: dict[str, torch.Tensor], drift: dict[str, torch.Tensor]) -> dict[str, str]:

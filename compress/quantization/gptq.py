@@ -69,31 +69,23 @@ def accumulate_drift(D: torch.Tensor, count: int, x_fp: torch.Tensor, x: torch.T
     return fold_product(D, count, *input_product(x, x_fp))
 
 
-def input_product(x: torch.Tensor, x_fp: torch.Tensor | None = None, dtype: torch.dtype = torch.float32, *,
-                  lowered: dict | None = None) -> tuple[torch.Tensor, int]:
+def input_product(x: torch.Tensor, x_fp: torch.Tensor | None = None,
+                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, int]:
     """``left^T x`` over the rows of a batch (left: ``x`` itself, or GPTAQ's ``x_fp - x``) and the row count.
 
     Separate from ``fold_product`` so that modules fed the same tensor (q/k/v,
     gate/up) share one K x K product: it is most of the statistics' cost.
     ``dtype`` bfloat16: the product of the inputs rounded to bf16 (``x_fp - x``
-    is taken in float32 first), returned in bf16 for ``fold_product`` to add to
-    the float32 running sums; 4-5x faster on bf16 units, and rounds no more
-    than the bf16 layer forwards that produced ``x`` already did.
-    ``lowered``: a dict the caller keeps for one batch, so that an input used
-    by both products (H and GPTAQ's drift) is converted to ``dtype`` once.
+    is taken in float32 first), returned as float32 for the float32 running
+    sums; 4-5x faster on bf16 units, and rounds no more than the bf16 layer
+    forwards that produced ``x`` already did.
     """
     with torch.autocast(x.device.type, enabled=False):  # our own dtype, not the forwards' autocast
-        rows = x.detach().reshape(-1, x.shape[-1])
-        if lowered is None:
-            low = rows.to(dtype)
-        else:
-            if id(x) not in lowered:  # x stays referenced there, so its id is not reused while the dict lives
-                lowered[id(x)] = (x, rows.to(dtype))
-            low = lowered[id(x)][1]
+        x = x.detach().reshape(-1, x.shape[-1])
         if x_fp is None:
-            return _gram(low), rows.shape[0]
-        left = x_fp.detach().reshape(-1, x_fp.shape[-1]).to(torch.float32) - rows.to(torch.float32)
-        return left.to(dtype).t() @ low, rows.shape[0]
+            return _gram(x.to(dtype)).to(torch.float32), x.shape[0]
+        left = x_fp.detach().reshape(-1, x_fp.shape[-1]).to(torch.float32) - x.to(torch.float32)
+        return (left.to(dtype).t() @ x.to(dtype)).to(torch.float32), x.shape[0]
 
 
 def _gram(x: torch.Tensor, block: int = 192) -> torch.Tensor:
@@ -115,8 +107,7 @@ def _gram(x: torch.Tensor, block: int = 192) -> torch.Tensor:
 
 
 def fold_product(S: torch.Tensor, count: int, product: torch.Tensor, rows: int) -> int:
-    """S <- the running 2/n * sum over all rows so far, given one batch's ``input_product`` (in any float dtype:
-    it is added in S's own); return the new count."""
+    """S <- the running 2/n * sum over all rows so far, given one batch's ``input_product``; return the new count."""
     if rows == 0:
         return count
     total = count + rows
