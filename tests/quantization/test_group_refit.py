@@ -103,3 +103,23 @@ def test_group_refit_round_trips_through_the_flat_form():
     cfg = QuantConfig(group_size=64, gptq=True, group_refit=False)
     assert QuantConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.to_dict()["group_refit"] is False
+
+
+def test_a_shared_target_product_gives_what_each_computes_alone():
+    """gptq_quantize computes V = W (H + alpha D) once for both refits and the sweep; passing it changes nothing."""
+    from compress.quantization.refine import coordinate_descent, target_product
+
+    x_fp, x, H, drift = _drifted(k=96)
+    torch.manual_seed(4)
+    w = torch.randn(20, 96) * 0.05
+    cfg = QuantConfig(group_size=32, gptq=True, symmetric=False, zero_point="float", group_refit=False,
+                      code_sweeps=0)
+    q = gptq_quantize(w, H, cfg, drift=drift)
+    V = target_product(w, H, drift, 0.25)
+    exact = w.double() @ H.double() + 0.25 * w.double() @ drift.double()
+    assert (V.double() - exact).abs().max() < 1e-5 * exact.abs().max()
+    alone = refit_group_params(w, H, q, drift=drift, alpha=0.25, float_zero=True)
+    shared = refit_group_params(w, H, q, drift=drift, alpha=0.25, float_zero=True, target=V)
+    assert torch.equal(alone.scales, shared.scales) and torch.equal(alone.zeros, shared.zeros)
+    swept = coordinate_descent(w, H, q, drift=drift, alpha=0.25)
+    assert torch.equal(swept.codes, coordinate_descent(w, H, q, drift=drift, alpha=0.25, target=V).codes)
