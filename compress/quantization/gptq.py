@@ -88,14 +88,20 @@ def input_product(x: torch.Tensor, x_fp: torch.Tensor | None = None,
         return (left.to(dtype).t() @ x.to(dtype)).to(torch.float32), x.shape[0]
 
 
+def _block_edges(K: int, block: int) -> list[int]:
+    """Boundaries of about ``K / block`` near-equal blocks of ``range(K)`` (at least one block)."""
+    nb = max(1, round(K / block))
+    return [K * i // nb for i in range(nb + 1)]
+
+
 def _gram(x: torch.Tensor, block: int = 192) -> torch.Tensor:
     """``x^T x`` from its upper block triangle, mirrored: about 20% faster than the full product on the CPU for
     K >= 384 (the lower blocks are not computed), and exactly symmetric."""
     K = x.shape[1]
-    nb = round(K / block)
+    edges = _block_edges(K, block)
+    nb = len(edges) - 1
     if nb < 2:
         return x.t() @ x
-    edges = [K * i // nb for i in range(nb + 1)]
     out = torch.empty(K, K, dtype=x.dtype, device=x.device)
     for a in range(nb):
         rows = slice(edges[a], edges[a + 1])
@@ -143,19 +149,20 @@ def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
 def _drift_term(D: torch.Tensor, U: torch.Tensor, block: int = 256) -> torch.Tensor:
     """GPTAQ's ``triu(D U^T, 1) U`` for upper triangular ``U``, by blocks: both products are upper (block)
     triangular, so about a sixth of the two dense K x K x K products is computed."""
-    K = D.shape[0]
-    nb = max(1, round(K / block))
-    edges = [K * i // nb for i in range(nb + 1)]
+    edges = _block_edges(D.shape[0], block)
+    nb = len(edges) - 1
     T, P = torch.zeros_like(D), torch.zeros_like(D)
     for a in range(nb):  # T[I, J] = D[I, J:] U[J, J:]^T (U[J, k] = 0 for k before J's block)
         rows = slice(edges[a], edges[a + 1])
         for b in range(a, nb):
-            T[rows, edges[b]:edges[b + 1]] = D[rows, edges[b]:] @ U[edges[b]:edges[b + 1], edges[b]:].t()
+            cols, start = slice(edges[b], edges[b + 1]), edges[b]
+            T[rows, cols] = D[rows, start:] @ U[cols, start:].t()
         T[rows, rows] = T[rows, rows].triu(diagonal=1)
     for a in range(nb):  # P[I, J] = T[I, I..J] U[I..J, J]
         rows = slice(edges[a], edges[a + 1])
         for b in range(a, nb):
-            P[rows, edges[b]:edges[b + 1]] = T[rows, edges[a]:edges[b + 1]] @ U[edges[a]:edges[b + 1], edges[b]:edges[b + 1]]
+            cols, inner = slice(edges[b], edges[b + 1]), slice(edges[a], edges[b + 1])
+            P[rows, cols] = T[rows, inner] @ U[inner, cols]
     return P
 
 
