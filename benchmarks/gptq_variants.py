@@ -16,7 +16,8 @@ of an asymmetric range alone, on by default); ``clip_floor=F`` lets the clip
 search shrink a range down to F (``quantizers.CLIP_FACTORS``: 1.00 to 0.80 in
 steps of 0.02 by default); ``awq=true`` folds activation-aware input scales
 (``compress.quantization.scaling.scale_inputs``, AWQ) into the model before
-quantising it.  Results
+quantising it; ``skip_positions=N`` leaves the first N positions of every
+calibration window (the attention sink) out of GPTQ's input statistics.  Results
 are appended to the JSON after every variant, so an interrupted run keeps
 what it measured.
 
@@ -112,6 +113,27 @@ def _scales_rounded_up(on: bool):
         quantizers._stored = nearest
 
 
+@contextmanager
+def _skip_positions(n: int | None):
+    """GPTQ's input statistics (H and GPTAQ's drift) without the first ``n`` positions of each calibration window
+    (None or 0: all of them), by wrapping ``calibrate.input_product``."""
+    from compress.quantization import calibrate
+
+    real = calibrate.input_product
+
+    def skipping(x, x_fp=None, dtype=torch.float32):
+        if x.dim() == 3:  # [batch, position, features]
+            x, x_fp = x[:, n:], None if x_fp is None else x_fp[:, n:]
+        return real(x, x_fp, dtype)
+
+    if n:
+        calibrate.input_product = skipping
+    try:
+        yield
+    finally:
+        calibrate.input_product = real
+
+
 def parse_variant(text: str) -> tuple[str, dict]:
     name, _, rest = text.partition(":")
     fields: dict = {}
@@ -172,12 +194,14 @@ def main(argv=None) -> int:
         floor = fields.pop("clip_floor", None)
         knobs = fields.pop("refit_damp", None), fields.pop("refit_passes", None), fields.pop("refit_alpha", None)
         awq = fields.pop("awq", None)
+        skip = fields.pop("skip_positions", None)
         fields = {"group_size": args.group_size, "gptq": True, "progress": False, **fields}
         cfg = QuantConfig(calibration_sequences=calib_n, **fields)
         m = copy.deepcopy(model)
         print(f"[variant] {name}: {cfg.label()} {fields} calib {calib_n}", flush=True)
         start = time.perf_counter()
-        with _scales_rounded_up(round_up), _refit_knobs(*knobs), _clip_sides(sides), _clip_floor(floor):
+        with _scales_rounded_up(round_up), _refit_knobs(*knobs), _clip_sides(sides), _clip_floor(floor), \
+                _skip_positions(skip):
             if awq:
                 from compress.arch import adapter_for
                 from compress.quantization.scaling import scale_inputs
@@ -189,6 +213,7 @@ def main(argv=None) -> int:
         row = {"fields": fields, "scales_rounded_up": round_up, **({} if sides is None else {"clip_sides": bool(sides)}),
                **({} if floor is None else {"clip_floor": float(floor)}),
                **({} if awq is None else {"awq": bool(awq)}),
+               **({} if skip is None else {"skip_positions": int(skip)}),
                **{k: v for k, v in zip(("refit_damp", "refit_passes", "refit_alpha"), knobs) if v is not None},
                "calibration_sequences": min(calib_n, len(calibration)), "quantise_seconds": seconds, "domains": {}}
         for domain, ids in held.items():
