@@ -1,20 +1,24 @@
-"""The quality benchmark: ours against the peers at matched size, in one run.
+"""The quality benchmark: ours against the peers at matched size, in one run, on two domains.
 
-On SmolLM2-135M (default) with the built-in text, every row is built from the
-same fp32 model and measured on the same held-out sequences (the eval split,
-never calibrated or trained on), the fp32 model included:
+On SmolLM2-135M (default), every row is built from the same fp32 model,
+calibrated and distilled on the library's default text (``--data default``:
+half text the model generates itself, half the built-in Shakespeare, whose
+held-out split stays out; ``--data shakespeare``: the plays alone, as before
+issue 18), and measured on the same held-out sequences of two domains, the
+fp32 model included: Shakespeare's held-out split (the calibration domain)
+and the unseen ``news`` text (never calibrated or trained on):
 
     pruned to the same non-embedding parameter count (``--sparsity``), each then
     distilled from the fp32 model for the same token budget:
         Adapt-Pruner (ours, Taylor) | uniform magnitude | uniform Taylor | Torch-Pruning
     4-bit, post-training (no training for any row):
-        int4 GPTQ (ours) | int4 RTN | bitsandbytes NF4 | HQQ 4-bit
+        int4 GPTQ (ours: the default, and with float zero points) | int4 RTN | bitsandbytes NF4 | HQQ 4-bit
     ternary (1.58-bit):
         post-training absmean | QAT + distillation (ours), the same token budget
 
 Columns: parameters (non-embedding), stored size, bits per quantised weight,
-held-out perplexity, KL(fp32 || row) and top-1 agreement, tokens/s of the
-evaluation forward on this machine.
+per domain the held-out perplexity (and its ratio to fp32's), KL(fp32 || row)
+and top-1 agreement, tokens/s of the evaluation forward on this machine.
 
     python benchmarks/quality.py                  # CPU-sized, ~1 h on 2 cores
     python benchmarks/quality.py --quick          # what the slow CI test runs (minutes; tiny budgets, noisy)
@@ -110,16 +114,38 @@ def pruned_rows(fp32: nn.Module, splits, args: argparse.Namespace, prune_bench: 
 def quantised_rows(fp32: nn.Module, splits, args: argparse.Namespace, quant_bench: ModuleType) -> tuple[dict, dict]:
     """int4 (ours: GPTQ, RTN) and the 4-bit peers, post-training; ternary post-training."""
     qargs = argparse.Namespace(group_size=args.group_size, damp=args.damp, act_order=args.act_order, clip_search=True)
-    models, info = quant_bench.build_rows(fp32, qargs, splits.calibration[: args.calib_seqs], None, with_ternary=True)
+    models, info = quant_bench.build_rows(fp32, qargs, splits.calibration[: args.gptq_seqs], None, with_ternary=True)
     info.pop("fp32", None)
     models.pop("ternary absmedian", None)  # absmean is BitNet's; the quant benchmark has both
     info.pop("ternary absmedian", None)
     gptq = f"int4 GPTQ g{args.group_size}"
     if gptq in models:
         models[gptq + " (ours)"], info[gptq + " (ours)"] = models.pop(gptq), info.pop(gptq)
+        models.update(float_zero_gptq_row(fp32, splits, args, info))
     for label, row in info.items():
         row["group"] = "ternary" if label.startswith("ternary") else "4-bit"
     return models, info
+
+
+def float_zero_gptq_row(fp32: nn.Module, splits, args: argparse.Namespace, info: dict) -> dict:
+    """GPTQ with float zero points (asymmetric groups, ``zero_point="float"``): the README's headline int4 setting.
+    Adds its info to ``info``; returns its model."""
+    import compress
+    from compress.quantization import QuantConfig
+
+    label = f"int4 GPTQ g{args.group_size} float zero points (ours)"
+    say(label)
+    calib = splits.calibration[: args.gptq_seqs]
+    cfg = QuantConfig(group_size=args.group_size, gptq=True, symmetric=False, zero_point="float",
+                      calibration_sequences=len(calib), damp=args.damp, act_order=args.act_order,
+                      progress=not args.quiet)
+    m = copy.deepcopy(fp32)
+    t = time.perf_counter()
+    report = compress.quantize(m, cfg, data=calib)
+    info[label] = {"group": "4-bit", "bits_per_weight": report.bits_per_weight, "weights": report.weights_quantised,
+                   "stored_bytes": report.packed_bytes, "quantise_seconds": time.perf_counter() - t,
+                   "how": f"compress.quantize {cfg.label()}"}
+    return {label: m}
 
 
 def ternary_qat_row(fp32: nn.Module, splits, args: argparse.Namespace) -> tuple[dict, dict]:
@@ -149,12 +175,14 @@ def sizes(model: nn.Module) -> dict[str, Any]:
     return {"params": total, "params_non_embedding": non_emb, "mib_stored": bytes_on_disk(model) / 2**20}
 
 
-def measure(fp32: nn.Module, models: dict[str, nn.Module], info: dict[str, dict], held: torch.Tensor,
+def measure(fp32: nn.Module, models: dict[str, nn.Module], info: dict[str, dict], held: dict[str, torch.Tensor],
             args: argparse.Namespace, quant_bench: ModuleType) -> list[dict[str, Any]]:
-    """One pass over the held-out batches: the fp32 logits once, every row compared to them."""
-    say(f"evaluating {len(models) + 1} models on {held.shape[0]} x {held.shape[1]} held-out tokens")
-    scores = quant_bench.compare_causal(fp32, models, held, args.batch_size)
-    tokens = held.numel()
+    """Per domain, one pass over the held-out batches: the fp32 logits once, every row compared to them."""
+    scores = {}
+    for domain, ids in held.items():
+        say(f"evaluating {len(models) + 1} models on {ids.shape[0]} x {ids.shape[1]} held-out tokens of {domain}")
+        scores[domain] = quant_bench.compare_causal(fp32, models, ids, args.batch_size)
+    tokens = sum(ids.numel() for ids in held.values())
     rows = []
     for label in ["fp32", *info]:
         row = {"row": label, "group": "original" if label == "fp32" else info[label]["group"]}
@@ -162,7 +190,6 @@ def measure(fp32: nn.Module, models: dict[str, nn.Module], info: dict[str, dict]
             rows.append({**row, "error": info[label]["error"]})
             continue
         model = fp32 if label == "fp32" else models[label]
-        s = scores[label]
         row.update(sizes(model))
         extra = {} if label == "fp32" else info[label]
         if "model_mib" in extra and label not in _ours_quantised(info):
@@ -171,8 +198,15 @@ def measure(fp32: nn.Module, models: dict[str, nn.Module], info: dict[str, dict]
             row["mib_stored"] = extra["model_mib"]
             row["params"], row["params_non_embedding"] = sizes(fp32)["params"], sizes(fp32)["params_non_embedding"]
         row["bits_per_weight"] = extra.get("bits_per_weight", 32.0)
-        row.update({"perplexity": s["perplexity"], "kl_to_fp32": s["kl_to_fp32"], "top1_agreement": s["top1_agreement"],
-                    "tokens_per_s": tokens / s["forward_seconds"] if s["forward_seconds"] else None})
+        row["domains"] = {}
+        for domain, by_row in scores.items():
+            s, ref = by_row[label], by_row["fp32"]
+            row["domains"][domain] = {
+                "perplexity": s["perplexity"], "ratio": s["perplexity"] / ref["perplexity"],
+                "kl_to_fp32": s["kl_to_fp32"], "top1_agreement": s["top1_agreement"],
+                "per_sequence_nll": s["per_sequence_nll"], "per_sequence_kl": s["per_sequence_kl"]}
+        seconds = sum(by_row[label]["forward_seconds"] for by_row in scores.values())
+        row["tokens_per_s"] = tokens / seconds if seconds else None
         row["details"] = {k: v for k, v in extra.items() if k not in ("group", "bits_per_weight", "model_mib")}
         rows.append(row)
     return rows
@@ -185,16 +219,25 @@ def _ours_quantised(info: dict[str, dict]) -> set[str]:
 # --------------------------------------------------------------------------- output
 
 def table(result: dict[str, Any]) -> str:
-    head = "| row | group | non-emb params | stored MiB | bits/weight | perplexity | KL to fp32 | top-1 | tokens/s |"
-    lines = [head, "|" + " --- |" * 9]
+    calib, unseen = result["domains"]
+    head = (f"| row | group | non-emb params | stored MiB | bits/weight | {calib} ppl (x fp32, KL) | "
+            f"**{unseen}** ppl (x fp32, KL) | {unseen} top-1 | tokens/s |")
+    lines = [head, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in result["rows"]:
         if "error" in r:
             lines.append(f"| {r['row']} | {r['group']} | failed: {r['error'][:80]} |||||||")
             continue
         tps = f"{r['tokens_per_s']:.0f}" if r.get("tokens_per_s") else "-"
+        c, u = r["domains"][calib], r["domains"][unseen]
         lines.append(f"| {r['row']} | {r['group']} | {r['params_non_embedding'] / 1e6:.1f} M | {r['mib_stored']:.0f} | "
-                     f"{r['bits_per_weight']:.2f} | {r['perplexity']:.2f} | {r['kl_to_fp32']:.3f} | {r['top1_agreement']:.3f} | {tps} |")
+                     f"{r['bits_per_weight']:.2f} | {_cell(c)} | {_cell(u)} | {u['top1_agreement']:.3f} | {tps} |")
     return "\n".join(lines)
+
+
+def _cell(d: dict[str, float]) -> str:
+    ppl = f"{d['perplexity']:.3g}" if d["perplexity"] >= 1e4 else f"{d['perplexity']:.2f}"
+    ratio = f"{d['ratio']:.3g}x" if d["ratio"] >= 100 else f"{d['ratio']:.2f}x"
+    return f"{ppl} ({ratio}, {d['kl_to_fp32']:.3f})"
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:
@@ -204,21 +247,26 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     colours = {"original": "black", "pruned": "tab:blue", "4-bit": "tab:orange", "ternary": "tab:green"}
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for r in result["rows"]:
-        if "error" in r:
-            continue
-        ours = "ours" in r["row"]
-        ax.scatter(r["mib_stored"], r["perplexity"], color=colours[r["group"]], marker="*" if ours else "o",
-                   s=140 if ours else 50, zorder=3)
-        ax.annotate(r["row"], (r["mib_stored"], r["perplexity"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("stored size (MiB, log)")
-    ax.set_ylabel("held-out perplexity (log)")
+    domains = list(result["domains"])
+    fig, axes = plt.subplots(1, len(domains), figsize=(7 * len(domains), 5))
+    for ax, domain in zip(axes, domains):
+        for r in result["rows"]:
+            if "error" in r:
+                continue
+            ours = "ours" in r["row"]
+            ppl = r["domains"][domain]["perplexity"]
+            ax.scatter(r["mib_stored"], ppl, color=colours[r["group"]], marker="*" if ours else "o",
+                       s=140 if ours else 50, zorder=3)
+            ax.annotate(r["row"], (r["mib_stored"], ppl), fontsize=6, xytext=(4, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("stored size (MiB, log)")
+        ax.set_ylabel(f"held-out perplexity on {domain} (log)")
+        ax.set_title(result["domains"][domain], fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
     budget = result["settings"]["recover_budget"]
-    ax.set_title(f"{result['model']}: quality against size ({budget}; {result['machine']['device']})", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"{result['model']}: quality against size ({budget}; calibrated on {result['settings']['data']}; "
+                 f"{result['machine']['device']})", fontsize=9)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)
@@ -234,12 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=None, help="recovery steps per trained row (default 16; --quick 2)")
     budget.add_argument("--tokens", type=int, default=None, help="recovery tokens per trained row instead of steps")
+    p.add_argument("--data", choices=("default", "shakespeare"), default="default",
+                   help="calibration and distillation text: the library's default (half generated, half Shakespeare) "
+                        "or the plays alone")
+    p.add_argument("--generate-tokens", type=int, default=8192, help="tokens of generated text (cached; the library's default)")
+    p.add_argument("--calibration-fraction", type=float, default=0.5,
+                   help="share of the calibration text's sequences for calibration (the rest trains; as the default recipe)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--eval-seqs", type=int, default=16, help="held-out sequences every row is measured on")
     p.add_argument("--train-eval-seqs", type=int, default=4, help="held-out sequences for recover's own before/after check")
-    p.add_argument("--calib-seqs", type=int, default=32, help="calibration sequences (pruning scores, GPTQ)")
+    p.add_argument("--calib-seqs", type=int, default=32, help="calibration sequences for the pruning scores")
+    p.add_argument("--gptq-seqs", type=int, default=128,
+                   help="calibration sequences for GPTQ (at most the calibration split; 128 as the library's default)")
     p.add_argument("--calib-seq-len", type=int, default=64, help="Adapt-Pruner's calibration windows")
     p.add_argument("--prune-step", type=float, default=0.05, help="Adapt-Pruner sub-step (the paper's 0.02 takes 15 recalibrations)")
     p.add_argument("--group-size", type=int, default=128)
@@ -255,21 +311,29 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quick:
-        args.eval_seqs, args.calib_seqs, args.seq_len, args.calib_seq_len = 4, 4, 64, 32
+        args.eval_seqs, args.calib_seqs, args.gptq_seqs, args.seq_len, args.calib_seq_len = 4, 4, 4, 64, 32
         args.prune_step, args.train_eval_seqs = max(args.prune_step, 0.1), 2
         args.steps = args.steps if args.steps or args.tokens else 2
     elif not (args.steps or args.tokens):
         args.steps = 16
     import compress
-    from compress.data import TextConfig
+    from compress.data import BUILTIN_TEXT, DEFAULT_SOURCE, UNSEEN_TEXT, TextConfig, eval_only_sequences
+    from compress.generated import GenerateConfig
 
     torch.manual_seed(0)
     started = time.perf_counter()
     prune_bench, quant_bench = _sibling("prune_quality"), _sibling("quant_quality")
     fp32, tokenizer = compress.load_model(args.model, device=args.device)
     fp32.eval()
-    splits = compress.load_text(None, tokenizer, TextConfig(seq_len=args.seq_len))
-    held = splits.eval[: args.eval_seqs].to(args.device)
+    text = TextConfig(seq_len=args.seq_len, calibration_fraction=args.calibration_fraction)
+    source = DEFAULT_SOURCE if args.data == "default" else BUILTIN_TEXT
+    splits = compress.load_text(source, tokenizer, text, model=fp32,
+                                generate=GenerateConfig(tokens=args.generate_tokens, progress=not args.quiet))
+    # Shakespeare's held-out split (a mix keeps it out of calibration and training) and the unseen text
+    held = {BUILTIN_TEXT: compress.load_text(BUILTIN_TEXT, tokenizer, text).eval[: args.eval_seqs].to(args.device),
+            UNSEEN_TEXT: eval_only_sequences(UNSEEN_TEXT, tokenizer, text)[: args.eval_seqs].to(args.device)}
+    say(f"calibration and distillation on {args.data}: {len(splits.calibration)} calibration and "
+        f"{len(splits.train)} training sequences of {args.seq_len} tokens")
 
     models, info = pruned_rows(fp32, splits, args, prune_bench)
     for build in (lambda: quantised_rows(fp32, splits, args, quant_bench), lambda: ternary_qat_row(fp32, splits, args)):
@@ -288,7 +352,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         "command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"device": device, "platform": platform.platform(), "torch": torch.__version__},
         "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "recover_budget": budget},
-        "held_out": {"split": "eval", "sequences": int(held.shape[0]), "seq_len": int(held.shape[1])},
+        "data": {"source": args.data, "fingerprint": splits.fingerprint, "calibration_sequences": len(splits.calibration),
+                 "gptq_sequences": min(args.gptq_seqs, len(splits.calibration)), "training_sequences": len(splits.train)},
+        "domains": {BUILTIN_TEXT: "held-out Shakespeare (calibration domain)"
+                    if args.data == "shakespeare" else "held-out Shakespeare (half the calibration text's domain)",
+                    UNSEEN_TEXT: "unseen news text (never calibrated or trained on)"},
+        "held_out": {d: {"sequences": int(ids.shape[0]), "seq_len": int(ids.shape[1])} for d, ids in held.items()},
         "seconds": round(time.perf_counter() - started, 1),
         "rows": rows,
     }
