@@ -11,9 +11,12 @@ run):
   train longer), one warm-up/stable/decay schedule across the stages
   (``PruneConfig(stages=..., stage_tokens=...)``).
 
-Held-out perplexity, KL and top-1 agreement to the teacher on the eval split
-of the built-in text (pruning calibrates on the calibration split, training
-reads the train split).
+Pruning calibrates on, and training reads, the library's default text
+(``--data default``: half text the model generates itself, half the built-in
+Shakespeare; ``--data shakespeare``: the plays alone). Held-out perplexity,
+KL and top-1 agreement to the teacher on two domains: Shakespeare's held-out
+split (which the mix keeps out) and the unseen ``news`` text (never
+calibrated or trained on).
 
     python benchmarks/prune_staged.py                     # CPU budget; JSON + PNG in benchmarks/results/
     python benchmarks/prune_staged.py --device cuda --tokens 20000000 --batch-size 16 --seq-len 1024 --eval-seqs 64
@@ -43,14 +46,23 @@ def say(what: str) -> None:
     print(f"[{time.perf_counter() - _T0:7.1f} s] {what}", flush=True)
 
 
-def held_out(model, teacher, seqs: torch.Tensor, batch_size: int) -> dict[str, Any]:
+def held_out(model, teacher, held: dict[str, torch.Tensor], batch_size: int) -> dict[str, Any]:
+    """Parameter counts, and per domain the perplexity, loss, KL(teacher || model) and top-1 agreement."""
     from compress.eval import EvalConfig, evaluate
     from compress.sizes import count_parameters
 
-    rep = evaluate(model, seqs, reference=teacher, config=EvalConfig(batch_size=batch_size, max_sequences=None, progress=False))
     total, non_embedding = count_parameters(model)
-    return {"perplexity": rep.model.perplexity, "loss": rep.model.loss, "kl": rep.kl_to_reference,
-            "top1": rep.top1_agreement, "params": total, "params_non_embedding": non_embedding}
+    out: dict[str, Any] = {"params": total, "params_non_embedding": non_embedding, "domains": {}}
+    for domain, seqs in held.items():
+        rep = evaluate(model, seqs, reference=teacher,
+                       config=EvalConfig(batch_size=batch_size, max_sequences=None, progress=False))
+        out["domains"][domain] = {"perplexity": rep.model.perplexity, "loss": rep.model.loss,
+                                  "kl": rep.kl_to_reference, "top1": rep.top1_agreement}
+    return out
+
+
+def _ppl(row: dict[str, Any]) -> str:
+    return ", ".join(f"{d} {v['perplexity']:.1f}" for d, v in row["domains"].items())
 
 
 def recover_template(args: argparse.Namespace):
@@ -77,7 +89,7 @@ def one_shot(args, teacher, splits, held) -> dict[str, Any]:
     student = copy.deepcopy(teacher)
     pr = prune(student, PruneConfig(sparsity=args.sparsity, **prune_kwargs(args)), splits)
     pruned = held_out(student, teacher, held, args.batch_size)
-    say(f"one-shot: pruned {pr.achieved_sparsity:.1%}, perplexity {pruned['perplexity']:.1f}; distilling {args.tokens:,} tokens")
+    say(f"one-shot: pruned {pr.achieved_sparsity:.1%}, perplexity {_ppl(pruned)}; distilling {args.tokens:,} tokens")
     rep = recover(student, teacher, splits, replace(recover_template(args), tokens=args.tokens))
     after = held_out(student, teacher, held, args.batch_size)
     return {"pruned, before training": pruned, "after": after, "achieved_sparsity": pr.achieved_sparsity,
@@ -109,32 +121,26 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    fp32 = result["rows"]["fp32 teacher"]["perplexity"]
-    one = result["one_shot"]
-    # x: training tokens seen; y: held-out perplexity (log)
-    left.plot([0, one["train_tokens"]], [one["pruned, before training"]["perplexity"], one["after"]["perplexity"]],
-              "o-", label=f"one-shot {result['sparsity']:.0%}, then distil")
-    xs, ys, seen = [0], [fp32], 0
-    for s in result["adapt_accel"]["stages"]:
-        xs += [seen, seen + s["train_tokens"]]
-        ys += [s["perplexity_before"], s["perplexity_after"]]
-        seen += s["train_tokens"]
-    left.plot(xs, ys, "s-", label=f"Adapt-Accel, {len(result['adapt_accel']['stages'])} stages")
-    left.axhline(fp32, color="gray", ls="--", label="fp32 (unpruned)")
-    left.set_yscale("log")
-    left.set_xlabel("distillation tokens")
-    left.set_ylabel("held-out perplexity")
-    left.legend()
-    left.grid(alpha=0.3)
+    domains = list(result["domains"])
     names = list(result["rows"])
-    kls = [result["rows"][n]["kl"] or 0.0 for n in names]
-    right.bar(range(len(names)), kls, color=["gray", "tab:blue", "tab:orange"][: len(names)])
-    right.set_xticks(range(len(names)), names, fontsize=8)
-    right.set_ylabel("KL to the unpruned model (nats/token)")
-    right.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"{result['model']}: {result['sparsity']:.0%} pruned, {result['tokens']:,} distillation tokens "
-                 f"({result['machine']['device']})")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / len(domains)
+    for ax, key, label, log in ((axes[0], "perplexity", "held-out perplexity", True),
+                                (axes[1], "kl", "KL to the unpruned model (nats/token)", False)):
+        for k, domain in enumerate(domains):
+            values = [result["rows"][n]["domains"][domain][key] or 0.0 for n in names]
+            xs = [i + (k - (len(domains) - 1) / 2) * width for i in range(len(names))]
+            ax.bar(xs, values, width, label=result["domains"][domain])
+            for x, v in zip(xs, values):
+                ax.text(x, v, f"{v:.3g}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_ylabel(label)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{result['model']}: {result['sparsity']:.0%} pruned, {result['tokens']:,} distillation tokens of "
+                 f"{result['settings']['data']} text ({result['machine']['device']})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -159,7 +165,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--calib-seqs", type=int, default=16)
-    ap.add_argument("--eval-seqs", type=int, default=8)
+    ap.add_argument("--eval-seqs", type=int, default=8, help="held-out sequences per domain")
+    ap.add_argument("--data", choices=("default", "shakespeare"), default="default",
+                    help="calibration and distillation text: the library's default (half generated, half Shakespeare) "
+                         "or the plays alone")
+    ap.add_argument("--generate-tokens", type=int, default=8192, help="tokens of generated text (cached; the library's default)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out-dir", default=str(RESULTS_DIR))
     ap.add_argument("--quiet", action="store_true")
@@ -171,14 +181,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     import compress
     import transformers
-    from compress.data import TextConfig
+    from compress.data import BUILTIN_TEXT, DEFAULT_SOURCE, UNSEEN_TEXT, TextConfig, eval_only_sequences
+    from compress.generated import GenerateConfig
 
     start = time.perf_counter()
     teacher, tokenizer = compress.load_model(args.model, device=args.device)
-    splits = compress.load_text(None, tokenizer, TextConfig(seq_len=args.seq_len))
-    held = splits.eval[: args.eval_seqs]
+    text = TextConfig(seq_len=args.seq_len)
+    source = DEFAULT_SOURCE if args.data == "default" else BUILTIN_TEXT
+    splits = compress.load_text(source, tokenizer, text, model=teacher,
+                                generate=GenerateConfig(tokens=args.generate_tokens, progress=not args.quiet))
+    held = {BUILTIN_TEXT: compress.load_text(BUILTIN_TEXT, tokenizer, text).eval[: args.eval_seqs].to(args.device),
+            UNSEEN_TEXT: eval_only_sequences(UNSEEN_TEXT, tokenizer, text)[: args.eval_seqs].to(args.device)}
     fp32 = held_out(teacher, None, held, args.batch_size)
-    say(f"fp32 perplexity {fp32['perplexity']:.2f} on {len(held)} x {args.seq_len} held-out tokens")
+    say(f"fp32 perplexity {_ppl(fp32)} on {args.eval_seqs} x {args.seq_len} held-out tokens per domain; "
+        f"{len(splits.train)} training sequences of {args.data} text")
     one = one_shot(args, teacher, splits, held)
     accel = staged(args, teacher, splits, held)
     result = {
@@ -191,14 +207,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "model": args.model, "sparsity": args.sparsity, "tokens": args.tokens,
         "settings": {k: getattr(args, k) for k in ("stages", "step", "round_to", "batch_size", "seq_len", "lr",
-                                                   "calib_seqs", "eval_seqs")},
+                                                   "calib_seqs", "eval_seqs", "data", "generate_tokens")},
+        "data": {"source": args.data, "fingerprint": splits.fingerprint, "training_sequences": len(splits.train),
+                 "calibration_sequences": len(splits.calibration)},
+        "domains": {BUILTIN_TEXT: "held-out Shakespeare", UNSEEN_TEXT: "unseen news (never calibrated or trained on)"},
         "rows": {"fp32 teacher": fp32, "one-shot + distil": one["after"],
                  f"Adapt-Accel ({args.stages} stages)": accel["after"]},
         "one_shot": one, "adapt_accel": accel,
         "notes": ["Both arms: Adapt-Pruner allocation, Taylor importance, the same sub-step and calibration size; "
                   "distillation (KL to the unpruned fp32 model) with AdamW and one WSD schedule over the arm's tokens.",
-                  "Held-out: the first eval_seqs sequences of the built-in text's eval split; KL(teacher || model), "
-                  "nats per token.",
+                  "Held-out: the first eval_seqs sequences of the built-in text's eval split and of the news text; "
+                  "KL(teacher || model), nats per token. The stages' own perplexity_before / after are measured by "
+                  "compress.staged on the training text's held-out split.",
                   "The built-in SmolLM2-135M was dequantised from a Q4_1 GGUF; 'fp32 teacher' is that model in fp32."],
         "seconds": time.perf_counter() - start,
     }
@@ -209,8 +229,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, stem.with_suffix(".png"))
     for name, row in result["rows"].items():
-        kl = "-" if row["kl"] is None else f"{row['kl']:.4f}"
-        print(f"{name:28s} perplexity {row['perplexity']:9.2f}  KL {kl:>7s}  params {row['params']:,}")
+        for domain, d in row["domains"].items():
+            kl = "-" if d["kl"] is None else f"{d['kl']:.4f}"
+            print(f"{name:28s} {domain:12s} perplexity {d['perplexity']:9.2f}  KL {kl:>7s}  params {row['params']:,}")
     print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
     return 0
 

@@ -48,6 +48,7 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
 NAME = "quality"
+RATIO_CAP = 10.0  # the plot's y axis: perplexity ratios to fp32 above this are drawn on the top edge
 
 
 def _sibling(name: str) -> ModuleType:
@@ -254,14 +255,17 @@ def plot(result: dict[str, Any], path: Path) -> Path:
             if "error" in r:
                 continue
             ours = "ours" in r["row"]
-            ppl = r["domains"][domain]["perplexity"]
-            ax.scatter(r["mib_stored"], ppl, color=colours[r["group"]], marker="*" if ours else "o",
+            ratio = r["domains"][domain]["ratio"]
+            shown = min(ratio, RATIO_CAP)  # rows off the scale sit on its top edge, labelled with their ratio
+            ax.scatter(r["mib_stored"], shown, color=colours[r["group"]], marker="*" if ours else "o",
                        s=140 if ours else 50, zorder=3)
-            ax.annotate(r["row"], (r["mib_stored"], ppl), fontsize=6, xytext=(4, 3), textcoords="offset points")
+            label = r["row"] if ratio <= RATIO_CAP else f"{r['row']} ({ratio:.3g}x, off scale)"
+            ax.annotate(label, (r["mib_stored"], shown), fontsize=6, xytext=(4, 3), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_ylim(0.95, RATIO_CAP * 1.2)
         ax.set_xlabel("stored size (MiB, log)")
-        ax.set_ylabel(f"held-out perplexity on {domain} (log)")
+        ax.set_ylabel(f"held-out perplexity on {domain} / fp32's (log)")
         ax.set_title(result["domains"][domain], fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
     budget = result["settings"]["recover_budget"]
