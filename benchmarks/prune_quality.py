@@ -59,18 +59,16 @@ OURS = (("adapt", "taylor"), ("uniform", "magnitude"), ("uniform", "taylor"))
 def _evaluate(model: nn.Module, held: dict[str, torch.Tensor], batch_size: int,
               reference: nn.Module | None = None) -> dict[str, Any]:
     """Parameter counts, and per domain the perplexity, loss and KL(reference || model)."""
-    from compress.eval import EvalConfig, evaluate
+    from compress.eval import EvalConfig, evaluate_domains
 
     t0 = time.perf_counter()
-    out: dict[str, Any] = {"domains": {}}
-    for domain, ids in held.items():
-        rep = evaluate(model, ids, reference=reference,
-                       config=EvalConfig(batch_size=batch_size, max_sequences=None, progress=True))
-        out["domains"][domain] = {"perplexity": rep.model.perplexity, "loss": rep.model.loss,
-                                  "kl": rep.kl_to_reference if reference is not None else 0.0}
-        out["params_total"], out["params_non_embedding"] = rep.model.params_total, rep.model.params_non_embedding
-    out["eval_seconds"] = round(time.perf_counter() - t0, 1)
-    return out
+    reports = evaluate_domains(model, held, reference, EvalConfig(batch_size=batch_size, max_sequences=None, progress=True))
+    some = next(iter(reports.reports.values())).model
+    return {"domains": {domain: {"perplexity": rep.model.perplexity, "loss": rep.model.loss,
+                                 "kl": rep.kl_to_reference if reference is not None else 0.0}
+                        for domain, rep in reports.reports.items()},
+            "params_total": some.params_total, "params_non_embedding": some.params_non_embedding,
+            "eval_seconds": round(time.perf_counter() - t0, 1)}
 
 
 def _ppl(ev: dict[str, Any]) -> str:
@@ -195,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import compress
-    from compress.data import BUILTIN_TEXT, DEFAULT_SOURCE, UNSEEN_TEXT, TextConfig, eval_only_sequences
+    from compress.data import BUILTIN_TEXT, DEFAULT_SOURCE, UNSEEN_TEXT, TextConfig, evaluation_domains
     from compress.generated import GenerateConfig
     from compress.sizes import bytes_in_memory
 
@@ -205,8 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     config = TextConfig(seq_len=args.seq_len, max_tokens=args.max_tokens)
     source = DEFAULT_SOURCE if args.data == "default" else BUILTIN_TEXT
     text = compress.load_text(source, tokenizer, config, model=base, generate=GenerateConfig(tokens=args.generate_tokens))
-    held = {BUILTIN_TEXT: compress.load_text(BUILTIN_TEXT, tokenizer, config).eval[: args.eval_sequences],
-            UNSEEN_TEXT: eval_only_sequences(UNSEEN_TEXT, tokenizer, config)[: args.eval_sequences]}
+    # the library's report domains (a mix's own held-out split dropped): Shakespeare's held-out split, which a
+    # mix keeps out of calibration and training, and the unseen text
+    domains = evaluation_domains(tokenizer, source, config, splits=text)
+    held = {d: domains[d][: args.eval_sequences] for d in (BUILTIN_TEXT, UNSEEN_TEXT)}
     calib = text.calibration  # windows of calib_seq_len are cut from these sequences
     print(f"{args.model}: held-out {args.eval_sequences} x {args.seq_len} per domain, calibration split "
           f"{tuple(calib.shape)} of {args.data} text", flush=True)

@@ -48,17 +48,15 @@ def say(what: str) -> None:
 
 def held_out(model, teacher, held: dict[str, torch.Tensor], batch_size: int) -> dict[str, Any]:
     """Parameter counts, and per domain the perplexity, loss, KL(teacher || model) and top-1 agreement."""
-    from compress.eval import EvalConfig, evaluate
+    from compress.eval import EvalConfig, evaluate_domains
     from compress.sizes import count_parameters
 
     total, non_embedding = count_parameters(model)
-    out: dict[str, Any] = {"params": total, "params_non_embedding": non_embedding, "domains": {}}
-    for domain, seqs in held.items():
-        rep = evaluate(model, seqs, reference=teacher,
-                       config=EvalConfig(batch_size=batch_size, max_sequences=None, progress=False))
-        out["domains"][domain] = {"perplexity": rep.model.perplexity, "loss": rep.model.loss,
-                                  "kl": rep.kl_to_reference, "top1": rep.top1_agreement}
-    return out
+    reports = evaluate_domains(model, held, teacher, EvalConfig(batch_size=batch_size, max_sequences=None, progress=False))
+    return {"params": total, "params_non_embedding": non_embedding,
+            "domains": {domain: {"perplexity": rep.model.perplexity, "loss": rep.model.loss,
+                                 "kl": rep.kl_to_reference, "top1": rep.top1_agreement}
+                        for domain, rep in reports.reports.items()}}
 
 
 def _ppl(row: dict[str, Any]) -> str:
@@ -181,7 +179,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     import compress
     import transformers
-    from compress.data import BUILTIN_TEXT, DEFAULT_SOURCE, UNSEEN_TEXT, TextConfig, eval_only_sequences
+    from compress.data import BUILTIN_TEXT, DEFAULT_SOURCE, UNSEEN_TEXT, TextConfig, evaluation_domains
     from compress.generated import GenerateConfig
 
     start = time.perf_counter()
@@ -190,8 +188,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     source = DEFAULT_SOURCE if args.data == "default" else BUILTIN_TEXT
     splits = compress.load_text(source, tokenizer, text, model=teacher,
                                 generate=GenerateConfig(tokens=args.generate_tokens, progress=not args.quiet))
-    held = {BUILTIN_TEXT: compress.load_text(BUILTIN_TEXT, tokenizer, text).eval[: args.eval_seqs].to(args.device),
-            UNSEEN_TEXT: eval_only_sequences(UNSEEN_TEXT, tokenizer, text)[: args.eval_seqs].to(args.device)}
+    # the library's report domains (a mix's own held-out split dropped): Shakespeare's held-out split, which a
+    # mix keeps out of calibration and training, and the unseen text
+    domains = evaluation_domains(tokenizer, source, text, splits=splits)
+    held = {d: domains[d][: args.eval_seqs].to(args.device) for d in (BUILTIN_TEXT, UNSEEN_TEXT)}
     fp32 = held_out(teacher, None, held, args.batch_size)
     say(f"fp32 perplexity {_ppl(fp32)} on {args.eval_seqs} x {args.seq_len} held-out tokens per domain; "
         f"{len(splits.train)} training sequences of {args.data} text")

@@ -321,7 +321,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     elif not (args.steps or args.tokens):
         args.steps = 16
     import compress
-    from compress.data import BUILTIN_TEXT, DEFAULT_SOURCE, UNSEEN_TEXT, TextConfig, eval_only_sequences
+    from compress.data import BUILTIN_TEXT, DEFAULT_SOURCE, UNSEEN_TEXT, TextConfig, evaluation_domains
     from compress.generated import GenerateConfig
 
     torch.manual_seed(0)
@@ -333,9 +333,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     source = DEFAULT_SOURCE if args.data == "default" else BUILTIN_TEXT
     splits = compress.load_text(source, tokenizer, text, model=fp32,
                                 generate=GenerateConfig(tokens=args.generate_tokens, progress=not args.quiet))
-    # Shakespeare's held-out split (a mix keeps it out of calibration and training) and the unseen text
-    held = {BUILTIN_TEXT: compress.load_text(BUILTIN_TEXT, tokenizer, text).eval[: args.eval_seqs].to(args.device),
-            UNSEEN_TEXT: eval_only_sequences(UNSEEN_TEXT, tokenizer, text)[: args.eval_seqs].to(args.device)}
+    # the library's report domains (a mix's own held-out split dropped): Shakespeare's held-out split, which a
+    # mix keeps out of calibration and training, and the unseen text
+    domains = evaluation_domains(tokenizer, source, text, splits=splits)
+    held = {d: domains[d][: args.eval_seqs].to(args.device) for d in (BUILTIN_TEXT, UNSEEN_TEXT)}
     say(f"calibration and distillation on {args.data}: {len(splits.calibration)} calibration and "
         f"{len(splits.train)} training sequences of {args.seq_len} tokens")
 
