@@ -122,16 +122,16 @@ def quantised_rows(fp32: nn.Module, splits, args: argparse.Namespace, quant_benc
     gptq = f"int4 GPTQ g{args.group_size}"
     if gptq in models:
         models[gptq + " (ours)"], info[gptq + " (ours)"] = models.pop(gptq), info.pop(gptq)
-        models.update(float_zero_gptq_row(fp32, splits, args, info))
+        models.update(float_zero_gptq_row(fp32, splits, args, info, quant_bench))
     for label, row in info.items():
         row["group"] = "ternary" if label.startswith("ternary") else "4-bit"
     return models, info
 
 
-def float_zero_gptq_row(fp32: nn.Module, splits, args: argparse.Namespace, info: dict) -> dict:
+def float_zero_gptq_row(fp32: nn.Module, splits, args: argparse.Namespace, info: dict,
+                        quant_bench: ModuleType) -> dict:
     """GPTQ with float zero points (asymmetric groups, ``zero_point="float"``): the README's headline int4 setting.
     Adds its info to ``info``; returns its model."""
-    import compress
     from compress.quantization import QuantConfig
 
     label = f"int4 GPTQ g{args.group_size} float zero points (ours)"
@@ -140,12 +140,8 @@ def float_zero_gptq_row(fp32: nn.Module, splits, args: argparse.Namespace, info:
     cfg = QuantConfig(group_size=args.group_size, gptq=True, symmetric=False, zero_point="float",
                       calibration_sequences=len(calib), damp=args.damp, act_order=args.act_order,
                       progress=not args.quiet)
-    m = copy.deepcopy(fp32)
-    t = time.perf_counter()
-    report = compress.quantize(m, cfg, data=calib)
-    info[label] = {"group": "4-bit", "bits_per_weight": report.bits_per_weight, "weights": report.weights_quantised,
-                   "stored_bytes": report.packed_bytes, "quantise_seconds": time.perf_counter() - t,
-                   "how": f"compress.quantize {cfg.label()}"}
+    m, row, _ = quant_bench.quantised_copy(fp32, cfg, calib)
+    info[label] = {"group": "4-bit", **row}
     return {label: m}
 
 

@@ -159,6 +159,19 @@ def replace_with(model: nn.Module, names: list[str], make: Callable[[nn.Linear],
 
 # --------------------------------------------------------------------------- rows
 
+def quantised_copy(model: nn.Module, cfg, data=None) -> tuple[nn.Module, dict, list[str]]:
+    """A copy of ``model`` quantised by ``compress.quantize``, what it stores, and the names of its quantised modules."""
+    import compress
+
+    m = copy.deepcopy(model)
+    t = time.perf_counter()
+    report = compress.quantize(m, cfg, data=data)
+    info = {"bits_per_weight": report.bits_per_weight, "weights": report.weights_quantised,
+            "stored_bytes": report.packed_bytes, "quantise_seconds": time.perf_counter() - t,
+            "how": f"compress.quantize {cfg.label()}"}
+    return m, info, [r.name for r in report.modules]
+
+
 def build_rows(model: nn.Module, args: argparse.Namespace, calib: Optional[torch.Tensor], gptq_dir: Optional[Path],
                with_ternary: bool) -> tuple[dict[str, nn.Module], dict[str, dict]]:
     """Every compressed copy of ``model`` and what it stores (bits per quantised weight, how built)."""
@@ -171,14 +184,8 @@ def build_rows(model: nn.Module, args: argparse.Namespace, calib: Optional[torch
     info: dict[str, dict] = {"fp32": {"bits_per_weight": 32.0, "model_mib": fp32_bytes / 2**20, "how": "the reference"}}
 
     def ours(label: str, cfg: QuantConfig, data=None) -> list[str]:
-        m = copy.deepcopy(model)
-        t = time.perf_counter()
-        report = compress.quantize(m, cfg, data=data)
-        models[label] = m
-        info[label] = {"bits_per_weight": report.bits_per_weight, "weights": report.weights_quantised,
-                       "stored_bytes": report.packed_bytes, "quantise_seconds": time.perf_counter() - t,
-                       "how": f"compress.quantize {cfg.label()}"}
-        return [r.name for r in report.modules]
+        models[label], info[label], names = quantised_copy(model, cfg, data)
+        return names
 
     print(f"[rows] int4 RTN g{G}", flush=True)
     clip = getattr(args, "clip_search", True)
